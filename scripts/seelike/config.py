@@ -1,0 +1,260 @@
+"""Load, validate and normalise a workflow config.
+
+Validation happens when the DAG is built, so a bad config is reported once, naming the key,
+before any job starts. Only the schema check and cheap semantic checks live here; nothing in
+this module imports torch unless a timm name has to be checked.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+STEPS = ("fetch", "train", "extract", "cka")
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user: the key, what is wrong, what to do."""
+
+
+def _key(path: Iterable[Any]) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+    """Fill `default` values of object properties in place, following $ref and if/then."""
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        assert ref.startswith("#/$defs/")
+        schema = root["$defs"][ref.split("/")[-1]]
+    if not isinstance(instance, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        if name not in instance and "default" in sub:
+            instance[name] = copy.deepcopy(sub["default"])
+        if name in instance:
+            _fill_defaults(instance[name], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for name, value in instance.items():
+            if name not in schema.get("properties", {}):
+                _fill_defaults(value, extra, root)
+    for clause in schema.get("allOf", []):
+        cond = clause.get("if", {}).get("properties", {})
+        if all(instance.get(k) == v.get("const") for k, v in cond.items()) and "then" in clause:
+            _fill_defaults(instance, clause["then"], root)
+
+
+def _schema_error_message(err) -> str:
+    import jsonschema  # local: keeps `import seelike.config` cheap
+
+    # oneOf/anyOf errors are vague; the deepest, most specific context error reads better.
+    best = jsonschema.exceptions.best_match([err])
+    where = _key(best.absolute_path)
+    if best.validator == "additionalProperties":
+        allowed = sorted(best.schema.get("properties", {}))
+        extra = [k for k in best.instance if k not in allowed] if isinstance(best.instance, dict) else []
+        hints = []
+        for k in extra:
+            close = difflib.get_close_matches(k, allowed, n=1)
+            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return f"config key {where}: unknown key {', '.join(hints)}; allowed keys: {', '.join(allowed)}"
+    if best.validator == "required":
+        return f"config key {where}: {best.message}"
+    if best.validator == "type":
+        return f"config key {where}: {best.instance!r} is not of type {best.validator_value}"
+    if best.validator in ("enum", "const"):
+        options = best.validator_value if best.validator == "enum" else [best.validator_value]
+        return f"config key {where}: {best.instance!r} is not one of {options}"
+    return f"config key {where}: {best.message}"
+
+
+def validate_schema(config: dict) -> dict:
+    """Schema check plus defaults. Returns a new, defaults-filled dict."""
+    import jsonschema
+
+    schema = load_schema()
+    cfg = copy.deepcopy(config)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(_schema_error_message(errors[0]))
+    _fill_defaults(cfg, schema, schema)
+    return cfg
+
+
+# --- model families -------------------------------------------------------------------------
+
+_VIT_PREFIXES = ("vit_", "deit", "beit", "eva", "cait", "xcit", "flexivit", "samvit", "vitamin")
+_MIXER_PREFIXES = ("mixer_", "gmixer", "resmlp")
+_CNN_PREFIXES = ("resnet", "resnetv2", "wide_resnet", "resnext", "convnext", "efficientnet", "regnet",
+                 "densenet", "vgg", "mobilenet", "bit_", "seresnet", "ecaresnet", "cspresnet")
+
+
+def family_of_arch(arch: str) -> str:
+    """Best guess of a model's family from its timm name; the model card records the real one."""
+    a = arch.split(".")[0].lower()
+    if a.startswith(_MIXER_PREFIXES) or "mixer" in a:
+        return "mixer"
+    if a.startswith(_VIT_PREFIXES):
+        return "vit"
+    if a.startswith(_CNN_PREFIXES):
+        return "cnn"
+    return "other"
+
+
+def _check_timm_name(name: str, where: str, pretrained: bool) -> None:
+    from .models.build import check_timm_arch  # imports timm (and torch): only when a config names a model
+
+    try:
+        check_timm_arch(name)
+    except ValueError as e:
+        raise ConfigError(f"config key {where}: {e}") from None
+    if pretrained and "." not in name:
+        import timm
+
+        if not timm.list_pretrained(name + ".*"):
+            raise ConfigError(f"config key {where}: timm model '{name}' has no pretrained weights")
+
+
+def _check_semantics(cfg: dict, check_timm: bool) -> None:
+    datasets = cfg["datasets"]
+    for dname, d in datasets.items():
+        if d["kind"] == "imagefolder":
+            root = Path(d["root"]).expanduser()
+            if not root.is_dir():
+                raise ConfigError(
+                    f"config key datasets.{dname}.root: image folder '{d['root']}' does not exist "
+                    "(set it to your ImageNet validation folder: one sub-folder per class)")
+
+    for mname, m in cfg["models"].items():
+        where = f"models.{mname}"
+        kind = m["source"]["kind"]
+        if kind == "timm_hub":
+            m.setdefault("arch", m["source"]["timm_name"].split(".")[0])
+            if check_timm:
+                _check_timm_name(m["source"]["timm_name"], f"{where}.source.timm_name", pretrained=True)
+        else:
+            if "arch" not in m:
+                raise ConfigError(f"config key {where}.arch: required for source kind '{kind}' (a timm architecture name)")
+            if check_timm:
+                _check_timm_name(m["arch"], f"{where}.arch", pretrained=False)
+        if kind == "local_file" and not Path(m["source"]["path"]).expanduser().is_file():
+            raise ConfigError(f"config key {where}.source.path: weights file '{m['source']['path']}' does not exist")
+        if kind == "recipe":
+            if "recipe" not in m:
+                raise ConfigError(f"config key {where}.recipe: required for source kind 'recipe'")
+            r = m["recipe"]
+            if r["dataset"] not in datasets:
+                raise ConfigError(f"config key {where}.recipe.dataset: unknown dataset '{r['dataset']}'; "
+                                  f"configured: {', '.join(datasets)}")
+            if datasets[r["dataset"]]["kind"] != "synthetic":
+                raise ConfigError(f"config key {where}.recipe.dataset: training is supported on synthetic datasets only")
+        elif "recipe" in m:
+            raise ConfigError(f"config key {where}.recipe: only allowed with source kind 'recipe' (this model is '{kind}')")
+        m.setdefault("kwargs", {})
+        m.setdefault("layers", "auto")
+        m.setdefault("family", family_of_arch(m["arch"]))
+
+    a = cfg["analysis"]
+    if a["dataset"] not in datasets:
+        raise ConfigError(f"config key analysis.dataset: unknown dataset '{a['dataset']}'; configured: {', '.join(datasets)}")
+    ds = datasets[a["dataset"]]
+    if ds["kind"] == "synthetic":
+        if a["split"] not in ds["splits"]:
+            raise ConfigError(f"config key analysis.split: '{a['split']}' is not a split of dataset '{a['dataset']}'")
+        available = ds["splits"][a["split"]]
+        if a["n_examples"] > available:
+            raise ConfigError(f"config key analysis.n_examples: {a['n_examples']} examples requested but split "
+                              f"'{a['split']}' of dataset '{a['dataset']}' has {available}")
+
+    c = cfg["cka"]
+    b = c["minibatch_size"]
+    need = 4 if c["estimator"] == "unbiased" else 2
+    if b < need:
+        raise ConfigError(f"config key cka.minibatch_size: {b} is too small for the {c['estimator']} HSIC estimator "
+                          f"(it needs at least {need} examples per minibatch)")
+    n = a["n_examples"]
+    if n % b:
+        lo, hi = (n // b) * b, (n // b + 1) * b
+        raise ConfigError(f"config key analysis.n_examples: {n} is not a multiple of cka.minibatch_size ({b}); "
+                          f"use {lo or hi} or {hi}")
+    if c["pairs"] != "all":
+        for i, pair in enumerate(c["pairs"]):
+            for name in pair:
+                if name not in cfg["models"]:
+                    raise ConfigError(f"config key cka.pairs[{i}]: unknown model '{name}'; configured: {', '.join(cfg['models'])}")
+            if pair[0] == pair[1]:
+                raise ConfigError(f"config key cka.pairs[{i}]: a pair needs two different models (within-model CKA is always computed)")
+
+
+def load(config: dict, check_timm: bool = True) -> dict:
+    """Validate a raw config (as Snakemake merged it) and return the normalised copy."""
+    cfg = validate_schema(config)
+    _check_semantics(cfg, check_timm=check_timm)
+    return cfg
+
+
+def load_file(path: str | os.PathLike, check_timm: bool = True) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys")
+    return load(raw, check_timm=check_timm)
+
+
+# --- derived views used by the rules ---------------------------------------------------------
+
+def digest(obj: Any) -> str:
+    """Stable short hash of a JSON-able config subset (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cross_pairs(cfg: dict) -> list[tuple[str, str]]:
+    names = list(cfg["models"])
+    if cfg["cka"]["pairs"] == "all":
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    order = {n: i for i, n in enumerate(names)}
+    # Canonical order (config order) so that (a, b) and (b, a) name one table.
+    return sorted({tuple(sorted(p, key=order.get)) for p in cfg["cka"]["pairs"]}, key=lambda p: (order[p[0]], order[p[1]]))
+
+
+def mixer_models(cfg: dict) -> list[str]:
+    return [n for n, m in cfg["models"].items() if m["family"] == "mixer"]
+
+
+def step_executor(cfg: dict, step: str) -> dict:
+    """Where a step runs and with which resources: executor.resources, overridden per step."""
+    if step not in STEPS:
+        raise ConfigError(f"unknown step '{step}'; steps: {', '.join(STEPS)}")
+    ex = cfg.get("executor", {})
+    per_step = ex.get("steps", {}).get(step, {})
+    resources = dict(ex.get("resources", {}))
+    resources.update(per_step.get("resources", {}))
+    return {
+        "step": step,
+        "executor": per_step.get("executor", ex.get("default", "local")),
+        "resources": resources,
+        "log_dir": ex.get("log_dir", "results/logs/jobs"),
+        "cancel_on_interrupt": ex.get("cancel_on_interrupt", True),
+        "array_parallelism": ex.get("array_parallelism", 64),
+    }

@@ -1,0 +1,209 @@
+"""Extraction: run a model over one shard of the plan and store what the analyses need.
+
+Per CKA minibatch and layer we keep the b x b Gram (float32 products, float64 sums), pooled
+features (CLS token and token mean), and full tokens only for the first `full_tokens` examples of
+the plan. Reductions are small objects with one method per minibatch, so later analyses (attention
+distances, norm ratios, per-position Grams) add a reducer rather than restructure the store.
+
+Peak memory: one forward pass of `cka.minibatch_size` examples with every tapped layer held until
+its Gram is taken, i.e. about b * sum_layers(tokens * dim) * 4 bytes on the device, plus the
+model. Lower `cka.minibatch_size` to bound it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+class NonFiniteActivation(FloatingPointError):
+    """NaN/Inf in a layer's activations (e.g. fp16 overflow): names the layer and the first bad example."""
+
+
+@dataclass
+class Batch:
+    """What a reducer sees for one minibatch."""
+    minibatch_id: int
+    positions: np.ndarray         # positions of these examples within the shard
+    example_indices: np.ndarray   # dataset indices
+    activations: dict             # layer name -> tensor (b, t, d), token layout
+    num_prefix_tokens: int
+
+
+class Reducer:
+    """Consumes minibatches, returns arrays keyed by store path. Subclasses declare `name`."""
+    name = "reducer"
+
+    def update(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict:
+        raise NotImplementedError
+
+
+class GramReducer(Reducer):
+    name = "gram"
+
+    def __init__(self, layers):
+        self.layers = layers
+        self.grams = {l: [] for l in layers}
+
+    def update(self, batch):
+        from .cka import gram
+
+        for l in self.layers:
+            self.grams[l].append(gram(batch.activations[l]).cpu().numpy())
+
+    def result(self):
+        from .store import layer_path
+
+        return {layer_path(l, "gram"): np.stack(g) for l, g in self.grams.items()}
+
+
+class PooledReducer(Reducer):
+    """CLS token (when the model has prefix tokens) and the mean over spatial tokens, float32."""
+    name = "pooled"
+
+    def __init__(self, layers, num_prefix_tokens):
+        self.layers, self.p = layers, num_prefix_tokens
+        self.cls = {l: [] for l in layers}
+        self.mean = {l: [] for l in layers}
+
+    def update(self, batch):
+        for l in self.layers:
+            a = batch.activations[l].float()
+            if self.p:
+                self.cls[l].append(a[:, 0].cpu().numpy())
+            self.mean[l].append(a[:, self.p:].mean(1).cpu().numpy())
+
+    def result(self):
+        from .store import layer_path
+
+        out = {}
+        for l in self.layers:
+            out[layer_path(l, "pooled_mean")] = np.concatenate(self.mean[l])
+            if self.p:
+                out[layer_path(l, "pooled_cls")] = np.concatenate(self.cls[l])
+        return out
+
+
+class TokenReducer(Reducer):
+    """Full token activations of the plan's first `limit` examples (float32)."""
+    name = "tokens"
+
+    def __init__(self, layers, plan_positions_limit: int, shard_offset: int):
+        self.layers, self.limit, self.offset = layers, plan_positions_limit, shard_offset
+        self.tokens = {l: [] for l in layers}
+
+    def update(self, batch):
+        keep = (batch.positions + self.offset) < self.limit
+        if not keep.any():
+            return
+        sel = np.flatnonzero(keep)
+        for l in self.layers:
+            self.tokens[l].append(batch.activations[l][sel].float().cpu().numpy())
+
+    def result(self):
+        from .store import layer_path
+
+        return {layer_path(l, "tokens"): np.concatenate(t) for l, t in self.tokens.items() if t}
+
+
+def check_finite(activations: dict, example_indices: np.ndarray) -> None:
+    import torch
+
+    for layer, a in activations.items():
+        bad = ~torch.isfinite(a.reshape(a.shape[0], -1)).all(dim=1)
+        if bool(bad.any()):
+            first = int(torch.nonzero(bad)[0, 0])
+            raise NonFiniteActivation(
+                f"layer '{layer}': NaN or Inf in activations, first bad example: dataset index "
+                f"{int(example_indices[first])} (reduce precision issues: use precision fp32 or bf16)")
+
+
+def select_layers(model, card, sublayers: bool) -> list[dict]:
+    """The card's layers (one per block or stage unit), or for ViTs with sublayers on, the residual
+    stream after each attention and after each MLP, enumerated from the live model."""
+    if not sublayers or card.family != "vit":
+        return list(card.layers)
+    from .models import enumerate_layers
+
+    return enumerate_layers(model, card.family, sublayers=True)
+
+
+def extract_shard(spec: dict, shard_index: int) -> str:
+    """spec keys: model, card (path), dataset_key, dataset (config entry), split, plan (dict), out (path
+    template with {shard}), device, precision, sublayers, full_tokens, num_workers, provenance_config."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+    from tqdm import tqdm
+
+    from . import provenance
+    from .data import open_dataset
+    from .data.imagefolder import timm_eval_transform
+    from .models import ModelCard, LayerTaps, build_model
+    from .plan import Plan
+    from .store import write_shard
+    from .train import _device, autocast
+
+    t_start = time.time()
+    card_path = Path(spec["card"])
+    card = ModelCard.load(card_path)
+    device = _device(spec.get("device", "cpu"))
+    model = build_model(card, card_path.parent, device=device)
+    plan = Plan.from_dict(spec["plan"])
+    sp = plan.shard(shard_index)
+    layer_specs = select_layers(model, card, spec.get("sublayers", False))
+    layers = [l["name"] for l in layer_specs]
+
+    # A model trained here uses the dataset's own preprocessing; a pretrained one its timm preprocessing.
+    transform = None if card.source.get("kind") == "recipe" else timm_eval_transform(card.pretrained_cfg)
+    ds = open_dataset(spec["dataset"], spec["split"], transform=transform)
+    b = plan.minibatch_size
+    loader = DataLoader(Subset(ds, [int(i) for i in sp.example_indices]), batch_size=b, shuffle=False,
+                        num_workers=int(spec.get("num_workers", 0)))
+    shard_offset = shard_index * plan.minibatches_per_shard * b
+    reducers = [GramReducer(layers), PooledReducer(layers, card.num_prefix_tokens),
+                TokenReducer(layers, int(spec.get("full_tokens", 0)), shard_offset)]
+    logits, labels = [], []
+    precision = spec.get("precision", "fp32")
+    bar = tqdm(total=len(sp.example_indices), desc=f"extract {spec['model']} shard {shard_index}",
+               file=sys.stderr, unit="img", mininterval=5)
+    pos = 0
+    with LayerTaps(model, layer_specs, card.num_prefix_tokens) as taps, torch.no_grad():
+        for x, y, idx in loader:
+            n = len(y)
+            idx = np.asarray(idx)
+            if not np.array_equal(idx, sp.example_indices[pos:pos + n]):
+                raise RuntimeError(f"data loader order differs from the plan in shard {shard_index}")
+            taps.clear()
+            with autocast(device, precision):
+                out = model(x.to(device, non_blocking=True))
+            acts = {l: taps.outputs[l] for l in layers}
+            check_finite(acts, idx)
+            batch = Batch(minibatch_id=int(sp.minibatch_ids[pos]), positions=np.arange(pos, pos + n),
+                          example_indices=idx, activations=acts, num_prefix_tokens=card.num_prefix_tokens)
+            for r in reducers:
+                r.update(batch)
+            logits.append(out.float().cpu().numpy())
+            labels.append(np.asarray(y))
+            pos += n
+            bar.update(n)
+    bar.close()
+    taps.clear()
+    arrays = {"logits": np.concatenate(logits), "labels": np.concatenate(labels).astype(np.int64)}
+    for r in reducers:
+        arrays.update(r.result())
+    out_path = Path(spec["out"].format(shard=shard_index))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    prov = provenance.collect(spec.get("provenance_config"), input_digests={str(card_path.parent / card.checkpoint): card.sha256})
+    prov["seconds"] = round(time.time() - t_start, 3)
+    write_shard(out_path, model=spec["model"], dataset=spec["dataset_key"], shard_index=shard_index,
+                n_shards=plan.n_shards, plan=plan.to_dict(), plan_digest=plan.digest(), layers=layers,
+                example_indices=sp.example_indices, minibatch_ids=sp.minibatch_ids, arrays=arrays,
+                provenance=prov)
+    return str(out_path)

@@ -1,0 +1,103 @@
+"""Small file helpers shared by every step: atomic writes and checksums.
+
+Every output is written to a temporary name in the same directory and renamed into place
+only when complete, so a crashed or killed step never leaves a half-written file under
+the final name (Snakemake would otherwise treat it as up to date).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_CHUNK = 1 << 20
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what open() would have given the file
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    The caller writes the file at the yielded path (by name: any library that takes a
+    path works, e.g. ``safetensors.torch.save_file`` or ``h5py.File``). The temporary file
+    already exists (empty) when the block starts, and ends in the target's extension. If the block
+    raises, the temporary file is removed and ``path`` is left untouched. The parent
+    directory is created if needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # keep the real extension last: writers that infer the format from it (savefig, np.save,
+    # safetensors/timm loaders) see the same name shape as the final file
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    with contextlib.suppress(OSError):
+        os.chmod(tmp_path, _FILE_MODE)  # mkstemp creates 0600
+    try:
+        yield tmp_path
+        if not tmp_path.exists():
+            raise FileNotFoundError(f"atomic_write: nothing was written to the temporary file for {path}")
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 digest of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively convert tuples, paths, numpy/torch scalars to plain JSON types."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    item = getattr(obj, "item", None)  # numpy / torch scalars
+    if callable(item):
+        try:
+            return to_jsonable(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(obj)
+
+
+def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2) -> None:
+    """Write ``obj`` as JSON (tuples become lists, unknown objects their ``str``) atomically."""
+    try:
+        text = json.dumps(to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as e:  # NaN / inf
+        raise ValueError(f"cannot write {path}: {e} (NaN or infinity in the data)") from e
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,0 +1,93 @@
+"""What produced a result: config subset and its hash, code version, package versions, host, job.
+
+Collected without importing torch (versions come from package metadata), so the light
+submitting side can record provenance too.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import importlib.metadata as md
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import __version__
+from .config import digest
+
+PACKAGES = ("torch", "torchvision", "timm", "h5py", "numpy", "submitit", "snakemake", "pandas", "matplotlib")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> dict:
+    """Commit of the checkout the package runs from, and whether it had uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return {"commit": None, "dirty": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "scripts", "workflow")
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def cuda_version() -> str | None:
+    torch = sys.modules.get("torch")  # only if the step already imported it
+    if torch is None:
+        return None
+    return getattr(torch.version, "cuda", None)
+
+
+def collect(config_subset: Any = None, inputs: Iterable[str | os.PathLike] = (),
+            input_digests: dict | None = None) -> dict:
+    """Provenance record for one result. `inputs` are hashed unless their digests are given."""
+    from .fileio import sha256_file
+
+    digests = dict(input_digests or {})
+    for p in inputs:
+        digests.setdefault(str(p), sha256_file(p))
+    return {
+        "seelike_version": __version__,
+        "git": git_state(),
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "cuda": cuda_version(),
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": config_subset,
+        "config_hash": digest(config_subset) if config_subset is not None else None,
+        "inputs": digests,
+    }
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(str(path) + ".prov.json")
+
+
+def write_sidecar(path: str | os.PathLike, record: dict) -> Path:
+    """Provenance beside a result file that cannot carry it (CSV, PNG, PDF)."""
+    from .fileio import write_json_atomic
+
+    out = sidecar_path(path)
+    write_json_atomic(out, record)
+    return out

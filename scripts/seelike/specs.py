@@ -1,0 +1,87 @@
+"""What each rule hands its step: the config subset a result depends on, and nothing else.
+
+Rules pass these specs as params, so Snakemake reruns a step exactly when its subset changes;
+settings that do not change results (executor, resources) travel separately.
+"""
+from __future__ import annotations
+
+from . import config as sc
+
+RESULTS = "results"
+
+
+def dataset_key(cfg: dict) -> str:
+    return cfg["analysis"]["dataset"]
+
+
+def plan_spec(cfg: dict) -> dict:
+    d = dataset_key(cfg)
+    return {"dataset_key": d, "dataset": cfg["datasets"][d], "split": cfg["analysis"]["split"],
+            "n_examples": cfg["analysis"]["n_examples"], "minibatch_size": cfg["cka"]["minibatch_size"],
+            "minibatches_per_shard": cfg["extraction"]["minibatches_per_shard"], "seed": cfg["analysis"]["seed"],
+            "out": f"{RESULTS}/plans/{d}.json"}
+
+
+def model_spec(cfg: dict, name: str) -> dict:
+    m = cfg["models"][name]
+    spec = {"name": name, "arch": m["arch"], "kwargs": m.get("kwargs", {}), "source": m["source"],
+            "layers": m.get("layers", "auto"), "out_dir": f"{RESULTS}/models/{name}"}
+    if m["source"]["kind"] == "recipe":
+        spec["recipe"] = m["recipe"]
+        spec["dataset"] = cfg["datasets"][m["recipe"]["dataset"]]
+        spec["device"] = cfg["device"]
+        spec["precision"] = cfg["precision"]
+    spec["spec_hash"] = sc.digest(spec)
+    spec["provenance_config"] = {k: v for k, v in spec.items() if k != "provenance_config"}
+    return spec
+
+
+def extract_spec(cfg: dict, name: str) -> dict:
+    d = dataset_key(cfg)
+    spec = {"model": name, "dataset_key": d, "dataset": cfg["datasets"][d], "split": cfg["analysis"]["split"],
+            "device": cfg["device"], "precision": cfg["precision"],
+            "sublayers": cfg["extraction"]["sublayers"], "full_tokens": cfg["extraction"]["full_tokens"],
+            "num_workers": cfg["extraction"]["num_workers"],
+            "card": f"{RESULTS}/models/{name}/card.json", "plan_file": f"{RESULTS}/plans/{d}.json",
+            "out_dir": f"{RESULTS}/extract/{d}/{name}"}
+    spec["provenance_config"] = {k: spec[k] for k in ("model", "dataset_key", "dataset", "split", "precision",
+                                                        "sublayers", "full_tokens")}
+    return spec
+
+
+def cka_spec(cfg: dict, x: str, y: str) -> dict:
+    d = dataset_key(cfg)
+    spec = {"manifest_x": f"{RESULTS}/extract/{d}/{x}/manifest.json",
+            "manifest_y": None if x == y else f"{RESULTS}/extract/{d}/{y}/manifest.json",
+            "estimator": cfg["cka"]["estimator"], "out": cka_table_path(cfg, x, y)}
+    spec["provenance_config"] = {"models": [x, y], "estimator": spec["estimator"], "dataset": d}
+    return spec
+
+
+def cka_table_path(cfg: dict, x: str, y: str) -> str:
+    return f"{RESULTS}/cka/{dataset_key(cfg)}/{x}__{y}.csv"
+
+
+def figure_paths(cfg: dict, figure: str, stem: str) -> list[str]:
+    return [f"{RESULTS}/figures/{figure}/{stem}.{fmt}" for fmt in cfg["figures"]["formats"]]
+
+
+def f14_panels(cfg: dict, mixer: str) -> list[tuple[str, str]]:
+    """The Mixer with itself, then against every ViT and every CNN (config order)."""
+    order = list(cfg["models"])
+    panels = [(mixer, mixer)]
+    for family in ("vit", "cnn"):
+        # Stored pair order (config order), so titles match the table's x and y.
+        panels += [tuple(sorted((mixer, n), key=order.index)) for n, m in cfg["models"].items() if m["family"] == family]
+    return panels
+
+
+def final_targets(cfg: dict) -> list[str]:
+    out = []
+    for name in cfg["models"]:
+        out += figure_paths(cfg, "F1", name)
+    for x, y in sc.cross_pairs(cfg):
+        out += figure_paths(cfg, "F2", f"{x}__{y}")
+    for mixer in sc.mixer_models(cfg):
+        out += figure_paths(cfg, "F14", mixer)
+    return out

@@ -1,0 +1,203 @@
+"""The HDF5 activation store: one file per (model, dataset, shard).
+
+Layout (schema version 1):
+
+    /                         attrs: format, schema_version, model, dataset, shard_index, n_shards,
+                                     plan_digest, plan (JSON), layers (JSON list, depth order),
+                                     datasets (JSON list of every array path written), provenance (JSON),
+                                     complete = 1 (set last)
+    /plan/example_indices     (n,)   dataset index of every example, plan order
+    /plan/minibatch_ids       (n,)   global CKA minibatch of every example
+    /labels                   (n,)
+    /logits                   (n, C)
+    /layers/<layer>/gram      (m, b, b) float64   one Gram per CKA minibatch of the shard
+    /layers/<layer>/pooled_cls  (n, d)            CLS token (models with prefix tokens)
+    /layers/<layer>/pooled_mean (n, d)            mean over spatial tokens (CNN: spatial mean)
+    /layers/<layer>/tokens    (k, t, d)           full tokens of the first k examples only
+    /layers/<layer>/<other>   any per-layer reduction a later analysis adds
+    /reductions/<name>/...    model-level reductions (attention distances, norm ratios, ...)
+
+Every array lands under a path recorded in the `datasets` attribute, so validation checks
+whatever reductions were switched on without knowing them. A shard is written in full under a
+temporary name and renamed when complete; a reader never sees a partial file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+FORMAT = "seelike-shard"
+SCHEMA_VERSION = 1
+
+
+class ShardError(ValueError):
+    """A shard that must not be used, with the file named."""
+
+
+def configure_file_locking(setting) -> None:
+    """HDF5 file locking fails on some shared filesystems (NFS, Lustre); the config can turn it off.
+
+    Must run before h5py opens a file; HDF5 reads the variable once per process.
+    """
+    if setting in ("auto", None):
+        return
+    os.environ["HDF5_USE_FILE_LOCKING"] = "TRUE" if setting in (True, "true") else "FALSE"
+
+
+@dataclass
+class ShardInfo:
+    path: Path
+    model: str
+    dataset: str
+    shard_index: int
+    n_shards: int
+    plan_digest: str
+    plan: dict
+    layers: list[str]
+    datasets: list[str]
+    provenance: dict
+    example_indices: np.ndarray
+    minibatch_ids: np.ndarray
+
+
+def layer_path(layer: str, name: str) -> str:
+    if "/" in layer:
+        raise ValueError(f"layer name '{layer}' must not contain '/'")
+    return f"layers/{layer}/{name}"
+
+
+def write_shard(path: str | os.PathLike, *, model: str, dataset: str, shard_index: int, n_shards: int,
+                plan: dict, plan_digest: str, layers: list[str], example_indices: np.ndarray,
+                minibatch_ids: np.ndarray, arrays: Mapping[str, np.ndarray], provenance: dict,
+                compression: str | None = "gzip") -> Path:
+    """Write a complete shard atomically. `arrays` maps store paths (see layout) to arrays."""
+    import h5py
+    from .fileio import atomic_write
+
+    path = Path(path)
+    all_arrays = dict(arrays)
+    all_arrays["plan/example_indices"] = np.asarray(example_indices, dtype=np.int64)
+    all_arrays["plan/minibatch_ids"] = np.asarray(minibatch_ids, dtype=np.int64)
+    with atomic_write(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for key, arr in all_arrays.items():
+                arr = np.asarray(arr)
+                # Grams are small and incompressible; features and tokens compress well.
+                use = compression if arr.size >= 4096 and not key.endswith("/gram") else None
+                f.create_dataset(key, data=arr, compression=use)
+            f.attrs.update({
+                "format": FORMAT, "schema_version": SCHEMA_VERSION, "model": model, "dataset": dataset,
+                "shard_index": shard_index, "n_shards": n_shards, "plan_digest": plan_digest,
+                "plan": json.dumps(plan, sort_keys=True), "layers": json.dumps(list(layers)),
+                "datasets": json.dumps(sorted(all_arrays)), "provenance": json.dumps(provenance, default=str),
+            })
+            f.attrs["complete"] = 1  # last: a file without it was never finished
+            f.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    return path
+
+
+def _first_nonfinite(arr: np.ndarray) -> tuple[int, ...] | None:
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def describe_nonfinite(key: str, where: tuple[int, ...], example_indices: np.ndarray,
+                       minibatch_ids: np.ndarray) -> str:
+    """Name the layer and the first bad example (dataset index) of a non-finite value."""
+    parts = key.split("/")
+    layer = parts[1] if parts[0] == "layers" and len(parts) > 2 else None
+    what = f"layer '{layer}' ({parts[-1]})" if layer else f"'{key}'"
+    if key.endswith("/gram"):
+        mb_local, row = where[0], where[1]
+        mbs = np.unique(minibatch_ids)
+        members = np.flatnonzero(minibatch_ids == mbs[mb_local]) if mb_local < len(mbs) else []
+        if len(members) > row:
+            pos = members[row]
+            return f"{what}: non-finite value, first bad example: dataset index {int(example_indices[pos])} (minibatch {int(mbs[mb_local])})"
+        return f"{what}: non-finite value in minibatch {mb_local}"
+    if len(where) and where[0] < len(example_indices) and not key.startswith("reductions/"):
+        return f"{what}: non-finite value, first bad example: dataset index {int(example_indices[where[0]])}"
+    return f"{what}: non-finite value at {where}"
+
+
+def validate_shard(path: str | os.PathLike, *, expected_plan: dict | None = None,
+                   expected_layers: Iterable[str] | None = None, check_values: bool = True) -> ShardInfo:
+    """Open a shard and check it is usable: complete, every layer and dataset present, values finite,
+    plan as expected. Raises ShardError naming the file and the problem."""
+    import h5py
+    from .plan import plan_differences
+
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"shard '{path}' does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ShardError(f"shard '{path}' is not a readable HDF5 file (truncated or corrupt?): {e}") from None
+    try:
+        with f:
+            a = f.attrs
+            if a.get("format") != FORMAT:
+                raise ShardError(f"shard '{path}' is not a seelike shard (format attribute missing)")
+            if int(a.get("schema_version", -1)) != SCHEMA_VERSION:
+                raise ShardError(f"shard '{path}' has schema version {a.get('schema_version')}, expected {SCHEMA_VERSION}")
+            if int(a.get("complete", 0)) != 1:
+                raise ShardError(f"shard '{path}' was never completed")
+            layers = json.loads(a["layers"])
+            datasets = json.loads(a["datasets"])
+            plan = json.loads(a["plan"])
+            ex = f["plan/example_indices"][()]
+            mb = f["plan/minibatch_ids"][()]
+            missing = [d for d in datasets if d not in f]
+            if expected_layers is not None:
+                missing += [layer_path(l, "gram") for l in expected_layers if layer_path(l, "gram") not in f]
+            missing += [layer_path(l, "gram") for l in layers if layer_path(l, "gram") not in f]
+            if missing:
+                raise ShardError(f"shard '{path}' lacks {', '.join(sorted(set(missing)))}")
+            if expected_plan is not None:
+                diff = plan_differences(plan, expected_plan)
+                if diff:
+                    raise ShardError(f"shard '{path}' was extracted with a different plan; differing keys: {', '.join(diff)}")
+            if check_values:
+                for key in datasets:
+                    ds = f[key]
+                    if ds.dtype.kind != "f":
+                        continue
+                    arr = ds[()]  # reading every chunk also surfaces bit flips caught by HDF5's checksums/decompression
+                    where = _first_nonfinite(arr)
+                    if where is not None:
+                        raise ShardError(f"shard '{path}': " + describe_nonfinite(key, where, ex, mb))
+            return ShardInfo(path=path, model=str(a["model"]), dataset=str(a["dataset"]),
+                             shard_index=int(a["shard_index"]), n_shards=int(a["n_shards"]),
+                             plan_digest=str(a["plan_digest"]), plan=plan, layers=layers, datasets=datasets,
+                             provenance=json.loads(a["provenance"]), example_indices=ex, minibatch_ids=mb)
+    except ShardError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise ShardError(f"shard '{path}' is damaged: {e}") from None
+
+
+def read_grams(path: str | os.PathLike, layers: list[str]) -> np.ndarray:
+    """(m, L, b, b) float64 Grams of the listed layers, minibatches in plan order."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return np.stack([f[layer_path(l, "gram")][()] for l in layers], axis=1)
+
+
+def read_array(path: str | os.PathLike, key: str) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if key not in f:
+            raise ShardError(f"shard '{path}' has no dataset '{key}'")
+        return f[key][()]

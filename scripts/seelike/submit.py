@@ -1,0 +1,219 @@
+"""The one place that decides where a step runs: inline, submitit's local executor, or SLURM.
+
+The waiting side only handles strings ("module:function") and JSON-able kwargs, so it never
+imports torch or holds model data; the job imports the target when it starts.
+A record of the submitted job ids sits beside the step's output (`<output>.job.json`), so a
+restarted Snakemake re-attaches to SLURM jobs that are still queued or running.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # submitit's local default is 2 minutes; a step has no such limit locally
+DEFAULT_SLURM_TIME_MIN = 60
+ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
+                       "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+
+
+class StepFailed(RuntimeError):
+    """A step's job failed; the message names the step, job id, log path and the last stderr lines."""
+
+
+def call_target(target: str, kwargs: dict, threads: int | None = None) -> Any:
+    """Runs inside the job: import the step function by name and call it."""
+    if threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            pass
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)(**kwargs)
+
+
+def slurm_parameters(resources: dict, job_name: str) -> dict:
+    """Map the config's resource keys to submitit SlurmExecutor parameters."""
+    p: dict[str, Any] = {"job_name": job_name, "time": int(resources.get("time_min", DEFAULT_SLURM_TIME_MIN))}
+    if resources.get("partition"):
+        p["partition"] = resources["partition"]
+    if resources.get("account"):
+        p["account"] = resources["account"]
+    if resources.get("qos"):
+        p["qos"] = resources["qos"]
+    if resources.get("cpus"):
+        p["cpus_per_task"] = int(resources["cpus"])
+    if resources.get("mem_gb"):
+        p["mem"] = f"{int(round(float(resources['mem_gb']) * 1024))}M"
+    if resources.get("gpus"):
+        gtype = resources.get("gpu_type")
+        p["gres"] = f"gpu:{gtype}:{int(resources['gpus'])}" if gtype else f"gpu:{int(resources['gpus'])}"
+    if resources.get("constraint"):
+        p["constraint"] = resources["constraint"]
+    if resources.get("signal_delay_s"):
+        p["signal_delay_s"] = int(resources["signal_delay_s"])
+    if resources.get("extra_sbatch"):
+        p["additional_parameters"] = dict(resources["extra_sbatch"])
+    return p
+
+
+def _executor(settings: dict, folder: Path, name: str, n_tasks: int = 1):
+    import submitit
+
+    kind = settings["executor"]
+    res = settings.get("resources", {})
+    if kind == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=int(res.get("time_min", LOCAL_TIMEOUT_MIN)),
+                             signal_delay_s=int(res.get("signal_delay_s", 30)))
+        return ex
+    if kind == "slurm":
+        ex = submitit.SlurmExecutor(folder=folder)
+        params = slurm_parameters(res, name)
+        if n_tasks > 1:
+            params["array_parallelism"] = int(settings.get("array_parallelism", 64))
+        ex.update_parameters(**params)
+        return ex
+    raise ValueError(f"unknown executor '{kind}' for step '{settings.get('step')}' (use inline, local or slurm)")
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log file)"
+    return "\n".join("    " + l for l in lines[-n:]) or "    (empty)"
+
+
+def _failure(step: str, name: str, job, err: BaseException) -> StepFailed:
+    state = getattr(job, "state", "?")
+    return StepFailed(
+        f"step '{step}' ({name}) failed: job {job.job_id}, state {state}\n"
+        f"  log: {job.paths.stderr}\n"
+        f"  last lines of stderr:\n{_tail(job.paths.stderr)}\n"
+        f"  ({type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''})")
+
+
+def _record_path(marker: str | os.PathLike) -> Path:
+    return Path(str(marker) + ".job.json")
+
+
+def _write_record(marker, settings: dict, folder: Path, job_ids: list[str]) -> None:
+    from .fileio import write_json_atomic
+
+    write_json_atomic(_record_path(marker), {
+        "executor": settings["executor"], "step": settings["step"], "folder": str(folder),
+        "job_ids": job_ids, "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+
+
+def _reattach(marker, settings: dict) -> list | None:
+    """SLURM jobs recorded beside the output that are still queued or running, else None."""
+    if marker is None or settings["executor"] != "slurm":
+        return None
+    path = _record_path(marker)
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("executor") != "slurm":
+        return None
+    from submitit.slurm.slurm import SlurmJob
+
+    jobs = [SlurmJob(folder=rec["folder"], job_id=jid) for jid in rec["job_ids"]]
+    states = [j.state.split()[0] if j.state else "UNKNOWN" for j in jobs]
+    if all(s in ACTIVE_SLURM_STATES or s == "COMPLETED" for s in states) and any(s in ACTIVE_SLURM_STATES for s in states):
+        print(f"seelike: re-attaching to SLURM job(s) {', '.join(rec['job_ids'])} of step '{settings['step']}' "
+              f"(recorded in {path})", flush=True)
+        return jobs
+    return None
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _wait(jobs: Sequence, step: str, name: str, settings: dict, marker) -> list:
+    """Wait for every job; on Ctrl-C/SIGTERM cancel them unless the config says to keep them."""
+    def on_term(signum, frame):
+        raise _Interrupt()
+
+    old = signal.signal(signal.SIGTERM, on_term) if os.name == "posix" else None
+    try:
+        results, failures = [], []
+        for job in jobs:
+            try:
+                results.append(job.result())
+            except (_Interrupt, KeyboardInterrupt):
+                raise
+            except Exception as err:  # submitit raises FailedJobError / UncompletedJobError
+                failures.append(_failure(step, name, job, err))
+                results.append(None)
+        if failures:
+            raise StepFailed("\n".join(str(f) for f in failures))
+        if marker is not None:
+            _record_path(marker).unlink(missing_ok=True)
+        return results
+    except (_Interrupt, KeyboardInterrupt):
+        if settings.get("cancel_on_interrupt", True):
+            for job in jobs:
+                try:
+                    job.cancel(check=False)
+                except Exception:
+                    pass
+            if marker is not None:
+                _record_path(marker).unlink(missing_ok=True)
+            print(f"seelike: interrupted; cancelled job(s) {', '.join(str(j.job_id) for j in jobs)} of step '{step}'", flush=True)
+        else:
+            print(f"seelike: interrupted; job(s) {', '.join(str(j.job_id) for j in jobs)} of step '{step}' keep running "
+                  "(executor.cancel_on_interrupt is false); the next run re-attaches to them", flush=True)
+        raise KeyboardInterrupt
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def run_step(settings: dict, target: str, kwargs: dict, name: str, marker: str | os.PathLike | None = None) -> Any:
+    """Run one step function where `settings` (config.step_executor) says, and return its result."""
+    return run_array(settings, target, [kwargs], name, marker)[0]
+
+
+def run_array(settings: dict, target: str, kwargs_list: list[dict], name: str,
+              marker: str | os.PathLike | None = None) -> list:
+    """Run one step function over many kwargs: a SLURM job array, local processes, or inline calls."""
+    step = settings["step"]
+    threads = settings.get("resources", {}).get("cpus")
+    if settings["executor"] == "inline":
+        return [call_target(target, kw, threads) for kw in kwargs_list]
+    folder = Path(settings["log_dir"]) / step / name / "%j"
+    jobs = _reattach(marker, settings)
+    if jobs is None:
+        if settings["executor"] == "local":
+            # Local processes share this machine: run them one wave at a time.
+            width = max(1, int(settings.get("local_parallelism", 1)))
+            results = []
+            for start in range(0, len(kwargs_list), width):
+                wave = kwargs_list[start:start + width]
+                ex = _executor(settings, folder, name, len(wave))
+                jobs = [ex.submit(call_target, target, kw, threads) for kw in wave]
+                results += _wait(jobs, step, name, settings, None)
+            return results
+        ex = _executor(settings, folder, name, len(kwargs_list))
+        if len(kwargs_list) == 1:
+            jobs = [ex.submit(call_target, target, kwargs_list[0], threads)]
+        else:
+            with ex.batch():
+                jobs = [ex.submit(call_target, target, kw, threads) for kw in kwargs_list]
+        ids = [str(j.job_id) for j in jobs]
+        print(f"seelike: step '{step}' ({name}) submitted as SLURM job(s) {', '.join(ids)}; logs in {folder}", flush=True)
+        if marker is not None:
+            _write_record(marker, settings, folder, ids)
+    return _wait(jobs, step, name, settings, marker)

@@ -1,0 +1,218 @@
+"""Train a model recipe from scratch on a synthetic dataset: checkpointed, resumable, with a metrics table.
+
+A run is fully described by its spec; the training state is saved every
+`checkpoint_every_steps` steps and when the scheduler signals a time limit, and a restarted
+run continues from it to the same number of steps.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.csv"
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"config key device: '{name}' requested but no CUDA device is visible on {os.uname().nodename}")
+    return torch.device(name)
+
+
+def autocast(device, precision: str):
+    import contextlib
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device.type == "cpu" and precision == "fp16":
+        # CPU autocast supports fp16 only in recent torch builds; bf16 is the CPU mixed type.
+        dtype = torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def normalize_uint8(images: np.ndarray):
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W), mean = std = 0.5: the synthetic datasets' preprocessing."""
+    import torch
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - 0.5) / 0.5
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def evaluate(model, images, labels, device, precision, batch_size=256) -> float:
+    import torch
+
+    model.eval()
+    correct = 0
+    with torch.no_grad(), autocast(device, precision):
+        for s in range(0, len(images), batch_size):
+            x = normalize_uint8(images[s:s + batch_size]).to(device)
+            pred = model(x).argmax(-1).cpu().numpy()
+            correct += int((pred == labels[s:s + batch_size]).sum())
+    return correct / max(1, len(images))
+
+
+def train_model(spec: dict) -> dict:
+    """spec keys: name, arch, kwargs, recipe, dataset (config entry), out_dir, device, precision, cache_dir,
+    layers (spec), provenance_config. Returns the card's metrics."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from .data import load_split_arrays
+    from .fileio import atomic_write, write_json_atomic
+    from .models import make_card, save_checkpoint
+    from . import provenance
+
+    out_dir = Path(spec["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    r = spec["recipe"]
+    device = _device(spec.get("device", "cpu"))
+    precision = spec.get("precision", "fp32")
+    torch.manual_seed(r["seed"])
+    rng = np.random.default_rng(r["seed"])
+
+    if spec.get("cache_dir"):
+        os.environ.setdefault("SEELIKE_CACHE", spec["cache_dir"])
+    x_train, y_train = load_split_arrays(spec["dataset"], "train")
+    x_test, y_test = load_split_arrays(spec["dataset"], "test")
+    n, bs = len(x_train), int(r["batch_size"])
+    steps_per_epoch = max(1, n // bs)
+    total = int(round(r["epochs"] * steps_per_epoch))
+    warmup = int(round(r.get("warmup_epochs", 0) * steps_per_epoch))
+
+    model = timm.create_model(spec["arch"], pretrained=False, **spec.get("kwargs", {})).to(device)
+    if r.get("optimizer", "adamw") == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9, weight_decay=r["weight_decay"], nesterov=True)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
+    scaler = torch.amp.GradScaler(enabled=(precision == "fp16" and device.type == "cuda"))
+
+    state_path = out_dir / STATE_FILE
+    step, rows = 0, []
+    if state_path.is_file():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        if st.get("spec_hash") == spec.get("spec_hash"):
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            step, rows = st["step"], st["rows"]
+            rng.bit_generator.state = st["rng"]
+            torch.set_rng_state(st["torch_rng"])
+            print(f"seelike: resuming '{spec['name']}' from {state_path} at step {step}/{total}", flush=True)
+        else:
+            print(f"seelike: ignoring {state_path}: it belongs to a different recipe", flush=True)
+
+    def save_state():
+        with atomic_write(state_path) as tmp:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rows": rows,
+                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                        "spec_hash": spec.get("spec_hash")}, tmp)
+
+    # SLURM (through submitit) sends USR2 before a time limit or preemption: stop at the next
+    # step boundary with a consistent checkpoint, then let the job be requeued.
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+    handlers = {}
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        try:
+            handlers[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not in the main thread (inline executor inside a worker thread)
+            pass
+
+    # The permutation of each epoch is derived from (seed, epoch) so a resumed run sees the same order.
+    bar = tqdm(total=total, initial=step, desc=f"train {spec['name']}", file=sys.stderr, mininterval=5)
+    epoch_loss, epoch_correct, epoch_seen, t0 = 0.0, 0, 0, time.time()
+    try:
+        while step < total:
+            epoch = step // steps_per_epoch
+            perm = np.random.default_rng([r["seed"], epoch]).permutation(n)
+            i = step % steps_per_epoch
+            idx = np.sort(perm[i * bs:(i + 1) * bs])
+            x = normalize_uint8(x_train[idx]).to(device)
+            y = torch.from_numpy(y_train[idx]).to(device)
+            if r.get("augment", True):
+                # Random translation by up to 1/8 of the side: cheap, keeps the object label valid.
+                pad = max(1, x.shape[-1] // 8)
+                dx, dy = rng.integers(-pad, pad + 1, size=2)
+                x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, warmup, r["lr"])
+            model.train()
+            with autocast(device, precision):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=r.get("label_smoothing", 0.0))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training '{spec['name']}' diverged at step {step}: loss {loss.item()}; lower recipe.lr")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            bar.update(1)
+            epoch_loss += loss.item() * len(y)
+            epoch_correct += int((logits.argmax(-1) == y).sum())
+            epoch_seen += len(y)
+            if step % steps_per_epoch == 0 or step == total:
+                dt = time.time() - t0
+                rows.append({"epoch": step / steps_per_epoch, "step": step, "train_loss": epoch_loss / epoch_seen,
+                             "train_accuracy": epoch_correct / epoch_seen, "lr": opt.param_groups[0]["lr"],
+                             "images_per_s": epoch_seen / max(dt, 1e-9)})
+                epoch_loss, epoch_correct, epoch_seen, t0 = 0.0, 0, 0, time.time()
+            if step % int(r.get("checkpoint_every_steps", 200)) == 0 or stop["flag"]:
+                save_state()
+            if stop["flag"] and step < total:
+                raise _StopRequested()
+    except _StopRequested:
+        print(f"seelike: '{spec['name']}' checkpointed at step {step}/{total} on a scheduler signal", flush=True)
+        raise SystemExit(_REQUEUE_EXIT)
+    finally:
+        bar.close()
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+
+    acc = evaluate(model, x_test, y_test, device, precision)
+    import pandas as pd
+
+    with atomic_write(out_dir / METRICS_FILE) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    ckpt = out_dir / "weights.safetensors"
+    save_checkpoint(model.cpu(), ckpt)
+    card = make_card(spec["name"], spec["arch"], spec.get("kwargs", {}),
+                     {"kind": "recipe", "recipe": r, "dataset": spec["dataset"]}, model, ckpt,
+                     sublayers=False, layer_spec=spec.get("layers", "auto"),
+                     input_size=[3, int(x_train.shape[1]), int(x_train.shape[2])])
+    card.metrics = {"test_accuracy": acc, "chance": 1.0 / spec["dataset"].get("n_classes", 10),
+                    "train_steps": total, "n_test": int(len(y_test))}
+    card.provenance = {**card.provenance, **provenance.collect(spec.get("provenance_config"))}
+    card.save(out_dir / "card.json")
+    state_path.unlink(missing_ok=True)
+    print(f"seelike: trained '{spec['name']}': test accuracy {acc:.3f} (chance {card.metrics['chance']:.3f})", flush=True)
+    return card.metrics
+
+
+_REQUEUE_EXIT = 3

@@ -1,0 +1,103 @@
+"""HDF5 shard round trip and rejection of shards that must not be used."""
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from seelike.store import ShardError, layer_path, read_array, read_grams, validate_shard, write_shard
+
+PLAN = {"dataset": "synth:abc", "n_examples": 8, "minibatch_size": 4, "minibatches_per_shard": 2, "seed": 0,
+        "indices": list(range(10, 18))}
+
+
+def make_shard(path, grams=None, pooled=None, plan=PLAN):
+    rng = np.random.default_rng(0)
+    layers = ["block0", "block1"]
+    x = rng.normal(size=(2, 8, 5))
+    grams = grams if grams is not None else {l: np.stack([x[i, :4] @ x[i, :4].T, x[i, 4:] @ x[i, 4:].T]) for i, l in enumerate(layers)}
+    arrays = {layer_path(l, "gram"): g for l, g in grams.items()}
+    arrays.update({layer_path(l, "pooled_mean"): (pooled if pooled is not None else x[i]).astype(np.float32) for i, l in enumerate(layers)})
+    arrays["labels"] = np.arange(8)
+    arrays["logits"] = rng.normal(size=(8, 3)).astype(np.float32)
+    write_shard(path, model="m", dataset="synth", shard_index=0, n_shards=1, plan=plan, plan_digest="d",
+                layers=layers, example_indices=np.arange(10, 18), minibatch_ids=np.repeat([0, 1], 4),
+                arrays=arrays, provenance={"config_hash": "h"})
+    return grams
+
+
+def test_round_trip(tmp_path):
+    p = tmp_path / "s.h5"
+    grams = make_shard(p)
+    info = validate_shard(p, expected_plan=PLAN, expected_layers=["block0", "block1"])
+    assert info.layers == ["block0", "block1"] and info.model == "m"
+    np.testing.assert_array_equal(info.example_indices, np.arange(10, 18))
+    g = read_grams(p, ["block0", "block1"])
+    assert g.shape == (2, 2, 4, 4) and g.dtype == np.float64
+    np.testing.assert_array_equal(g[:, 1], grams["block1"])
+    assert read_array(p, "labels").tolist() == list(range(8))
+    assert not list(tmp_path.glob("*.tmp*")), "temporary file left behind"
+
+
+def test_truncated_shard_rejected(tmp_path):
+    p = tmp_path / "s.h5"
+    make_shard(p)
+    size = p.stat().st_size
+    with open(p, "r+b") as fh:
+        fh.truncate(size // 2)
+    with pytest.raises(ShardError, match="s.h5"):
+        validate_shard(p)
+
+
+def test_nan_shard_names_layer_and_example(tmp_path):
+    p = tmp_path / "s.h5"
+    pooled = np.zeros((8, 5))
+    pooled[5, 2] = np.nan
+    make_shard(p, pooled=pooled)
+    with pytest.raises(ShardError) as e:
+        validate_shard(p)
+    assert "block0" in str(e.value) and "dataset index 15" in str(e.value)
+
+
+def test_inf_in_gram_names_minibatch_example(tmp_path):
+    p = tmp_path / "s.h5"
+    g = np.ones((2, 4, 4))
+    g[1, 2, 3] = np.inf
+    make_shard(p, grams={"block0": np.ones((2, 4, 4)), "block1": g})
+    with pytest.raises(ShardError) as e:
+        validate_shard(p)
+    assert "block1" in str(e.value) and "dataset index 16" in str(e.value)
+
+
+def test_plan_mismatch_names_keys(tmp_path):
+    p = tmp_path / "s.h5"
+    make_shard(p)
+    other = dict(PLAN, minibatch_size=8, minibatches_per_shard=1)
+    with pytest.raises(ShardError) as e:
+        validate_shard(p, expected_plan=other)
+    assert "minibatch_size" in str(e.value)
+
+
+def test_missing_layer_rejected(tmp_path):
+    p = tmp_path / "s.h5"
+    make_shard(p)
+    with pytest.raises(ShardError, match="layers/block7/gram"):
+        validate_shard(p, expected_layers=["block0", "block7"])
+
+
+def test_incomplete_flag_rejected(tmp_path):
+    p = tmp_path / "s.h5"
+    make_shard(p)
+    with h5py.File(p, "a") as f:
+        f.attrs["complete"] = 0
+    with pytest.raises(ShardError, match="never completed"):
+        validate_shard(p)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    p = tmp_path / "s.h5"
+    with pytest.raises(Exception):
+        write_shard(p, model="m", dataset="d", shard_index=0, n_shards=1, plan=PLAN, plan_digest="d", layers=["a"],
+                    example_indices=np.arange(4), minibatch_ids=np.zeros(4), arrays={"bad": object()}, provenance={})
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,14 @@
+# One rule for every model source: recipes are trained through the submission layer, pretrained
+# weights are fetched on this host (compute nodes often have no internet), local files imported.
+rule model:
+    output:
+        card="results/models/{model}/card.json",
+        weights="results/models/{model}/weights.safetensors",
+    params:
+        spec=lambda wc: spec_json(specs.model_spec(CFG, wc.model)),
+    log:
+        "results/logs/models/{model}.log",
+    wildcard_constraints:
+        model="|".join(MODELS),
+    shell:
+        "seelike step model --spec {params.spec:q} > {log} 2>&1"
