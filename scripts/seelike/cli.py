@@ -20,13 +20,14 @@ def _settings(step: str) -> dict:
 
 
 def step_plan(spec: dict) -> None:
-    from .data import dataset_indices
+    import numpy as np
+    from .data import dataset_fingerprint, dataset_size
     from .fileio import write_json_atomic
     from .plan import make_plan
-    from .config import digest
 
-    indices = dataset_indices(spec["dataset"], spec["split"])
-    plan = make_plan(f"{spec['dataset_key']}:{digest(spec['dataset'])}", indices, spec["n_examples"],
+    # Plans refer to positions within the split, the index every dataset item carries.
+    indices = np.arange(dataset_size(spec["dataset"], spec["split"]))
+    plan = make_plan(f"{spec['dataset_key']}:{dataset_fingerprint(spec['dataset'])}", indices, spec["n_examples"],
                      spec["minibatch_size"], spec["minibatches_per_shard"], spec["seed"])
     write_json_atomic(spec["out"], plan.to_dict())
 
@@ -61,6 +62,7 @@ def step_extract(spec: dict) -> None:
     from .config import digest
     from .manifest import reusable, shard_path, write_manifest
     from .models import ModelCard
+    from .plan import Plan
     from .submit import run_array
 
     plan = json.loads(Path(spec["plan_file"]).read_text())
@@ -78,7 +80,7 @@ def step_extract(spec: dict) -> None:
                   [{"spec": job_spec, "shard_index": s} for s in todo], name=f"{spec['model']}",
                   marker=out_dir / "manifest.json")
     write_manifest(out_dir / "manifest.json", model=spec["model"], dataset=spec["dataset_key"], plan=plan,
-                   plan_digest=plan.get("digest", ""), shard_files=files,
+                   plan_digest=Plan.from_dict(plan).digest(), shard_files=files,
                    provenance=provenance.collect(spec["provenance_config"], inputs=[spec["card"]]))
 
 

@@ -32,7 +32,6 @@ def model_spec(cfg: dict, name: str) -> dict:
         spec["device"] = cfg["device"]
         spec["precision"] = cfg["precision"]
     spec["spec_hash"] = sc.digest(spec)
-    spec["provenance_config"] = {k: v for k, v in spec.items() if k != "provenance_config"}
     return spec
 
 

@@ -3,9 +3,10 @@
 Layout (schema version 1):
 
     /                         attrs: format, schema_version, model, dataset, shard_index, n_shards,
-                                     plan_digest, plan (JSON), layers (JSON list, depth order),
+                                     plan_digest, layers (JSON list, depth order),
                                      datasets (JSON list of every array path written), provenance (JSON),
                                      complete = 1 (set last)
+    /plan/json                scalar string: the whole plan (a dataset: attributes stop at 64 KiB)
     /plan/example_indices     (n,)   dataset index of every example, plan order
     /plan/minibatch_ids       (n,)   global CKA minibatch of every example
     /labels                   (n,)
@@ -85,6 +86,7 @@ def write_shard(path: str | os.PathLike, *, model: str, dataset: str, shard_inde
     all_arrays["plan/minibatch_ids"] = np.asarray(minibatch_ids, dtype=np.int64)
     with atomic_write(path) as tmp:
         with h5py.File(tmp, "w") as f:
+            f.create_dataset("plan/json", data=json.dumps(plan, sort_keys=True))
             for key, arr in all_arrays.items():
                 arr = np.asarray(arr)
                 # Grams are small and incompressible; features and tokens compress well.
@@ -93,7 +95,7 @@ def write_shard(path: str | os.PathLike, *, model: str, dataset: str, shard_inde
             f.attrs.update({
                 "format": FORMAT, "schema_version": SCHEMA_VERSION, "model": model, "dataset": dataset,
                 "shard_index": shard_index, "n_shards": n_shards, "plan_digest": plan_digest,
-                "plan": json.dumps(plan, sort_keys=True), "layers": json.dumps(list(layers)),
+                "layers": json.dumps(list(layers)),
                 "datasets": json.dumps(sorted(all_arrays)), "provenance": json.dumps(provenance, default=str),
             })
             f.attrs["complete"] = 1  # last: a file without it was never finished
@@ -154,7 +156,7 @@ def validate_shard(path: str | os.PathLike, *, expected_plan: dict | None = None
                 raise ShardError(f"shard '{path}' was never completed")
             layers = json.loads(a["layers"])
             datasets = json.loads(a["datasets"])
-            plan = json.loads(a["plan"])
+            plan = json.loads(f["plan/json"][()])
             ex = f["plan/example_indices"][()]
             mb = f["plan/minibatch_ids"][()]
             missing = [d for d in datasets if d not in f]

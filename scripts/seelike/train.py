@@ -77,7 +77,6 @@ def evaluate(model, images, labels, device, precision, batch_size=256) -> float:
 def train_model(spec: dict) -> dict:
     """spec keys: name, arch, kwargs, recipe, dataset (config entry), out_dir, device, precision, cache_dir,
     layers (spec), provenance_config. Returns the card's metrics."""
-    import timm
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
@@ -85,6 +84,7 @@ def train_model(spec: dict) -> dict:
     from .data import load_split_arrays
     from .fileio import atomic_write, write_json_atomic
     from .models import make_card, save_checkpoint
+    from .models.build import create_timm_model
     from . import provenance
 
     out_dir = Path(spec["out_dir"])
@@ -104,7 +104,7 @@ def train_model(spec: dict) -> dict:
     total = int(round(r["epochs"] * steps_per_epoch))
     warmup = int(round(r.get("warmup_epochs", 0) * steps_per_epoch))
 
-    model = timm.create_model(spec["arch"], pretrained=False, **spec.get("kwargs", {})).to(device)
+    model = create_timm_model(spec["arch"], spec.get("kwargs", {}), pretrained=False).to(device)
     if r.get("optimizer", "adamw") == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9, weight_decay=r["weight_decay"], nesterov=True)
     else:
@@ -208,7 +208,7 @@ def train_model(spec: dict) -> dict:
                      input_size=[3, int(x_train.shape[1]), int(x_train.shape[2])])
     card.metrics = {"test_accuracy": acc, "chance": 1.0 / spec["dataset"].get("n_classes", 10),
                     "train_steps": total, "n_test": int(len(y_test))}
-    card.provenance = {**card.provenance, **provenance.collect(spec.get("provenance_config"))}
+    card.provenance = {**card.provenance, **provenance.collect({k: v for k, v in spec.items() if k != "out_dir"})}
     card.save(out_dir / "card.json")
     state_path.unlink(missing_ok=True)
     print(f"seelike: trained '{spec['name']}': test accuracy {acc:.3f} (chance {card.metrics['chance']:.3f})", flush=True)

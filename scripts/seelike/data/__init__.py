@@ -1,0 +1,196 @@
+"""Datasets: one factory for every ``datasets:`` entry of the config.
+
+Two kinds:
+
+``synthetic``
+    ``{"kind": "synthetic", "n_classes": 10, "image_size": 32, "seed": 0,
+    "splits": {"train": 10000, "test": 2000, "analysis": 1024}}`` - procedural shapes,
+    rendered on the fly (see :mod:`seelike.data.synthetic`). Default transform:
+    uint8 -> float in [0, 1] -> normalise with mean = std = 0.5 per channel.
+``imagefolder``
+    ``{"kind": "imagefolder", "root": "/path/to/val", "on_bad_file": "error"}`` - an
+    ImageNet-validation-style folder (see :mod:`seelike.data.imagefolder`). It is a single
+    evaluation split: ``split`` may be any of ``IMAGEFOLDER_SPLITS``; ``"train"`` is
+    refused so a recipe can never silently train on the evaluation images. Default
+    transform: timm's generic ImageNet eval transform (224 px); pass
+    ``timm_eval_transform(model)`` for a model's own preprocessing.
+
+Items of every dataset are ``(image tensor (3, H, W) float32, label int, index int)``
+with ``index`` the item's position in the split, which is what example plans refer to.
+A given ``transform`` receives a PIL RGB image for both kinds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .imagefolder import (
+    IMG_EXTENSIONS,
+    BadImageError,
+    ImageFolderDataset,
+    load_rgb,
+    scan_image_folder,
+    timm_data_config,
+    timm_eval_transform,
+)
+from .synthetic import (
+    CLASS_NAMES,
+    SyntheticDataset,
+    SyntheticSpec,
+    render,
+    render_masks,
+    render_meta,
+    split_indices,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "IMAGEFOLDER_SPLITS",
+    "BadImageError",
+    "ImageFolderDataset",
+    "SyntheticDataset",
+    "SyntheticSpec",
+    "dataset_fingerprint",
+    "dataset_meta",
+    "dataset_size",
+    "load_rgb",
+    "load_split_arrays",
+    "open_dataset",
+    "render",
+    "render_masks",
+    "render_meta",
+    "scan_image_folder",
+    "split_indices",
+    "timm_data_config",
+    "timm_eval_transform",
+]
+
+#: Split names an ``imagefolder`` dataset answers to (all mean "the whole folder").
+IMAGEFOLDER_SPLITS = ("analysis", "test", "val", "validation")
+_IMAGEFOLDER_KEYS = {"kind", "root", "on_bad_file"}
+CACHE_ENV = "SEELIKE_CACHE"
+
+
+def _kind(cfg: Mapping) -> str:
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"a dataset config must be a mapping, got {type(cfg).__name__}")
+    kind = cfg.get("kind")
+    if kind not in ("synthetic", "imagefolder"):
+        raise ValueError(f"dataset config: 'kind' must be 'synthetic' or 'imagefolder', got {kind!r}")
+    return kind
+
+
+def _imagefolder_args(cfg: Mapping, split: str) -> dict:
+    unknown = sorted(set(cfg) - _IMAGEFOLDER_KEYS)
+    if unknown:
+        raise ValueError(f"imagefolder dataset: unknown key(s) {unknown}; allowed: {sorted(_IMAGEFOLDER_KEYS)}")
+    if "root" not in cfg or not cfg["root"]:
+        raise ValueError("imagefolder dataset: 'root' (the folder holding <class>/<image> files) is required")
+    if split not in IMAGEFOLDER_SPLITS:
+        raise ValueError(
+            f"imagefolder dataset {cfg['root']} has a single evaluation split; asked for split "
+            f"{split!r}, which must be one of {IMAGEFOLDER_SPLITS} (training on it is not supported)"
+        )
+    return {"root": os.path.expanduser(os.fspath(cfg["root"])), "on_bad_file": cfg.get("on_bad_file", "error")}
+
+
+def open_dataset(cfg: Mapping, split: str, transform: Callable | None = None, *, preload: bool = False, cache_dir=None):
+    """A ``torch.utils.data.Dataset`` over ``split`` of the dataset described by ``cfg``.
+
+    Synthetic only: ``preload=True`` renders the whole split once up front (through
+    :func:`load_split_arrays`, cached under ``cache_dir`` / ``SEELIKE_CACHE``) instead of
+    rendering per item; ignored for image folders."""
+    if _kind(cfg) == "synthetic":
+        spec = SyntheticSpec.from_config(cfg)
+        arrays = load_split_arrays(cfg, split, cache_dir=cache_dir) if preload else None
+        return SyntheticDataset(spec, split, transform=transform, arrays=arrays)
+    return ImageFolderDataset(transform=transform, **_imagefolder_args(cfg, split))
+
+
+def dataset_size(cfg: Mapping, split: str) -> int:
+    """Number of items of ``split`` (imagefolder: after skipping bad files when configured)."""
+    if _kind(cfg) == "synthetic":
+        a, b = SyntheticSpec.from_config(cfg).split_range(split)
+        return b - a
+    args = _imagefolder_args(cfg, split)
+    if args["on_bad_file"] == "skip":
+        return len(ImageFolderDataset(transform=_identity, **args))
+    return len(scan_image_folder(args["root"])[1])
+
+
+def dataset_meta(cfg: Mapping, split: str) -> pd.DataFrame:
+    """Per-item table with ``index`` (split position) and ``label``. Synthetic adds
+    ``global_index``, ``class_name``, ``cx``, ``cy``, ``size``, ``rotation``; imagefolder
+    adds ``relpath`` and ``class_name``."""
+    if _kind(cfg) == "synthetic":
+        return SyntheticDataset(SyntheticSpec.from_config(cfg), split).meta()
+    return ImageFolderDataset(transform=_identity, **_imagefolder_args(cfg, split)).meta()
+
+
+def dataset_fingerprint(cfg: Mapping) -> str:
+    """sha256 hex of what determines the dataset's content, for plan ``dataset`` strings.
+
+    Synthetic: the canonical config plus the renderer version. Imagefolder: the class list,
+    the sorted ``(relpath, label)`` list and ``on_bad_file`` (not the root path, so the
+    same files mounted elsewhere give the same fingerprint; file contents are not hashed).
+    """
+    if _kind(cfg) == "synthetic":
+        return SyntheticSpec.from_config(cfg).fingerprint()
+    args = _imagefolder_args(cfg, "analysis")
+    if args["on_bad_file"] == "skip":
+        ds = ImageFolderDataset(transform=_identity, **args)
+        classes, samples = ds.classes, ds.samples
+    else:
+        classes, samples = scan_image_folder(args["root"])
+    payload = {"kind": "imagefolder", "on_bad_file": args["on_bad_file"], "classes": classes, "samples": samples}
+    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
+
+
+def _identity(x):
+    return x
+
+
+def load_split_arrays(cfg: Mapping, split: str, cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic only: ``(images uint8 (N, H, W, 3), labels int64 (N,))`` of a whole split,
+    in split order. Cached as ``synthetic-<key>.npz`` under ``cache_dir`` (or the
+    ``SEELIKE_CACHE`` environment variable; no caching when neither is set). ``<key>`` is
+    :meth:`SyntheticSpec.render_key`, so splits with identical pixels share a file. The
+    file is written under a temporary name and renamed, so it is never half-written."""
+    if _kind(cfg) != "synthetic":
+        raise ValueError(
+            f"load_split_arrays works for synthetic datasets only (got kind {cfg.get('kind')!r}); "
+            f"use open_dataset for image folders"
+        )
+    spec = SyntheticSpec.from_config(cfg)
+    key = spec.render_key(split)
+    cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or None
+    path = Path(cache_dir) / f"synthetic-{key[:32]}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) == key:
+                    return z["images"], z["labels"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or foreign cache file: render again and overwrite it
+    images, labels, _ = render(spec, split_indices(spec, split))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, images=images, labels=labels, key=np.array(key))
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+    return images, labels

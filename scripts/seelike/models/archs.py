@@ -18,6 +18,8 @@ def seelike_mixer(pretrained: bool = False, **kwargs) -> MlpMixer:
     """An MlpMixer whose patch size, depth and width all come from kwargs (defaults: a 32 px demo size)."""
     if pretrained:
         raise ValueError("seelike_mixer has no pretrained weights; train it from a recipe")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's factory adds these
+        kwargs.pop(key, None)
     args = dict(img_size=32, patch_size=4, num_blocks=6, embed_dim=96, mlp_ratio=(0.5, 2.0), num_classes=10)
     args.update(kwargs)
     model = MlpMixer(**args)

@@ -1,0 +1,423 @@
+"""Linear CKA: Gram matrices, HSIC of every layer pair at once, and the minibatch estimator.
+
+Numerics only (numpy + torch); no files.
+
+Definitions (n examples in a minibatch, X the flattened per-example features of one layer):
+
+* Gram ``K = X X^T`` (n, n). For token/spatial activations (n, t, d) this equals the sum of
+  the per-position Grams; :func:`gram` computes it in float32 matrix products over feature
+  chunks that are summed in float64 (float16 overflows in Gram matrices, one float32 sum over
+  ~200k features loses digits).
+* Unbiased HSIC (Song et al. 2012), via U-centring: zero the diagonal of K, then
+  ``Ku_ij = K_ij - r_i/(n-2) - c_j/(n-2) + s/((n-1)(n-2))`` off the diagonal (r, c row and
+  column sums, s the total of the zero-diagonal K), diagonal 0;
+  ``HSIC_1(K, L) = <Ku, Lu>_F / (n (n-3))``. Needs n >= 4.
+* Biased HSIC (Gretton et al. 2005): ``HSIC_0(K, L) = tr(K H L H) / (n-1)^2 = <HKH, HLH>_F / (n-1)^2``.
+  Needs n >= 2.
+* All pairs at once: the centred Grams, flattened, are the rows of G (L, n^2); ``G G^T`` holds
+  the (unnormalised) HSIC of every pair. :func:`hsic_all_pairs` never materialises G: by symmetry
+  ``<Kc, Lc> = 2 sum_{i>j} Kc_ij Lc_ij + sum_i Kc_ii Lc_ii``, so it centres only the strict lower
+  triangle, a block of rows of every layer at a time, and accumulates ``G_blk G_blk^T``; the
+  extra memory is a few MB however large L and n are, and the Grams are read twice (row sums,
+  then blocks).
+* Minibatch CKA (Nguyen, Raghu, Kornblith 2021): per-minibatch HSIC matrices are averaged in
+  float64, ``CKA_ij = mean_b HSIC_ij / sqrt(mean_b HSIC_ii * mean_b HSIC_jj)``. With one
+  minibatch holding every example and the biased estimator this is the full-batch CKA of
+  Kornblith et al. 2019.
+
+Both estimators are invariant to shifting the features by a constant vector (U-centring and
+double centring annihilate the terms ``a_i + a_j + c`` that a shift adds to K), so
+``gram(x, center=True)`` -- the Gram of the features centred over the minibatch -- gives the
+same HSIC in exact arithmetic and fewer rounding errors when the activations have large means.
+
+Cross-model CKA: stack model A's and model B's Grams of the same minibatch into one
+(La + Lb, n, n) array, call :func:`hsic_all_pairs`, and keep the off-diagonal block of
+:func:`cka_from_minibatch_hsic`'s result.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+ESTIMATORS = ("unbiased", "biased")
+MIN_EXAMPLES = {"unbiased": 4, "biased": 2}
+
+# ||centred Gram||_F <= _NULL_TOL * (scale of the Gram) counts as a zero centred Gram (rounding: ~1e-15).
+_NULL_TOL = 1e-12
+
+OK = "ok"
+NONPOSITIVE_SELF_HSIC = "nonpositive_self_hsic"
+
+__all__ = [
+    "ESTIMATORS", "MIN_EXAMPLES", "CKAResult", "NegativeHSICWarning", "gram", "u_center",
+    "double_center", "hsic_all_pairs", "cka_from_minibatch_hsic", "cka_all_pairs_from_features",
+]
+
+
+class NegativeHSICWarning(UserWarning):
+    """The accumulated self-HSIC of a layer is <= 0, so CKA involving that layer is undefined."""
+
+
+# --------------------------------------------------------------------------------------------
+# Gram matrices
+# --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _full_fp32_matmul():
+    """Float32 matmuls at full float32 precision, whatever a caller set (TF32 / bf16 passes)."""
+    old = torch.get_float32_matmul_precision()
+    if old == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def _panels(n: int, d: int, device: torch.device) -> int:
+    """Column-panel width for the lower-block-triangle Gram on CPU, 0 for one plain matmul.
+
+    With 4 panels only 10/16 of the multiply-adds of ``X X^T`` are done, in matmuls still large
+    enough to run at full BLAS speed (n = 1024, d = 38400, 2 cores: 0.27 s instead of 0.41 s).
+    For small d the gain is a few ms and the extra small operations cost more than that when
+    other processes compete for the cores, so those take one matmul.
+    """
+    if device.type != "cpu" or n < 512 or d < 4096:
+        return 0
+    return -(-n // 4)
+
+
+def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool = False) -> torch.Tensor:
+    """(n, n) float64 Gram ``X X^T`` of the flattened per-example features of ``x``.
+
+    x: (n, ...) tensor of any floating dtype (float16 / bfloat16 included) on any device.
+    Features are processed ``chunk_features`` at a time: each chunk is cast to float32, multiplied
+    in float32 at full precision (TF32 is switched off for the call) and the chunk Grams are summed
+    in float64. ``center=True`` subtracts each feature's mean over the n examples first (the Gram
+    of the minibatch-centred features, ``H K H``); CKA with either estimator is unchanged by it in
+    exact arithmetic and more accurate for activations with large means (see the benchmark).
+    Returns a tensor on the device of ``x``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"gram: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"gram: expected an (n, ...) tensor with n >= 1 examples, got shape {tuple(x.shape)}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"gram: expected real features, got dtype {x.dtype}")
+    if int(chunk_features) < 1:
+        raise ValueError(f"gram: chunk_features must be >= 1, got {chunk_features}")
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    d = flat.shape[1]
+    if d == 0:
+        raise ValueError(f"gram: the examples have no features (shape {tuple(x.shape)})")
+    chunk = int(chunk_features)
+    b = _panels(n, min(d, chunk), x.device)
+    # With panels, a float32 buffer receives the lower block triangle of each chunk's Gram (the
+    # rest stays 0) and is added to the float64 sum as a whole (adding float32 panels into float64
+    # slices is slow); the sum is mirrored at the end.
+    buf = torch.zeros(n, n, dtype=torch.float32, device=x.device) if b else None
+    out = None
+    with torch.no_grad(), _full_fp32_matmul():
+        for s in range(0, d, chunk):
+            c = flat[:, s:s + chunk]
+            if center:
+                c = c - c.mean(dim=0, dtype=torch.float64).to(torch.float32)
+            else:
+                c = c.to(torch.float32)
+            if b:
+                for p in range(0, n, b):
+                    buf[p:, p:p + b] = c[p:] @ c[p:p + b].T
+                part = buf
+            else:
+                part = c @ c.T
+            if out is None:
+                out = part.to(torch.float64)
+            else:
+                out += part
+        if b:
+            for p in range(0, n, b):
+                q = min(n, p + b)
+                blk = out[p:q, p:q]                      # computed in full: make it exactly symmetric
+                blk.copy_((blk + blk.T).mul_(0.5))
+                if q < n:
+                    out[p:q, q:].copy_(out[q:, p:q].T)   # mirror the panel below the diagonal block
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Centring
+# --------------------------------------------------------------------------------------------
+
+def _as_square_stack(k, what: str) -> np.ndarray:
+    k = np.asarray(k, dtype=np.float64)
+    if k.ndim < 2 or k.shape[-1] != k.shape[-2]:
+        raise ValueError(f"{what}: expected (..., n, n) square matrices, got shape {k.shape}")
+    return k
+
+
+def u_center(k: np.ndarray) -> np.ndarray:
+    """U-centred copy of the (..., n, n) matrices ``k`` (Song et al. 2012), zero diagonal, float64.
+
+    ``<u_center(K), u_center(L)>_F / (n (n-3))`` is the unbiased HSIC. Needs n >= 3 (the inner
+    product needs n >= 4).
+    """
+    k = _as_square_stack(k, "u_center").copy()
+    n = k.shape[-1]
+    if n < 3:
+        raise ValueError(f"u_center: needs n >= 3 examples (U-centring divides by n - 2), got n = {n}")
+    diag = np.einsum("...ii->...i", k)  # writable view
+    diag[...] = 0.0
+    row = k.sum(axis=-1)
+    col = k.sum(axis=-2)
+    tot = row.sum(axis=-1)
+    k -= row[..., :, None] / (n - 2)
+    k -= col[..., None, :] / (n - 2)
+    k += (tot / ((n - 1) * (n - 2)))[..., None, None]
+    diag[...] = 0.0
+    return k
+
+
+def double_center(k: np.ndarray) -> np.ndarray:
+    """``H K H`` for the (..., n, n) matrices ``k`` (H = I - 11^T/n), float64 copy."""
+    k = _as_square_stack(k, "double_center").copy()
+    if k.shape[-1] < 1:
+        raise ValueError("double_center: empty matrices")
+    row = k.mean(axis=-1)
+    col = k.mean(axis=-2)
+    tot = row.mean(axis=-1)
+    k -= row[..., :, None]
+    k -= col[..., None, :]
+    k += tot[..., None, None]
+    return k
+
+
+# --------------------------------------------------------------------------------------------
+# HSIC of every pair
+# --------------------------------------------------------------------------------------------
+
+def _check_estimator(estimator: str) -> str:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown HSIC estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+    return estimator
+
+
+def _check_symmetric(k: torch.Tensor) -> None:
+    """Cheap guard (a fixed sample of 4096 entry pairs per layer): Grams must be symmetric."""
+    n_layers, n = k.shape[0], k.shape[1]
+    gen = torch.Generator().manual_seed(0)
+    i = torch.randint(0, n, (4096,), generator=gen)
+    j = torch.randint(0, n, (4096,), generator=gen)
+    v, vt = k[:, i, j], k[:, j, i]
+    scale = torch.maximum(v.abs().amax(dim=1), k.diagonal(dim1=-2, dim2=-1).abs().amax(dim=1))
+    bad = ((v - vt).abs().amax(dim=1) > 1e-6 * scale).numpy()   # NaN compares False: caught later
+    if bad.any():
+        raise ValueError(f"hsic_all_pairs: the Gram matrices of layer indices {np.flatnonzero(bad).tolist()} "
+                         "are not symmetric")
+
+
+def hsic_all_pairs(grams: np.ndarray, estimator: str = "unbiased") -> np.ndarray:
+    """(L, L) float64 HSIC of every pair of the (L, n, n) Grams of one minibatch.
+
+    ``estimator``: "unbiased" (Song et al. 2012; n >= 4) or "biased" (``tr(KHLH)/(n-1)^2``; n >= 2).
+    Every pair comes from one accumulated product ``G G^T`` of the flattened centred Grams,
+    formed a block of rows at a time from the lower triangle (float64 throughout); the Grams must
+    be symmetric (checked on a sample of entries) and are not modified. Raises ValueError for a
+    bad shape, too few examples, an unknown estimator, non-symmetric or non-finite Grams.
+    """
+    _check_estimator(estimator)
+    if isinstance(grams, torch.Tensor):
+        grams = grams.detach().cpu().numpy()
+    g = np.asarray(grams, dtype=np.float64)
+    if g.ndim == 2:
+        raise ValueError(f"hsic_all_pairs: expected a stack (L, n, n) of Grams, got one matrix of shape {g.shape}; "
+                         "use grams[None]")
+    if g.ndim != 3 or g.shape[1] != g.shape[2]:
+        raise ValueError(f"hsic_all_pairs: expected (L, n, n) square Gram matrices, got shape {g.shape}")
+    n_layers, n = g.shape[0], g.shape[1]
+    need = MIN_EXAMPLES[estimator]
+    if n < need:
+        raise ValueError(f"hsic_all_pairs: the {estimator} HSIC estimator needs n >= {need} examples per minibatch, "
+                         f"got n = {n}")
+    if n_layers == 0:
+        return np.zeros((0, 0))
+    k = torch.from_numpy(np.ascontiguousarray(g))
+    _check_symmetric(k)
+    diag = k.diagonal(dim1=-2, dim2=-1)
+    if estimator == "unbiased":
+        row = k.sum(dim=-1) - diag                       # row sums of the zero-diagonal K
+        half = (row.sum(dim=-1) / (2.0 * (n - 1) * (n - 2)))[:, None]
+        a = row / (n - 2) - half                         # Ku_ij = K_ij - a_i - a_j  (i != j)
+        cdiag = torch.zeros_like(diag)                   # U-centred diagonal: 0
+        norm = n * (n - 3)
+    else:
+        row = k.mean(dim=-1)
+        a = row - (row.mean(dim=-1) / 2.0)[:, None]      # (HKH)_ij = K_ij - a_i - a_j
+        cdiag = diag - 2.0 * a
+        norm = (n - 1) ** 2
+    # <Kc, Lc> = 2 sum_{i>j} Kc_ij Lc_ij + sum_i Kc_ii Lc_ii: only the strict lower triangle is
+    # centred, in blocks of rows [s, e) x columns [0, e) of ~2^21 float64 values (16 MiB) for all
+    # layers: few enough operations that thread start-up does not dominate, small enough for cache.
+    acc = torch.zeros(n_layers, n_layers, dtype=torch.float64)
+    budget = (1 << 21) / n_layers
+    s = 0
+    while s < n:
+        rows = max(8, int((math.sqrt(s * s + 4.0 * budget) - s) / 2))   # rows * (s + rows) ~ budget
+        e = min(n, s + rows)
+        blk = k[:, s:e, :e] - a[:, s:e, None]
+        blk -= a[:, None, :e]
+        sq = blk[:, :, s:]                               # the (e-s) x (e-s) block on the diagonal
+        sq.masked_fill_(torch.ones(e - s, e - s, dtype=torch.bool).triu_(), 0.0)
+        flat = blk.reshape(n_layers, -1)
+        acc.addmm_(flat, flat.T, alpha=2.0)
+        s = e
+    acc.addmm_(cdiag, cdiag.T)
+    out = acc.numpy()
+    if not np.isfinite(out).all():
+        bad = ~np.isfinite(np.diagonal(out))
+        layers = np.flatnonzero(bad).tolist() or sorted(set(np.argwhere(~np.isfinite(out))[:, 0].tolist()))
+        raise ValueError(f"hsic_all_pairs: non-finite values in the Gram matrices of layer indices {layers}")
+    # A layer whose centred Gram is zero up to rounding (features constant over the minibatch)
+    # has HSIC exactly 0 with everything: rounding noise must not pass for a (tiny) signal. The
+    # scale (sqrt(n ||a||^2 + ||diag K||^2), of the order of ||K||_F) costs no extra pass.
+    scale_sq = (n * (a ** 2).sum(dim=-1) + (diag ** 2).sum(dim=-1)).numpy()
+    null = np.diagonal(out) <= (_NULL_TOL ** 2) * scale_sq
+    out = out / norm
+    if null.any():
+        out[null, :] = 0.0
+        out[:, null] = 0.0
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Minibatch CKA
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class CKAResult:
+    """Minibatch CKA of every layer pair.
+
+    cka: (L, L) float64; NaN only where ``status != "ok"``.
+    se: jackknife (leave-one-minibatch-out) standard error, (L, L); NaN with < 2 minibatches or
+        where a leave-one-out estimate is undefined.
+    batch_std: sample std (ddof = 1) over minibatches of the per-minibatch CKA, ignoring minibatches
+        whose self-HSIC for the pair is <= 0; NaN with < 2 usable minibatches.
+    status: (L, L) str array: "ok" or "nonpositive_self_hsic".
+    n_minibatches: number of minibatches accumulated.
+    """
+
+    cka: np.ndarray
+    se: np.ndarray
+    batch_std: np.ndarray
+    status: np.ndarray
+    n_minibatches: int
+
+
+def _cka_from_mean_hsic(h: np.ndarray) -> np.ndarray:
+    """CKA from (..., L, L) HSIC; NaN where a self-HSIC is <= 0 (never sqrt of a negative)."""
+    d = np.diagonal(h, axis1=-2, axis2=-1)
+    pos = d > 0
+    root = np.sqrt(np.where(pos, d, 1.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = h / (root[..., :, None] * root[..., None, :])
+    return np.where(pos[..., :, None] & pos[..., None, :], c, np.nan)
+
+
+def cka_from_minibatch_hsic(hsic: np.ndarray) -> CKAResult:
+    """Minibatch CKA with its spread from (m, L, L) per-minibatch HSIC matrices (float64 sums).
+
+    Where the accumulated self-HSIC of a layer is <= 0 (possible for the unbiased estimator on
+    tiny minibatches) CKA is undefined: ``status`` says "nonpositive_self_hsic" for every pair
+    involving that layer, ``cka`` is NaN there only, and a :class:`NegativeHSICWarning` names the
+    layer indices.
+    """
+    h = np.asarray(hsic, dtype=np.float64)
+    if h.ndim == 2:
+        h = h[None]
+    if h.ndim != 3 or h.shape[1] != h.shape[2]:
+        raise ValueError(f"cka_from_minibatch_hsic: expected (m, L, L) HSIC matrices, got shape {np.shape(hsic)}")
+    m, n_layers = h.shape[0], h.shape[1]
+    if m < 1:
+        raise ValueError("cka_from_minibatch_hsic: no minibatches")
+    if not np.isfinite(h).all():
+        where = sorted(set(np.argwhere(~np.isfinite(h))[:, 0].tolist()))
+        raise ValueError(f"cka_from_minibatch_hsic: non-finite HSIC values in minibatches {where}")
+
+    total = h.sum(axis=0)
+    mean = total / m
+    self_h = np.diagonal(mean).copy()
+    good = self_h > 0
+    ok = good[:, None] & good[None, :]
+    status = np.where(ok, OK, NONPOSITIVE_SELF_HSIC).astype(object)
+    cka = _cka_from_mean_hsic(mean)
+    if not good.all():
+        bad = np.flatnonzero(~good).tolist()
+        vals = ", ".join(f"{i}: {self_h[i]:.3g}" for i in bad)
+        warnings.warn(
+            f"CKA undefined for rows/columns {bad}: accumulated self-HSIC <= 0 ({vals}) over {m} minibatch(es): "
+            "the layer's centred Gram is zero (features constant over the examples) or the estimate is "
+            "too noisy (use larger minibatches); status 'nonpositive_self_hsic', value NaN",
+            NegativeHSICWarning, stacklevel=2)
+
+    # Spread of the per-minibatch CKA (NaN where that minibatch's self-HSIC is <= 0).
+    per_batch = _cka_from_mean_hsic(h)
+    usable = np.isfinite(per_batch).sum(axis=0)
+    batch_std = np.full((n_layers, n_layers), np.nan)
+    sel = usable >= 2
+    if sel.any():
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            std = np.nanstd(per_batch, axis=0, ddof=1)
+        batch_std[sel] = std[sel]
+
+    # Jackknife over minibatches: leave each one out of the mean.
+    se = np.full((n_layers, n_layers), np.nan)
+    if m >= 2:
+        loo = _cka_from_mean_hsic((total[None] - h) / (m - 1))
+        defined = np.isfinite(loo).all(axis=0) & ok
+        dev = loo - loo.mean(axis=0)
+        with np.errstate(invalid="ignore"):
+            jk = np.sqrt((m - 1) / m * (dev ** 2).sum(axis=0))
+        se[defined] = jk[defined]
+
+    return CKAResult(cka=cka, se=se, batch_std=batch_std, status=status, n_minibatches=m)
+
+
+def cka_all_pairs_from_features(features: Sequence[torch.Tensor], minibatch_size: int | None = None,
+                                estimator: str = "unbiased", center: bool = True,
+                                chunk_features: int = 1 << 16) -> CKAResult:
+    """Minibatch CKA of every pair of the given layers (each (N, ...), same examples in the same order).
+
+    Consecutive minibatches of ``minibatch_size`` examples (None: one minibatch of all N);
+    N must be a multiple of it. For cross-model CKA pass model A's layers then model B's and
+    take the off-diagonal block.
+    """
+    _check_estimator(estimator)
+    features = list(features)
+    if not features:
+        raise ValueError("cka_all_pairs_from_features: no layers given")
+    n_total = features[0].shape[0]
+    for i, f in enumerate(features):
+        if f.shape[0] != n_total:
+            raise ValueError(f"cka_all_pairs_from_features: layer {i} has {f.shape[0]} examples, layer 0 has {n_total}")
+    b = n_total if minibatch_size is None else int(minibatch_size)
+    if b < MIN_EXAMPLES[estimator]:
+        raise ValueError(f"cka_all_pairs_from_features: minibatch_size {b} is too small for the {estimator} "
+                         f"HSIC estimator (needs >= {MIN_EXAMPLES[estimator]})")
+    if n_total % b:
+        raise ValueError(f"cka_all_pairs_from_features: {n_total} examples is not a multiple of minibatch_size {b}")
+    per_batch = []
+    for s in range(0, n_total, b):
+        grams = np.empty((len(features), b, b))
+        for i, f in enumerate(features):
+            grams[i] = gram(f[s:s + b], chunk_features=chunk_features, center=center).cpu().numpy()
+        per_batch.append(hsic_all_pairs(grams, estimator))
+    return cka_from_minibatch_hsic(np.stack(per_batch))

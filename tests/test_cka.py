@@ -1,0 +1,506 @@
+"""seelike.cka against independent float64 references written here from the definitions.
+
+References (none uses seelike's U-centring or blocked all-pairs code):
+* unbiased HSIC: the trace formula of Song et al. 2012 (eq. 5) with np.trace, and for tiny n the
+  U-statistic itself, summed over every ordered 4-tuple of distinct examples;
+* biased HSIC: tr(K H L H) / (n-1)^2 with an explicit centring matrix H;
+* full-batch biased CKA: the feature-space formula of Kornblith et al. 2019,
+  ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F);
+* minibatch CKA and its jackknife: loops over minibatches from the definitions.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from seelike.cka import (
+    CKAResult,
+    NegativeHSICWarning,
+    cka_all_pairs_from_features,
+    cka_from_minibatch_hsic,
+    double_center,
+    gram,
+    hsic_all_pairs,
+    u_center,
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Independent references
+# ----------------------------------------------------------------------------------------------
+
+def ref_hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
+    """Song et al. 2012, eq. (5): [tr(K~L~) + 1'K~1 1'L~1/((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))."""
+    n = K.shape[0]
+    Kt, Lt = K.astype(np.float64).copy(), L.astype(np.float64).copy()
+    np.fill_diagonal(Kt, 0.0)
+    np.fill_diagonal(Lt, 0.0)
+    one = np.ones(n)
+    t1 = np.trace(Kt @ Lt)
+    t2 = (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+    t3 = 2.0 / (n - 2) * (one @ Kt @ Lt @ one)
+    return (t1 + t2 - t3) / (n * (n - 3))
+
+
+def ref_hsic_ustat(K: np.ndarray, L: np.ndarray) -> float:
+    """The U-statistic: mean over ordered distinct (i, j, q, r) of k_ij l_ij + k_ij l_qr - 2 k_ij l_iq."""
+    n = K.shape[0]
+    tot, count = 0.0, 0
+    for i, j, q, r in itertools.permutations(range(n), 4):
+        tot += K[i, j] * L[i, j] + K[i, j] * L[q, r] - 2.0 * K[i, j] * L[i, q]
+        count += 1
+    return tot / count
+
+
+def ref_hsic_biased(K: np.ndarray, L: np.ndarray) -> float:
+    n = K.shape[0]
+    H = np.eye(n) - np.ones((n, n)) / n
+    return np.trace(K @ H @ L @ H) / (n - 1) ** 2
+
+
+def ref_all_pairs(grams, ref):
+    m = len(grams)
+    return np.array([[ref(grams[i], grams[j]) for j in range(m)] for i in range(m)])
+
+
+def ref_gram(x) -> np.ndarray:
+    a = np.asarray(torch.as_tensor(x).double().numpy()).reshape(len(x), -1)
+    return a @ a.T
+
+
+def ref_cka_linear(X: np.ndarray, Y: np.ndarray) -> float:
+    """Kornblith et al. 2019 full-batch linear CKA in feature space (biased HSIC)."""
+    X = X.reshape(len(X), -1).astype(np.float64)
+    Y = Y.reshape(len(Y), -1).astype(np.float64)
+    X = X - X.mean(0)
+    Y = Y - Y.mean(0)
+    return np.linalg.norm(Y.T @ X) ** 2 / (np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y))
+
+
+def ref_minibatch_cka(features, b, ref_hsic):
+    """Per-minibatch HSIC from the reference formula; CKA of the means; jackknife; per-batch std."""
+    N = features[0].shape[0]
+    m = N // b
+    Ls = len(features)
+    per = np.zeros((m, Ls, Ls))
+    for t in range(m):
+        gs = [ref_gram(f[t * b:(t + 1) * b]) for f in features]
+        per[t] = ref_all_pairs(gs, ref_hsic)
+
+    def cka_of(batches):
+        h = per[list(batches)].mean(0)
+        out = np.zeros((Ls, Ls))
+        for i in range(Ls):
+            for j in range(Ls):
+                out[i, j] = h[i, j] / np.sqrt(h[i, i] * h[j, j])
+        return out
+
+    cka = cka_of(range(m))
+    loo = np.array([cka_of([u for u in range(m) if u != t]) for t in range(m)])
+    se = np.sqrt((m - 1) / m * ((loo - loo.mean(0)) ** 2).sum(0))
+    per_cka = np.array([cka_of([t]) for t in range(m)])
+    std = per_cka.std(0, ddof=1)
+    return cka, se, std
+
+
+def assert_hsic_close(got, want, grams, norm):
+    """|got - want| <= 1e-9 |want| + 1e-10 ||K_i|| ||K_j|| / norm, i.e. rounding level in float64."""
+    scale = np.array([np.linalg.norm(g) for g in grams])
+    tol = 1e-9 * np.abs(want) + 1e-10 * np.outer(scale, scale) / norm
+    err = np.abs(got - want)
+    assert (err <= tol).all(), f"max err {err.max():.3e}, worst ratio to tolerance {(err / tol).max():.3g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+def _layers(kind: str, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Feature matrices of several layers for one minibatch."""
+    base = rng.standard_normal((n, 20))
+    if kind == "random":
+        return [base, base @ rng.standard_normal((20, 30)) + rng.standard_normal((n, 30)),
+                rng.standard_normal((n, 7)), rng.standard_normal((n, 50)) * 3 + 1]
+    if kind == "rank_deficient":
+        r1 = rng.standard_normal((n, 1)) @ rng.standard_normal((1, 40))
+        r2 = rng.standard_normal((n, 2)) @ rng.standard_normal((2, 40))
+        return [r1, r2, base]
+    if kind == "huge":
+        return [1e4 * base, 1e4 * rng.standard_normal((n, 10)), 1e4 * (base[:, :5] + 3.0)]
+    if kind == "tiny":
+        return [1e-4 * base, 1e-4 * rng.standard_normal((n, 10)), 1e-4 * (base[:, :5] + 3.0)]
+    if kind == "constant":
+        return [np.full((n, 6), 2.5), base, np.zeros((n, 4)) + np.arange(4.0)]
+    if kind == "large_mean":
+        return [base + 100.0, base[:, :10] * 0.1 + 50.0, rng.standard_normal((n, 15)) + 1e3]
+    raise AssertionError(kind)
+
+
+CASES = [(kind, n) for kind in ("random", "rank_deficient", "huge", "tiny", "constant", "large_mean")
+         for n in (4, 9, 33)]
+
+
+@pytest.mark.parametrize("kind,n", CASES)
+def test_hsic_unbiased_matches_song_trace_formula(kind, n):
+    rng = np.random.default_rng(hash((kind, n)) % 2**32)
+    grams = np.stack([f @ f.T for f in _layers(kind, n, rng)])
+    got = hsic_all_pairs(grams, "unbiased")
+    want = ref_all_pairs(grams, ref_hsic_unbiased)
+    assert got.shape == want.shape and got.dtype == np.float64
+    assert_hsic_close(got, want, grams, n * (n - 3))
+    # the same through the public U-centring function
+    ku = u_center(grams).reshape(len(grams), -1)
+    assert_hsic_close(ku @ ku.T / (n * (n - 3)), want, grams, n * (n - 3))
+
+
+@pytest.mark.parametrize("kind,n", CASES)
+def test_hsic_biased_matches_centring_matrix_formula(kind, n):
+    rng = np.random.default_rng(1 + hash((kind, n)) % 2**32)
+    grams = np.stack([f @ f.T for f in _layers(kind, n, rng)])
+    got = hsic_all_pairs(grams, "biased")
+    want = ref_all_pairs(grams, ref_hsic_biased)
+    assert_hsic_close(got, want, grams, (n - 1) ** 2)
+
+
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_hsic_unbiased_is_the_u_statistic(n):
+    rng = np.random.default_rng(n)
+    feats = [rng.standard_normal((n, 3)), rng.standard_normal((n, 5)) + 2, rng.standard_normal((n, 1))]
+    grams = np.stack([f @ f.T for f in feats])
+    got = hsic_all_pairs(grams)
+    want = ref_all_pairs(grams, ref_hsic_ustat)
+    assert_hsic_close(got, want, grams, n * (n - 3))
+
+
+def test_hsic_non_psd_inputs():
+    """Any symmetric matrices (not just Grams): hand-made, indefinite, nonzero diagonal."""
+    rng = np.random.default_rng(7)
+    n = 11
+    grams = rng.standard_normal((4, n, n)) * np.array([1.0, 10.0, 0.1, 1e3])[:, None, None]
+    grams = grams + grams.transpose(0, 2, 1)
+    for est, ref, norm in (("unbiased", ref_hsic_unbiased, n * (n - 3)), ("biased", ref_hsic_biased, (n - 1) ** 2)):
+        assert_hsic_close(hsic_all_pairs(grams, est), ref_all_pairs(grams, ref), grams, norm)
+
+
+def test_hsic_several_row_blocks():
+    """n large enough that hsic_all_pairs centres the Grams in several row blocks."""
+    rng = np.random.default_rng(3)
+    n, L = 700, 3   # (1 << 20) // (3 * 700) = 499 rows per block -> 2 blocks, one partial
+    feats = [rng.standard_normal((n, 16)) + i for i in range(L)]
+    grams = np.stack([f @ f.T for f in feats])
+    assert_hsic_close(hsic_all_pairs(grams), ref_all_pairs(grams, ref_hsic_unbiased), grams, n * (n - 3))
+    assert_hsic_close(hsic_all_pairs(grams, "biased"), ref_all_pairs(grams, ref_hsic_biased), grams, (n - 1) ** 2)
+
+
+def test_hsic_all_pairs_does_not_modify_input_and_accepts_tensors():
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((2, 6, 6))
+    g = g + g.transpose(0, 2, 1)
+    before = g.copy()
+    a = hsic_all_pairs(g)
+    np.testing.assert_array_equal(g, before)
+    np.testing.assert_array_equal(hsic_all_pairs(torch.from_numpy(g)), a)
+
+
+def test_centring_functions():
+    rng = np.random.default_rng(5)
+    k = rng.standard_normal((3, 8, 8))
+    k = k + k.transpose(0, 2, 1)
+    H = np.eye(8) - 1.0 / 8
+    np.testing.assert_allclose(double_center(k), H @ k @ H, atol=1e-13)
+    ku = u_center(k)
+    assert np.all(np.diagonal(ku, axis1=1, axis2=2) == 0)
+    np.testing.assert_allclose(ku, ku.transpose(0, 2, 1), atol=1e-14)
+    # U-centring annihilates the a_i + a_j + c terms a feature shift adds to a Gram
+    a = rng.standard_normal(8)
+    np.testing.assert_allclose(u_center(k[0] + a[:, None] + a[None, :] + 3.0), ku[0], atol=1e-12)
+    assert u_center(k[0]).shape == (8, 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# CKA properties
+# ----------------------------------------------------------------------------------------------
+
+def _random_orthogonal(d, rng):
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_cka_identity_orthogonal_and_isotropic_invariance(estimator):
+    rng = np.random.default_rng(11)
+    n, d = 64, 24
+    X = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) + 0.5
+    Q = _random_orthogonal(d, rng)
+    feats = [torch.from_numpy(X), torch.from_numpy(X @ Q), torch.from_numpy(7.5 * X),
+             torch.from_numpy(1e-3 * X @ Q), torch.from_numpy(X + 42.0)]
+    res = cka_all_pairs_from_features(feats, minibatch_size=16, estimator=estimator)
+    assert isinstance(res, CKAResult) and res.n_minibatches == 4
+    np.testing.assert_allclose(res.cka, 1.0, atol=1e-6)    # float32 Gram products: ~1e-7
+    assert (res.status == "ok").all()
+    # the same in float64 from hsic_all_pairs on exact Grams
+    grams = np.stack([f.numpy() @ f.numpy().T for f in feats])
+    h = hsic_all_pairs(grams, estimator)
+    np.testing.assert_allclose(h / np.sqrt(np.outer(np.diag(h), np.diag(h))), 1.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_cka_not_invariant_to_non_isotropic_scaling(estimator):
+    """Sanity check that the invariance test can fail: scaling features unequally changes CKA."""
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((64, 10))
+    D = np.diag(np.r_[np.full(5, 10.0), np.full(5, 0.1)])
+    res = cka_all_pairs_from_features([torch.from_numpy(X), torch.from_numpy(X @ D)], estimator=estimator)
+    assert res.cka[0, 1] < 0.9
+
+
+def test_full_batch_biased_cka_is_kornblith_feature_space_formula():
+    rng = np.random.default_rng(13)
+    n = 50
+    X = rng.standard_normal((n, 12)) + 3
+    Y = np.tanh(X @ rng.standard_normal((12, 30))) + rng.standard_normal((n, 30)) * 0.3
+    Z = rng.standard_normal((n, 4, 5))     # token-shaped
+    feats = [X, Y, Z]
+    res = cka_all_pairs_from_features([torch.from_numpy(f) for f in feats], estimator="biased")
+    want = np.array([[ref_cka_linear(a, b) for b in feats] for a in feats])
+    np.testing.assert_allclose(res.cka, want, atol=1e-6)
+    # exact Grams -> float64-level agreement
+    grams = np.stack([ref_gram(torch.from_numpy(f)) for f in feats])
+    h = hsic_all_pairs(grams, "biased")
+    np.testing.assert_allclose(h / np.sqrt(np.outer(np.diag(h), np.diag(h))), want, atol=1e-12)
+    assert 0.05 < want[0, 1] < 0.95   # a non-trivial value, so the comparison means something
+
+
+# ----------------------------------------------------------------------------------------------
+# Gram
+# ----------------------------------------------------------------------------------------------
+
+def test_gram_tokens_equal_sum_of_per_token_grams_and_flattened():
+    g = torch.Generator().manual_seed(0)
+    n, t, d = 12, 5, 7
+    x = torch.randn(n, t, d, generator=g) + 0.3
+    want = ref_gram(x)
+    per_token = sum(ref_gram(x[:, i]) for i in range(t))
+    np.testing.assert_allclose(per_token, want, rtol=1e-12)
+    for got in (gram(x), gram(x.reshape(n, -1)), sum(gram(x[:, i]) for i in range(t)),
+                gram(x, chunk_features=3), gram(x.double())):
+        assert got.dtype == torch.float64 and got.shape == (n, n) and got.device == x.device
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("n,d,chunk", [(600, 4500, 1 << 16), (521, 9000, 4096), (300, 1000, 97), (40, 2000, 300)])
+def test_gram_panels_and_chunks(n, d, chunk):
+    """n >= 512 and chunks of >= 4096 features take the lower-block-triangle path on CPU (the
+    last, partial chunk included); small chunks sum in float64."""
+    g = torch.Generator().manual_seed(n + d)
+    x = torch.randn(n, d, generator=g) * 2 + 1
+    want = ref_gram(x)
+    got = gram(x, chunk_features=chunk)
+    assert torch.equal(got, got.T)                 # exactly symmetric
+    assert np.abs(got.numpy() - want).max() <= 1e-6 * np.abs(want).max()
+    # centre=True: the Gram of the minibatch-centred features, H K H
+    H = np.eye(n) - 1.0 / n
+    want_c = H @ want @ H
+    got_c = gram(x, chunk_features=chunk, center=True).numpy()
+    assert np.abs(got_c - want_c).max() <= 1e-6 * np.abs(want_c).max()
+
+
+def test_gram_float16_that_overflows_in_float16():
+    g = torch.Generator().manual_seed(1)
+    x = (300.0 + 20.0 * torch.randn(16, 2048, generator=g)).half()
+    assert torch.isinf(x @ x.T).any()             # premise: a float16 Gram overflows
+    want = ref_gram(x)                            # float64 Gram of the float16 values
+    got = gram(x)
+    assert got.dtype == torch.float64 and torch.isfinite(got).all()
+    assert np.abs(got.numpy() - want).max() <= 1e-6 * np.abs(want).max()
+    got = gram(x.view(16, 32, 64), chunk_features=500)
+    assert np.abs(got.numpy() - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_gram_bfloat16():
+    g = torch.Generator().manual_seed(2)
+    x = (300.0 + 20.0 * torch.randn(16, 2048, generator=g)).bfloat16()
+    want = ref_gram(x)
+    naive = (x @ x.T).double().numpy()
+    assert np.abs(naive - want).max() > 1e-4 * np.abs(want).max()   # premise: bf16 Grams are coarse
+    got = gram(x).numpy()
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_gram_rejects_bad_input():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        gram(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="no features"):
+        gram(torch.ones(4, 0))
+    with pytest.raises(ValueError, match="chunk_features"):
+        gram(torch.ones(4, 3), chunk_features=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Minibatch CKA
+# ----------------------------------------------------------------------------------------------
+
+def _minibatch_features(N=64, seed=21):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(N, 10, generator=g, dtype=torch.float64)
+    return [base + 2.0,
+            torch.tanh(base @ torch.randn(10, 3, 8, generator=g, dtype=torch.float64).reshape(10, 24)).reshape(N, 3, 8),
+            base[:, :4] + 0.5 * torch.randn(N, 4, generator=g, dtype=torch.float64),
+            torch.randn(N, 6, generator=g, dtype=torch.float64)]
+
+
+@pytest.mark.parametrize("estimator,ref", [("unbiased", ref_hsic_unbiased), ("biased", ref_hsic_biased)])
+@pytest.mark.parametrize("center", [False, True])
+def test_minibatch_cka_and_jackknife_match_reference(estimator, ref, center):
+    feats = _minibatch_features()
+    b = 16
+    cka, se, std = ref_minibatch_cka(feats, b, ref)
+    res = cka_all_pairs_from_features(feats, minibatch_size=b, estimator=estimator, center=center)
+    assert res.n_minibatches == 4 and (res.status == "ok").all()
+    np.testing.assert_allclose(res.cka, cka, atol=1e-6)
+    np.testing.assert_allclose(res.se, se, atol=1e-6)
+    np.testing.assert_allclose(res.batch_std, std, atol=1e-6)
+    assert (se[~np.eye(4, dtype=bool)] > 1e-3).all()     # non-trivial spread, so the check means something
+    # float64-level agreement when starting from exact per-minibatch Grams
+    per = np.stack([hsic_all_pairs(np.stack([ref_gram(f[t * b:(t + 1) * b]) for f in feats]), estimator)
+                    for t in range(4)])
+    exact = cka_from_minibatch_hsic(per)
+    np.testing.assert_allclose(exact.cka, cka, atol=1e-12)
+    np.testing.assert_allclose(exact.se, se, atol=1e-12)
+    np.testing.assert_allclose(exact.batch_std, std, atol=1e-12)
+
+
+def test_single_minibatch_has_no_spread():
+    res = cka_all_pairs_from_features(_minibatch_features(), minibatch_size=None)
+    assert res.n_minibatches == 1
+    assert np.isnan(res.se).all() and np.isnan(res.batch_std).all()
+    assert np.isfinite(res.cka).all()
+
+
+def test_jackknife_known_values():
+    """Hand-computable: HSIC of two layers over 3 minibatches."""
+    h = np.array([[[1.0, 0.5], [0.5, 1.0]],
+                  [[1.0, 0.8], [0.8, 1.0]],
+                  [[4.0, 1.2], [1.2, 1.0]]])
+    res = cka_from_minibatch_hsic(h)
+    assert res.cka[0, 1] == pytest.approx(2.5 / 3 / np.sqrt(2.0 * 1.0))
+    loo = np.array([2.0 / 2 / np.sqrt(5 / 2 * 1.0), 1.7 / 2 / np.sqrt(5 / 2), 1.3 / 2 / np.sqrt(1.0)])
+    assert res.se[0, 1] == pytest.approx(np.sqrt(2 / 3 * ((loo - loo.mean()) ** 2).sum()))
+    assert res.batch_std[0, 1] == pytest.approx(np.std([0.5, 0.8, 0.6], ddof=1))
+    assert res.se[0, 0] == pytest.approx(0.0, abs=1e-15)
+
+
+# ----------------------------------------------------------------------------------------------
+# Non-positive self-HSIC
+# ----------------------------------------------------------------------------------------------
+
+def test_constant_layer_gives_status_nan_and_warning():
+    g = torch.Generator().manual_seed(4)
+    n = 4
+    feats = [torch.randn(3 * n, 5, generator=g), torch.full((3 * n, 5), 7.0),
+             torch.randn(3 * n, 2, 3, generator=g)]
+    for center in (False, True):
+        with pytest.warns(NegativeHSICWarning, match=re.escape("rows/columns [1]")):
+            res = cka_all_pairs_from_features(feats, minibatch_size=n, center=center)
+        bad = np.zeros((3, 3), dtype=bool)
+        bad[1, :] = bad[:, 1] = True
+        assert (res.status[bad] == "nonpositive_self_hsic").all() and (res.status[~bad] == "ok").all()
+        assert np.isnan(res.cka[bad]).all() and np.isfinite(res.cka[~bad]).all()
+        assert np.isfinite(res.se[~bad]).all() and np.isfinite(res.batch_std[~bad]).all()
+
+
+def test_hand_made_gram_with_zero_centred_part():
+    """K_ij = a_i + a_j + c off the diagonal (any diagonal): U-centring gives exactly 0."""
+    rng = np.random.default_rng(9)
+    n = 4
+    a = rng.standard_normal(n) * 100
+    k = a[:, None] + a[None, :] + 5.0
+    np.fill_diagonal(k, rng.standard_normal(n))
+    other = rng.standard_normal((n, 3))
+    grams = np.stack([other @ other.T, k])
+    h = hsic_all_pairs(grams)
+    want = ref_all_pairs(grams, ref_hsic_unbiased)
+    assert abs(want[1, 1]) < 1e-9 * np.linalg.norm(k) ** 2        # reference: zero up to rounding
+    assert h[1, 1] == 0.0 and h[0, 1] == 0.0 and h[1, 0] == 0.0    # ours: exactly zero, not noise
+    with pytest.warns(NegativeHSICWarning, match=re.escape("[1]")):
+        res = cka_from_minibatch_hsic(h[None])
+    assert res.status[0, 0] == "ok" and np.isnan(res.cka[1]).all() and res.cka[0, 0] == 1.0
+
+
+def test_negative_accumulated_self_hsic_from_hand_made_hsic():
+    h = np.array([[[-1e-3, 0.01, 0.0], [0.01, 2.0, 0.5], [0.0, 0.5, 1.0]],
+                  [[0.5e-3, 0.02, 0.0], [0.02, 1.5, 0.4], [0.0, 0.4, 1.0]]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)          # no sqrt of a negative, no 0/0
+        with pytest.warns(NegativeHSICWarning, match=re.escape("rows/columns [0]")) as rec:
+            res = cka_from_minibatch_hsic(h)
+    assert len([w for w in rec if issubclass(w.category, NegativeHSICWarning)]) == 1
+    assert issubclass(NegativeHSICWarning, UserWarning)
+    assert (res.status[0] == "nonpositive_self_hsic").all() and (res.status[:, 0] == "nonpositive_self_hsic").all()
+    assert (res.status[1:, 1:] == "ok").all()
+    assert np.isnan(res.cka[0]).all() and np.isnan(res.cka[:, 0]).all() and np.isfinite(res.cka[1:, 1:]).all()
+    assert res.cka[1, 2] == pytest.approx(0.45 / np.sqrt(1.75))
+
+
+def test_layer_constant_in_one_minibatch_only():
+    """Per-minibatch CKA undefined in one minibatch: CKA still defined, batch_std skips that batch."""
+    g = torch.Generator().manual_seed(6)
+    b = 8
+    x = torch.randn(4 * b, 6, generator=g, dtype=torch.float64)
+    y = torch.randn(4 * b, 6, generator=g, dtype=torch.float64) + x
+    y[:b] = 3.0                                     # constant in minibatch 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # nothing to warn about
+        res = cka_all_pairs_from_features([x, y], minibatch_size=b)
+    assert (res.status == "ok").all() and np.isfinite(res.cka).all() and np.isfinite(res.se).all()
+    per = [cka_all_pairs_from_features([x[t * b:(t + 1) * b], y[t * b:(t + 1) * b]]).cka[0, 1] for t in (1, 2, 3)]
+    assert res.batch_std[0, 1] == pytest.approx(np.std(per, ddof=1), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+
+def test_bad_inputs_raise_value_error_naming_the_problem():
+    g = np.ones((2, 3, 3))
+    with pytest.raises(ValueError, match=r"unbiased HSIC estimator needs n >= 4.*n = 3"):
+        hsic_all_pairs(g)
+    with pytest.raises(ValueError, match=r"biased HSIC estimator needs n >= 2.*n = 1"):
+        hsic_all_pairs(np.ones((2, 1, 1)), "biased")
+    with pytest.raises(ValueError, match=r"unknown HSIC estimator 'kernel'"):
+        hsic_all_pairs(np.ones((2, 5, 5)), "kernel")
+    with pytest.raises(ValueError, match="square"):
+        hsic_all_pairs(np.ones((2, 5, 4)))
+    with pytest.raises(ValueError, match="stack"):
+        hsic_all_pairs(np.ones((5, 5)))
+    bad = np.random.default_rng(0).standard_normal((3, 6, 6))
+    bad = bad + bad.transpose(0, 2, 1)
+    asym = bad.copy()
+    asym[1] = np.triu(asym[1])
+    with pytest.raises(ValueError, match=re.escape("layer indices [1] are not symmetric")):
+        hsic_all_pairs(asym)
+    bad[2, 1, 4] = np.nan
+    with pytest.raises(ValueError, match=re.escape("non-finite values in the Gram matrices of layer indices [2]")):
+        hsic_all_pairs(bad)
+    with pytest.raises(ValueError, match="square"):
+        u_center(np.ones((3, 4)))
+    with pytest.raises(ValueError, match="n >= 3"):
+        u_center(np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"\(m, L, L\)"):
+        cka_from_minibatch_hsic(np.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match="non-finite"):
+        cka_from_minibatch_hsic(np.full((1, 2, 2), np.inf))
+    feats = [torch.randn(10, 3), torch.randn(10, 2)]
+    with pytest.raises(ValueError, match="not a multiple of minibatch_size 4"):
+        cka_all_pairs_from_features(feats, minibatch_size=4)
+    with pytest.raises(ValueError, match="minibatch_size 3 is too small"):
+        cka_all_pairs_from_features([torch.randn(9, 3)], minibatch_size=3)
+    with pytest.raises(ValueError, match="layer 1 has 9 examples"):
+        cka_all_pairs_from_features([torch.randn(10, 3), torch.randn(9, 3)])
+    with pytest.raises(ValueError, match="unknown HSIC estimator"):
+        cka_all_pairs_from_features(feats, estimator="debiased")
