@@ -28,32 +28,9 @@ pytestmark = pytest.mark.slurm
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _load_cluster_module():
-    name = "seelike_tests_slurm_cluster"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "slurm" / "cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-slurm_cluster = _load_cluster_module()
-
-
 @pytest.fixture(scope="module")
-def cluster():
-    try:
-        info = slurm_cluster.ensure_cluster()
-    except slurm_cluster.ClusterUnavailable as exc:
-        if os.environ.get("SEELIKE_REQUIRE_SLURM", "") not in ("", "0"):
-            pytest.fail(f"SLURM test cluster unavailable: {exc.reason}\n{exc.output}")
-        pytest.skip(f"SLURM test cluster unavailable: {exc.reason}")
-    print(f"\nSLURM test cluster ready in {info.start_seconds:.1f} s (started here: {info.started_here})")
-    yield info
-    if info.started_here and not slurm_cluster.keep_cluster():
-        slurm_cluster.stop_cluster()
+def cluster(slurm_cluster):
+    return slurm_cluster
 
 
 @pytest.fixture

@@ -62,7 +62,8 @@ def save(fig, outputs: list[str | Path], dpi: int = 150) -> None:
 def heatmap_figure(tables: list, titles: list[str], outputs: list, suptitle: str | None = None, dpi: int = 150) -> None:
     plt = _mpl()
     n = len(tables)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 0.8, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 0.8, 4.4), squeeze=False)
+    fig.subplots_adjust(wspace=0.55)  # room for each panel's layer names
     im = None
     for ax, table, title in zip(axes[0], tables, titles):
         im = draw_heatmap(ax, table, title)

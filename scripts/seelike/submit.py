@@ -39,6 +39,22 @@ def call_target(target: str, kwargs: dict, threads: int | None = None) -> Any:
     return getattr(importlib.import_module(module), func)(**kwargs)
 
 
+class Step:
+    """The callable a job runs. Checkpointable for submitit: on a time-limit or preemption signal the
+    step is requeued as is, and resumable steps (training) continue from the state they saved."""
+
+    def __init__(self, target: str, kwargs: dict, threads: int | None = None):
+        self.target, self.kwargs, self.threads = target, kwargs, threads
+
+    def __call__(self):
+        return call_target(self.target, self.kwargs, self.threads)
+
+    def checkpoint(self, *args, **kwargs):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(Step(self.target, self.kwargs, self.threads))
+
+
 def slurm_parameters(resources: dict, job_name: str) -> dict:
     """Map the config's resource keys to submitit SlurmExecutor parameters."""
     p: dict[str, Any] = {"job_name": job_name, "time": int(resources.get("time_min", DEFAULT_SLURM_TIME_MIN))}
@@ -203,15 +219,15 @@ def run_array(settings: dict, target: str, kwargs_list: list[dict], name: str,
             for start in range(0, len(kwargs_list), width):
                 wave = kwargs_list[start:start + width]
                 ex = _executor(settings, folder, name, len(wave))
-                jobs = [ex.submit(call_target, target, kw, threads) for kw in wave]
+                jobs = [ex.submit(Step(target, kw, threads)) for kw in wave]
                 results += _wait(jobs, step, name, settings, None)
             return results
         ex = _executor(settings, folder, name, len(kwargs_list))
         if len(kwargs_list) == 1:
-            jobs = [ex.submit(call_target, target, kwargs_list[0], threads)]
+            jobs = [ex.submit(Step(target, kwargs_list[0], threads))]
         else:
             with ex.batch():
-                jobs = [ex.submit(call_target, target, kw, threads) for kw in kwargs_list]
+                jobs = [ex.submit(Step(target, kw, threads)) for kw in kwargs_list]
         ids = [str(j.job_id) for j in jobs]
         print(f"seelike: step '{step}' ({name}) submitted as SLURM job(s) {', '.join(ids)}; logs in {folder}", flush=True)
         if marker is not None:

@@ -133,12 +133,12 @@ def train_model(spec: dict) -> dict:
 
     # SLURM (through submitit) sends USR2 before a time limit or preemption: stop at the next
     # step boundary with a consistent checkpoint, then let the job be requeued.
-    stop = {"flag": False}
+    stop = {"flag": False, "signum": None}
 
     def on_signal(signum, frame):
-        stop["flag"] = True
+        stop["flag"], stop["signum"] = True, signum
     handlers = {}
-    for sig in (signal.SIGUSR2, signal.SIGTERM):
+    for sig in (signal.SIGUSR2,):
         try:
             handlers[sig] = signal.signal(sig, on_signal)
         except ValueError:  # not in the main thread (inline executor inside a worker thread)
@@ -189,7 +189,14 @@ def train_model(spec: dict) -> dict:
                 raise _StopRequested()
     except _StopRequested:
         print(f"seelike: '{spec['name']}' checkpointed at step {step}/{total} on a scheduler signal", flush=True)
-        raise SystemExit(_REQUEUE_EXIT)
+        bar.close()
+        # Hand the signal to whoever handled it before us: submitit requeues the job (the step is
+        # checkpointable and resumes from the state just saved); without submitit it ends the process.
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+        os.kill(os.getpid(), stop["signum"])
+        time.sleep(60)  # the handler exits the process; never fall through to the final save
+        raise SystemExit(1)
     finally:
         bar.close()
         for sig, h in handlers.items():
@@ -214,5 +221,3 @@ def train_model(spec: dict) -> dict:
     print(f"seelike: trained '{spec['name']}': test accuracy {acc:.3f} (chance {card.metrics['chance']:.3f})", flush=True)
     return card.metrics
 
-
-_REQUEUE_EXIT = 3

@@ -16,5 +16,7 @@ rule cka:
     wildcard_constraints:
         x="|".join(MODELS),
         y="|".join(MODELS),
+    conda:
+        CONDA_ENV
     shell:
-        "seelike step cka --spec {params.spec:q} > {log} 2>&1"
+        SEELIKE + " step cka --spec {params.spec:q} > {log} 2>&1"

@@ -11,5 +11,7 @@ rule extract:
         "results/logs/extract/{dataset}/{model}.log",
     wildcard_constraints:
         model="|".join(MODELS),
+    conda:
+        CONDA_ENV
     shell:
-        "seelike step extract --spec {params.spec:q} > {log} 2>&1"
+        SEELIKE + " step extract --spec {params.spec:q} > {log} 2>&1"

@@ -23,8 +23,10 @@ rule figure_f1:
     log:
         "results/logs/figures/F1/{model}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
-        "seelike step figure --spec {params.spec:q} > {log} 2>&1"
+        SEELIKE + " step figure --spec {params.spec:q} > {log} 2>&1"
 
 
 rule figure_f2:
@@ -39,8 +41,10 @@ rule figure_f2:
     log:
         "results/logs/figures/F2/{x}__{y}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
-        "seelike step figure --spec {params.spec:q} > {log} 2>&1"
+        SEELIKE + " step figure --spec {params.spec:q} > {log} 2>&1"
 
 
 rule figure_f14:
@@ -56,5 +60,7 @@ rule figure_f14:
     log:
         "results/logs/figures/F14/{mixer}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
-        "seelike step figure --spec {params.spec:q} > {log} 2>&1"
+        SEELIKE + " step figure --spec {params.spec:q} > {log} 2>&1"

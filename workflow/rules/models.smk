@@ -10,5 +10,7 @@ rule model:
         "results/logs/models/{model}.log",
     wildcard_constraints:
         model="|".join(MODELS),
+    conda:
+        CONDA_ENV
     shell:
-        "seelike step model --spec {params.spec:q} > {log} 2>&1"
+        SEELIKE + " step model --spec {params.spec:q} > {log} 2>&1"

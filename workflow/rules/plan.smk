@@ -6,5 +6,7 @@ rule plan:
     log:
         "results/logs/plan/{dataset}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
-        "seelike step plan --spec {params.spec:q} > {log} 2>&1"
+        SEELIKE + " step plan --spec {params.spec:q} > {log} 2>&1"
