@@ -84,12 +84,22 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, configfile: Path, *args, check=True, timeout=900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, configfile: Path, *args, check=True, timeout=900,
+              snakefile: Path = SNAKEFILE) -> subprocess.CompletedProcess:
     """Run the real workflow with the installed snakemake, in `workdir`."""
     exe = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    cmd = [exe, "-s", str(SNAKEFILE), "--directory", str(workdir), "--configfile", str(configfile), *args]
+    cmd = [exe, "-s", str(snakefile), "--directory", str(workdir), "--configfile", str(configfile), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory):
+    """The tiny workflow run once with the local executor; tests read its results."""
+    workdir = tmp_path_factory.mktemp("tiny_local")
+    cfgfile = write_config(workdir / "tiny.yaml", tiny_config(executor={"default": "local", "resources": {"cpus": 1}}))
+    snakemake(workdir, cfgfile, "--cores", "2")
+    return workdir, cfgfile

@@ -187,10 +187,13 @@ def test_hsic_non_psd_inputs():
         assert_hsic_close(hsic_all_pairs(grams, est), ref_all_pairs(grams, ref), grams, norm)
 
 
-def test_hsic_several_row_blocks():
-    """n large enough that hsic_all_pairs centres the Grams in several row blocks."""
+@pytest.mark.parametrize("n", [37, 100])
+def test_hsic_several_row_blocks(n, monkeypatch):
+    """Small blocks force hsic_all_pairs to centre the lower triangle in many row blocks."""
+    import seelike.cka as cka_mod
+    monkeypatch.setattr(cka_mod, "_HSIC_BLOCK_VALUES", 3 * 300)    # ~300 values per layer per block
     rng = np.random.default_rng(3)
-    n, L = 700, 3   # (1 << 20) // (3 * 700) = 499 rows per block -> 2 blocks, one partial
+    L = 3
     feats = [rng.standard_normal((n, 16)) + i for i in range(L)]
     grams = np.stack([f @ f.T for f in feats])
     assert_hsic_close(hsic_all_pairs(grams), ref_all_pairs(grams, ref_hsic_unbiased), grams, n * (n - 3))
@@ -205,6 +208,11 @@ def test_hsic_all_pairs_does_not_modify_input_and_accepts_tensors():
     a = hsic_all_pairs(g)
     np.testing.assert_array_equal(g, before)
     np.testing.assert_array_equal(hsic_all_pairs(torch.from_numpy(g)), a)
+    ro = g.copy()
+    ro.flags.writeable = False                   # e.g. memory-mapped or broadcast arrays
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(hsic_all_pairs(ro), a)
 
 
 def test_centring_functions():
@@ -293,10 +301,10 @@ def test_gram_tokens_equal_sum_of_per_token_grams_and_flattened():
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("n,d,chunk", [(600, 4500, 1 << 16), (521, 9000, 4096), (300, 1000, 97), (40, 2000, 300)])
+@pytest.mark.parametrize("n,d,chunk", [(600, 4200, 1 << 16), (521, 8300, 8192), (300, 1000, 97), (40, 2000, 300)])
 def test_gram_panels_and_chunks(n, d, chunk):
-    """n >= 512 and chunks of >= 4096 features take the lower-block-triangle path on CPU (the
-    last, partial chunk included); small chunks sum in float64."""
+    """n >= 512 and chunks of >= 4096 features take the lower-block-triangle path on CPU (4 or 8
+    row panels; the last, partial chunk too); small chunks sum in float64."""
     g = torch.Generator().manual_seed(n + d)
     x = torch.randn(n, d, generator=g) * 2 + 1
     want = ref_gram(x)
@@ -308,6 +316,9 @@ def test_gram_panels_and_chunks(n, d, chunk):
     want_c = H @ want @ H
     got_c = gram(x, chunk_features=chunk, center=True).numpy()
     assert np.abs(got_c - want_c).max() <= 1e-6 * np.abs(want_c).max()
+    got_h = gram(x.half(), chunk_features=chunk, center=True).numpy()     # staged float16 path
+    want_h = H @ ref_gram(x.half()) @ H
+    assert np.abs(got_h - want_h).max() <= 1e-6 * np.abs(want_h).max()
 
 
 def test_gram_float16_that_overflows_in_float16():

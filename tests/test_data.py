@@ -218,7 +218,7 @@ def _save(path, im, **kw):
 
 def make_folder(root, bad=True):
     """class_a: RGB PNG, grayscale PNG, CMYK JPEG, RGBA PNG; class_b: palette PNG, nested
-    upper-case .JPEG, a .txt; class_c: empty; class_d (bad=True): corrupt JPEG, text '.png'."""
+    upper-case .JPEG; class_c: empty; bad=True adds a .txt in class_b and class_d: corrupt JPEG, text '.png'."""
     _save(root / "class_a" / "rgb.png", Image.new("RGB", (40, 30), (10, 200, 30)))
     _save(root / "class_a" / "gray.png", Image.new("L", (30, 40), 77))
     _save(root / "class_a" / "cmyk.jpg", Image.new("CMYK", (32, 32), (0, 255, 255, 0)), quality=95)
@@ -228,9 +228,9 @@ def make_folder(root, bad=True):
     pal = Image.new("RGB", (16, 16), (200, 100, 50)).convert("P", palette=Image.Palette.ADAPTIVE)
     _save(root / "class_b" / "pal.png", pal)
     _save(root / "class_b" / "sub" / "nested.JPEG", Image.new("RGB", (50, 50), (128, 128, 128)))
-    (root / "class_b" / "notes.txt").write_text("not an image")
     (root / "class_c").mkdir()
     if bad:
+        (root / "class_b" / "notes.txt").write_text("not an image")
         good = root / "class_a" / "rgb.png"
         (root / "class_d").mkdir()
         tmp = root / "tmp.jpg"
@@ -269,7 +269,7 @@ def test_rgb_conversions(tmp_path):
     pal = np.asarray(load_rgb(root / "class_b/pal.png")).astype(int)
     assert np.abs(pal - [200, 100, 50]).max() <= 2
     ds = ImageFolderDataset(root, transform=lambda im: torch.from_numpy(np.asarray(im).copy()))
-    assert len(ds) == 6 and ds.ignored_files == ["class_b/notes.txt"] and ds.empty_classes == ["class_c"]
+    assert len(ds) == 6 and ds.ignored_files == [] and ds.empty_classes == ["class_c"]
     x, y, i = ds[5]
     assert (y, i) == (1, 5) and x.shape == (50, 50, 3)
     meta = dataset_meta({"kind": "imagefolder", "root": str(root)}, "analysis")
@@ -279,6 +279,9 @@ def test_rgb_conversions(tmp_path):
 
 def test_bad_files_error_names_the_path(tmp_path):
     root = make_folder(tmp_path / "val")
+    with pytest.raises(ValueError, match="not images.*class_b/notes.txt.*on_bad_file: skip"):
+        open_dataset({"kind": "imagefolder", "root": str(root)}, "analysis")
+    (root / "class_b" / "notes.txt").unlink()
     ds = open_dataset({"kind": "imagefolder", "root": str(root)}, "analysis")
     assert len(ds) == 8
     for k, name in [(6, "corrupt.jpg"), (7, "fake.png")]:
@@ -295,9 +298,9 @@ def test_bad_files_skip_reports_them(tmp_path, caplog):
     cfg = {"kind": "imagefolder", "root": str(root), "on_bad_file": "skip"}
     with caplog.at_level(logging.WARNING):
         ds = open_dataset(cfg, "analysis")
-    assert [r for r, _ in ds.skipped] == ["class_d/corrupt.jpg", "class_d/fake.png"]
+    assert [r for r, _ in ds.skipped] == ["class_b/notes.txt", "class_d/corrupt.jpg", "class_d/fake.png"]
     assert len(ds) == 6 == dataset_size(cfg, "analysis")
-    assert "class_d/corrupt.jpg" in caplog.text and "class_d/fake.png" in caplog.text
+    assert "class_d/corrupt.jpg" in caplog.text and "class_d/fake.png" in caplog.text and "notes.txt" in caplog.text
     assert all(ds[k][0].shape == (3, 224, 224) for k in range(len(ds)))
 
 

@@ -24,11 +24,32 @@ def planned_jobs(proc) -> dict:
     return counts
 
 
+def expected_vision_jobs(cfg: dict) -> dict:
+    """Jobs of the vision rules (F3-F7, F9, V1-V5) a config's `analyses:` section asks for."""
+    from seelike.analyses import settings as v
+
+    n = {a: len(v.models_for(cfg, a)) for a in v.FAMILIES}
+    pairs = len(v.head_cka_pairs(cfg))
+    jobs = {"vision_table": n["attention_distance"] + n["norm_ratio"] + n["localization"] + n["snn_loss"],
+            "vision_attention_maps": n["attention_maps"],
+            "vision_checkpoint_table": n["patch_embedding"] + n["position_embedding"], "head_cka": pairs,
+            "receptive_field": n["receptive_field"], "figure_f3": n["attention_distance"],
+            "figure_f4": int(bool(v.less_data(cfg)) and n["attention_distance"] > 0), "figure_f5": pairs,
+            "figure_f6": n["receptive_field"], "figure_f7": n["norm_ratio"], "figure_f9": n["localization"],
+            "figure_v1": n["patch_embedding"], "figure_v2": n["position_embedding"], "figure_v3": n["attention_maps"],
+            "figure_v4": n["attention_maps"], "figure_v5": int(n["snn_loss"] > 0)}
+    return {k: c for k, c in jobs.items() if c}
+
+
 def test_demo_dag_builds(tmp_path):
     proc = snakemake(tmp_path, ROOT / "config" / "demo.yaml", "-n", "--quiet", "rules")
     jobs = planned_jobs(proc)
-    assert jobs == {"all": 1, "plan": 1, "model": 3, "extract": 3, "cka": 6, "figure_f1": 3, "figure_f2": 3,
-                    "figure_f14": 1}, proc.stdout
+    # 10 models (4 base + 6 from the retraining sweeps); 10 within + 4 configured pairs + 2 data-scale pairs
+    assert jobs["model"] == 10 and jobs["extract"] == 10 and jobs["plan"] == 1
+    assert jobs["cka"] == 16 and jobs["figure_f1"] == 10 and jobs["figure_f2"] == 4 and jobs["figure_f14"] == 1
+    for fig in ("f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12", "f13", "v1", "v2", "v3", "v4", "v5"):
+        assert jobs.get(f"figure_{fig}", 0) >= 1, fig
+    assert sum(jobs.values()) == 102, jobs
 
 
 def test_paper_dag_builds(tmp_path):
@@ -63,9 +84,8 @@ def test_bad_config_gets_one_clear_message(tmp_path, override, key):
 
 
 @pytest.mark.slow
-def test_end_to_end_tiny_workflow(tmp_path):
-    cfgfile = write_config(tmp_path / "tiny.yaml", tiny_config())
-    snakemake(tmp_path, cfgfile, "--cores", "2")
+def test_end_to_end_tiny_workflow(tiny_local_run):
+    tmp_path, cfgfile = tiny_local_run
     res = tmp_path / "results"
     for name in ("vit", "resnet", "mixer"):
         card = json.loads((res / "models" / name / "card.json").read_text())
@@ -88,3 +108,96 @@ def test_end_to_end_tiny_workflow(tmp_path):
     snakemake(tmp_path, cfgfile, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "F1 within-model CKA" in html and "F14 MLP-Mixer CKA" in html
+
+
+TINY_ANALYSES = {"attention_distance": {"n_images": 48, "less_data": ["vit"]},   # vit stands in for F4's model
+                 "head_cka": {"blocks": 1}, "receptive_field": {"n_images": 8}, "norm_ratio": {},
+                 "localization": {}, "patch_embedding": {"n_components": 6}, "position_embedding": {},
+                 "attention_maps": {"n_images": 3}, "snn_loss": {}}
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_workflow_vision_analyses(tiny_local_run, tmp_path):
+    """The finished tiny run with every vision analysis switched on: the models are reused, extraction runs
+    once more with the taps (one pass over the images serves F3, F5, F7, F9 and the attention views), every
+    figure is drawn from its table, and the report has a caption for each."""
+    import shutil
+
+    from seelike import config as sc
+    from seelike.analyses import settings
+
+    src, cfgfile = tiny_local_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete"))
+    cfg = yaml.safe_load(cfgfile.read_text())
+    cfg["analyses"] = TINY_ANALYSES
+    vfile = write_config(run / "vision.yaml", cfg)
+    planned = planned_jobs(snakemake(run, vfile, "-n", "--quiet", "rules"))
+    assert "model" not in planned and planned["extract"] == 3 and planned["receptive_field"] == 3, planned
+    snakemake(run, vfile, "--cores", "2")
+    res, vis = run / "results", run / "results" / "vision" / "synth"
+
+    dist = pd.read_csv(vis / "attention_distance" / "vit.csv")
+    assert len(dist) == 2 * 2 and (dist.n_images == 48).all()
+    # a 4 x 4 grid of 4 px patches: distances lie between 0 and the largest centre distance
+    assert dist.distance.between(0, 12 * 2 ** 0.5).all() and dist.uniform_distance.iloc[0] > 0
+    heads = pd.read_csv(vis / "head_cka" / "vit__resnet.csv")
+    assert len(heads) == 2 * 8 and (heads.status == "ok").all() and heads.mean_distance.notna().all()
+    nr = pd.read_csv(vis / "norm_ratio" / "vit.csv")
+    assert len(nr) == 4 * 2 and (nr.ratio > 0).all() and set(nr.tokens) == {"cls", "spatial"}
+    assert len(pd.read_csv(vis / "norm_ratio" / "resnet.csv")) == 8
+    for name in ("vit", "resnet", "mixer"):
+        loc = pd.read_csv(vis / "localization" / f"{name}.csv")
+        assert (loc.status == "ok").all() and loc.diagonal.any()
+        rf = pd.read_csv(vis / "receptive_field" / f"{name}.csv")
+        assert (rf.n_images == 8).all() and (rf.value >= 0).all() and rf.value.max() > 0
+    assert pd.read_csv(res / "vision" / "checkpoint" / "patch_embedding" / "vit.csv").component.nunique() == 6
+    sim = pd.read_csv(vis / "attention_similarity" / "vit.csv")
+    np.testing.assert_allclose(sim[sim.index_x == sim.index_y].similarity, 1.0, atol=1e-9)
+    for target in settings.final_targets(sc.load(cfg)):
+        assert (run / target).stat().st_size > 1000, target
+        assert (run / (target + ".prov.json")).is_file()
+    again = snakemake(run, vfile, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+    snakemake(run, vfile, "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    for category in ("F3 attention distance", "F4 attention distance, less data", "F5 attention heads vs CNN",
+                     "F6 receptive fields", "F7 norm ratios", "F9 localization", "V1 patch-embedding components",
+                     "V5 class separation by depth"):
+        assert category in html, category
+
+
+@pytest.mark.slow
+def test_every_result_carries_provenance(tiny_local_run):
+    import h5py
+
+    res = tiny_local_run[0] / "results"
+
+    def check(record, where):
+        for key in ("config", "config_hash", "git", "packages", "cuda", "host", "slurm_job_id", "inputs", "seelike_version"):
+            assert key in record, f"{where}: provenance lacks {key}"
+        assert record["git"]["commit"], where
+        for pkg in ("torch", "timm", "h5py"):
+            assert record["packages"][pkg], f"{where}: no {pkg} version"
+        for path, digest in record["inputs"].items():
+            assert len(digest) == 64, f"{where}: input {path} has no sha256"
+
+    results = [p for p in res.rglob("*") if p.is_file() and p.suffix in (".csv", ".png", ".pdf", ".json")
+               and not p.name.endswith(".prov.json") and "logs" not in p.parts and p.name != "card.json"
+               and p.name != "manifest.json"]
+    assert len(results) > 30
+    for p in results:
+        side = Path(str(p) + ".prov.json")
+        assert side.is_file(), f"{p} has no provenance sidecar"
+        check(json.loads(side.read_text()), side)
+        if p.suffix in (".csv", ".png", ".pdf") and "plans" not in p.parts:
+            assert json.loads(side.read_text())["inputs"], f"{p}: no input checksums"
+    for card in res.glob("models/*/card.json"):
+        check(json.loads(card.read_text())["provenance"], card)
+    for manifest in res.glob("extract/*/*/manifest.json"):
+        check(json.loads(manifest.read_text())["provenance"], manifest)
+    for shard in res.glob("extract/*/*/shard-*.h5"):
+        with h5py.File(shard) as f:
+            record = json.loads(f.attrs["provenance"])
+        check(record, shard)
+        assert any(len(d) == 64 for d in record["inputs"].values())  # the checkpoint's sha256

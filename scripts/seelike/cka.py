@@ -18,7 +18,7 @@ Definitions (n examples in a minibatch, X the flattened per-example features of 
   the (unnormalised) HSIC of every pair. :func:`hsic_all_pairs` never materialises G: by symmetry
   ``<Kc, Lc> = 2 sum_{i>j} Kc_ij Lc_ij + sum_i Kc_ii Lc_ii``, so it centres only the strict lower
   triangle, a block of rows of every layer at a time, and accumulates ``G_blk G_blk^T``; the
-  extra memory is a few MB however large L and n are, and the Grams are read twice (row sums,
+  extra memory is ~16 MiB however large L and n are, and the Grams are read twice (row sums,
   then blocks).
 * Minibatch CKA (Nguyen, Raghu, Kornblith 2021): per-minibatch HSIC matrices are averaged in
   float64, ``CKA_ij = mean_b HSIC_ij / sqrt(mean_b HSIC_ii * mean_b HSIC_jj)``. With one
@@ -30,6 +30,12 @@ double centring annihilate the terms ``a_i + a_j + c`` that a shift adds to K), 
 ``gram(x, center=True)`` -- the Gram of the features centred over the minibatch -- gives the
 same HSIC in exact arithmetic and fewer rounding errors when the activations have large means.
 
+Self-HSIC is ``||Kc||^2 >= 0`` for both estimators in this form, so a non-positive accumulated
+self-HSIC means a zero centred Gram (a layer constant over every minibatch; centred Grams at
+rounding level are set to exactly 0 rather than passed on as noise) or HSIC values computed
+elsewhere; :func:`cka_from_minibatch_hsic` reports it per pair and warns, never taking the square
+root of a negative number.
+
 Cross-model CKA: stack model A's and model B's Grams of the same minibatch into one
 (La + Lb, n, n) array, call :func:`hsic_all_pairs`, and keep the off-diagonal block of
 :func:`cka_from_minibatch_hsic`'s result.
@@ -37,6 +43,7 @@ Cross-model CKA: stack model A's and model B's Grams of the same minibatch into 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -50,6 +57,9 @@ MIN_EXAMPLES = {"unbiased": 4, "biased": 2}
 
 # ||centred Gram||_F <= _NULL_TOL * (scale of the Gram) counts as a zero centred Gram (rounding: ~1e-15).
 _NULL_TOL = 1e-12
+
+# float64 values of all layers' centred Gram rows per block in hsic_all_pairs (16 MiB)
+_HSIC_BLOCK_VALUES = 1 << 21
 
 OK = "ok"
 NONPOSITIVE_SELF_HSIC = "nonpositive_self_hsic"
@@ -83,16 +93,24 @@ def _full_fp32_matmul():
 
 
 def _panels(n: int, d: int, device: torch.device) -> int:
-    """Column-panel width for the lower-block-triangle Gram on CPU, 0 for one plain matmul.
+    """Row-panel height for the lower-block-triangle Gram on CPU, 0 for one plain matmul.
 
-    With 4 panels only 10/16 of the multiply-adds of ``X X^T`` are done, in matmuls still large
-    enough to run at full BLAS speed (n = 1024, d = 38400, 2 cores: 0.27 s instead of 0.41 s).
-    For small d the gain is a few ms and the extra small operations cost more than that when
-    other processes compete for the cores, so those take one matmul.
+    Row panel [p, q) is ``X[p:q] @ X[:q].T``, written straight into the output: with 8 panels
+    9/16 of the multiply-adds of ``X X^T`` are done (4 panels: 10/16), in matmuls still large
+    enough to run at full BLAS speed; one ``where`` then mirrors the lower triangle. Measured for
+    n = 1024, d = 38400 (MKL, 2 threads, idle machine): 0.26 s instead of 0.41 s. Below
+    d = 4096 per chunk the gain is a few ms per Gram and one plain matmul is used: on a busy
+    machine every extra multi-threaded operation can wait milliseconds for a thread that another
+    process has descheduled.
     """
     if device.type != "cpu" or n < 512 or d < 4096:
         return 0
-    return -(-n // 4)
+    return -(-n // (8 if d >= 8192 else 4))
+
+
+@functools.lru_cache(maxsize=4)
+def _lower_mask(n: int) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool).tril_()
 
 
 def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool = False) -> torch.Tensor:
@@ -120,22 +138,38 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool = False) -
     if d == 0:
         raise ValueError(f"gram: the examples have no features (shape {tuple(x.shape)})")
     chunk = int(chunk_features)
+    staged = center or flat.dtype != torch.float32
+    if staged:
+        # cast / centre each chunk into one reused float32 staging buffer of <= 64 MiB (a fresh
+        # copy of a large chunk per call costs more in page faults than the arithmetic)
+        chunk = min(chunk, max(512, (1 << 24) // n))
+        stage = torch.empty(n, min(chunk, d), dtype=torch.float32, device=x.device)
     b = _panels(n, min(d, chunk), x.device)
-    # With panels, a float32 buffer receives the lower block triangle of each chunk's Gram (the
-    # rest stays 0) and is added to the float64 sum as a whole (adding float32 panels into float64
-    # slices is slow); the sum is mirrored at the end.
+    # With panels a float32 buffer receives the lower block triangle of each chunk's Gram (the
+    # rest stays 0 and is never used) and is added to the float64 sum as a whole; the sum is
+    # mirrored at the end.
     buf = torch.zeros(n, n, dtype=torch.float32, device=x.device) if b else None
     out = None
     with torch.no_grad(), _full_fp32_matmul():
         for s in range(0, d, chunk):
             c = flat[:, s:s + chunk]
-            if center:
-                c = c - c.mean(dim=0, dtype=torch.float64).to(torch.float32)
+            if staged:
+                st = stage[:, :c.shape[1]]
+                if center and c.dtype == torch.float32:
+                    torch.sub(c, c.mean(dim=0), out=st)
+                else:
+                    st.copy_(c)
+                    if center:
+                        # a float32 mean is enough: a residual offset adds a_i + a_j + const to
+                        # the Gram, which both HSIC estimators ignore
+                        st.sub_(st.mean(dim=0))
+                c = st
             else:
                 c = c.to(torch.float32)
             if b:
                 for p in range(0, n, b):
-                    buf[p:, p:p + b] = c[p:] @ c[p:p + b].T
+                    q = min(n, p + b)
+                    torch.mm(c[p:q], c[:q].T, out=buf[p:q, :q])
                 part = buf
             else:
                 part = c @ c.T
@@ -144,12 +178,8 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool = False) -
             else:
                 out += part
         if b:
-            for p in range(0, n, b):
-                q = min(n, p + b)
-                blk = out[p:q, p:q]                      # computed in full: make it exactly symmetric
-                blk.copy_((blk + blk.T).mul_(0.5))
-                if q < n:
-                    out[p:q, q:].copy_(out[q:, p:q].T)   # mirror the panel below the diagonal block
+            # lower triangle (diagonal included) as computed, upper = its mirror: exactly symmetric
+            out = torch.where(_lower_mask(n), out, out.T)
     return out
 
 
@@ -249,7 +279,10 @@ def hsic_all_pairs(grams: np.ndarray, estimator: str = "unbiased") -> np.ndarray
                          f"got n = {n}")
     if n_layers == 0:
         return np.zeros((0, 0))
-    k = torch.from_numpy(np.ascontiguousarray(g))
+    g = np.ascontiguousarray(g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)     # read-only arrays: k is never written
+        k = torch.from_numpy(g)
     _check_symmetric(k)
     diag = k.diagonal(dim1=-2, dim2=-1)
     if estimator == "unbiased":
@@ -267,7 +300,7 @@ def hsic_all_pairs(grams: np.ndarray, estimator: str = "unbiased") -> np.ndarray
     # centred, in blocks of rows [s, e) x columns [0, e) of ~2^21 float64 values (16 MiB) for all
     # layers: few enough operations that thread start-up does not dominate, small enough for cache.
     acc = torch.zeros(n_layers, n_layers, dtype=torch.float64)
-    budget = (1 << 21) / n_layers
+    budget = _HSIC_BLOCK_VALUES / n_layers
     s = 0
     while s < n:
         rows = max(8, int((math.sqrt(s * s + 4.0 * budget) - s) / 2))   # rows * (s + rows) ~ budget

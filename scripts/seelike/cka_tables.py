@@ -27,11 +27,35 @@ def _check_same_plan(a: dict, b: dict) -> None:
                            f"example plans (differing keys: {', '.join(diff)}); re-extract both with the same config")
 
 
+def checked_shard(manifest: dict, entry: dict, expected_plan: dict):
+    """A shard of a manifest that is exactly what extraction wrote (sha256) and still valid.
+
+    A shard that fails is removed together with its extraction's manifest, so the next run of the
+    workflow re-extracts it (only it: the other shards validate and are reused)."""
+    from .fileio import sha256_file
+    from .store import ShardError, validate_shard
+
+    path = Path(manifest["dir"]) / entry["file"]
+    try:
+        if not path.is_file():
+            raise ShardError(f"shard '{path}' listed in the extraction manifest is missing")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise ShardError(f"shard '{path}' changed since extraction: sha256 {digest[:16]}..., the manifest "
+                             f"recorded {entry['sha256'][:16]}... (bit flip or overwrite)")
+        validate_shard(path, expected_plan=expected_plan, expected_layers=manifest["layers"])
+    except ShardError as e:
+        manifest_path = Path(manifest["dir"]) / "manifest.json"
+        path.unlink(missing_ok=True)
+        manifest_path.unlink(missing_ok=True)
+        raise ShardError(f"{e}; removed it and '{manifest_path}': run the workflow again to re-extract it") from None
+    return path
+
+
 def minibatch_hsic(manifests: list[dict], estimator: str) -> tuple[np.ndarray, list[tuple[str, int, str]], int]:
     """(m, L, L) HSIC of every layer pair of the stacked models, per minibatch, after validating shards."""
     from .cka import hsic_all_pairs
-    from .manifest import shard_path  # noqa: F401  (layout documented there)
-    from .store import read_grams, validate_shard
+    from .store import read_grams
 
     base = manifests[0]
     for other in manifests[1:]:
@@ -41,9 +65,7 @@ def minibatch_hsic(manifests: list[dict], estimator: str) -> tuple[np.ndarray, l
     for s in range(len(base["shards"])):
         grams = []
         for m in manifests:
-            entry = m["shards"][s]
-            path = Path(m["dir"]) / entry["file"]
-            validate_shard(path, expected_plan=base["plan"], expected_layers=m["layers"])
+            path = checked_shard(m, m["shards"][s], base["plan"])
             grams.append(read_grams(path, m["layers"]))  # (mb, L, b, b)
         stacked = np.concatenate(grams, axis=1)
         for mb in range(stacked.shape[0]):

@@ -30,6 +30,19 @@ def step_plan(spec: dict) -> None:
     plan = make_plan(f"{spec['dataset_key']}:{dataset_fingerprint(spec['dataset'])}", indices, spec["n_examples"],
                      spec["minibatch_size"], spec["minibatches_per_shard"], spec["seed"])
     write_json_atomic(spec["out"], plan.to_dict())
+    from . import provenance
+
+    provenance.write_sidecar(spec["out"], provenance.collect({k: v for k, v in spec.items() if k != "out"}))
+
+
+def _add_provenance(card, out_dir: Path, spec: dict) -> None:
+    """Cards of fetched or imported weights carry the same provenance record as trained ones."""
+    from . import provenance
+
+    card.provenance = {**card.provenance, **provenance.collect(
+        {k: v for k, v in spec.items() if k != "out_dir"},
+        input_digests={str(out_dir / card.checkpoint): card.sha256})}
+    card.save(out_dir / "card.json")
 
 
 def step_model(spec: dict) -> None:
@@ -45,16 +58,35 @@ def step_model(spec: dict) -> None:
         from .models import fetch_from_hub
 
         src = spec["source"]
-        fetch_from_hub(spec["name"], src["timm_name"], out_dir, cache_dir=src.get("cache_dir"),
-                       kwargs=spec.get("kwargs") or None)
+        card = fetch_from_hub(spec["name"], src["timm_name"], out_dir, cache_dir=src.get("cache_dir"),
+                              kwargs=spec.get("kwargs") or None)
+        _add_provenance(card, out_dir, spec)
     elif kind == "local_file":
         from .models import import_local_weights
 
         src = spec["source"]
-        import_local_weights(spec["name"], spec["arch"], spec.get("kwargs", {}), src["path"], out_dir,
-                             expected_sha256=src.get("sha256"))
+        card = import_local_weights(spec["name"], spec["arch"], spec.get("kwargs", {}), src["path"], out_dir,
+                                    expected_sha256=src.get("sha256"))
+        _add_provenance(card, out_dir, spec)
     else:
         raise SystemExit(f"seelike: unknown model source kind '{kind}'")
+
+
+def check_checkpoint(card, card_path: Path) -> None:
+    """The weights must be the ones the card describes; if not, remove both so the next run rebuilds
+    the model (retrains, refetches or re-imports it) instead of analysing the wrong weights."""
+    from .fileio import sha256_file
+    from .submit import StepFailed
+
+    weights = card_path.parent / card.checkpoint
+    actual = sha256_file(weights) if weights.is_file() else None
+    if actual == card.sha256:
+        return
+    what = "is missing" if actual is None else f"has sha256 {actual[:16]}..., its card says {card.sha256[:16]}..."
+    weights.unlink(missing_ok=True)
+    card_path.unlink(missing_ok=True)
+    raise StepFailed(f"checkpoint '{weights}' of model '{card.name}' {what}; removed it and '{card_path}': "
+                     "run the workflow again to rebuild the model")
 
 
 def step_extract(spec: dict) -> None:
@@ -67,6 +99,7 @@ def step_extract(spec: dict) -> None:
 
     plan = json.loads(Path(spec["plan_file"]).read_text())
     card = ModelCard.load(spec["card"])
+    check_checkpoint(card, Path(spec["card"]))
     config_hash = digest(spec["provenance_config"])
     out_dir = Path(spec["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +130,79 @@ def step_figure(spec: dict) -> None:
     plot_cka(spec)
 
 
-STEPS = {"plan": step_plan, "model": step_model, "extract": step_extract, "cka": step_cka, "figure": step_figure}
+def step_vision(spec: dict) -> None:
+    """A vision analysis table (F3-F9, ViT views) from shards or a checkpoint, through the submission layer."""
+    from .submit import run_step
+
+    name = f"{spec['analysis']}-{Path(spec['out']).stem}"
+    run_step(_settings("vision"), "seelike.analyses.run:compute", {"spec": spec}, name=name, marker=spec["out"])
+
+
+def step_receptive_field(spec: dict) -> None:
+    """F6 receptive fields: gradients over a few images, its own step (resources under executor.steps)."""
+    from .submit import run_step
+
+    run_step(_settings("receptive_field"), "seelike.analyses.run:compute", {"spec": spec}, name=spec["model"],
+             marker=spec["out"])
+
+
+def step_vision_figure(spec: dict) -> None:
+    from .analyses.run import draw
+
+    draw(spec)
+
+
+def step_archive(spec: dict) -> None:
+    """Write the run's archive; the HTML report is made first (Snakemake's own --report)."""
+    import subprocess
+
+    from .archive import create
+    from .config import load
+    from .submit import StepFailed
+
+    out = Path(spec["out"])
+    report = out.parent / (out.name.split(".tar")[0] + ".report.html")
+    # --nolock: the report only reads the run's metadata, and our caller holds the lock.
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", spec["snakefile"], "--configfile",
+                           spec["config_file"], "--report", str(report), "--nolock"], capture_output=True, text=True)
+    if proc.returncode:
+        raise StepFailed(f"the HTML report for the archive failed:\n{proc.stderr[-3000:]}")
+    config = load(json.loads(Path(spec["config_file"]).read_text()), check_timm=False)
+    manifest = create("results", out, config, spec["include_large"], report=report)
+    print(f"seelike: archived {len(manifest['files'])} files into {spec['out']}"
+          + (f", {len(manifest['referenced'])} large files referenced by sha256" if manifest["referenced"] else ""))
+
+
+def step_experiment(spec: dict) -> None:
+    """Retraining experiments (F8, F10-F13): a table or figure function, submitted when it is heavy."""
+    from .submit import call_target, run_step
+
+    if spec.get("submit_as"):
+        run_step(_settings(spec["submit_as"]), spec["function"], {"spec": spec}, name=Path(spec["out"]).stem,
+                 marker=spec["out"])
+    else:
+        call_target(spec["function"], {"spec": spec})
+
+
+def archive_command(args) -> int:
+    from . import archive
+
+    if args.action == "verify":
+        problems = archive.verify(args.path)
+        for p in problems:
+            print(f"MISMATCH {p}")
+        print(f"seelike: {args.path}: " + ("intact" if not problems else f"{len(problems)} file(s) do not match"))
+        return 1 if problems else 0
+    if not args.out:
+        print("seelike: archive redraw needs --out FOLDER", file=sys.stderr)
+        return 2
+    drawn = archive.redraw(args.path, args.out)
+    print(f"seelike: redrew {len(drawn)} figure file(s) into {args.out}")
+    return 0
+
+
+STEPS = {"plan": step_plan, "model": step_model, "extract": step_extract, "cka": step_cka, "figure": step_figure, "archive": step_archive, "experiment": step_experiment,
+         "vision": step_vision, "receptive_field": step_receptive_field, "vision_figure": step_vision_figure}
 
 
 def main(argv=None) -> int:
@@ -108,9 +213,14 @@ def main(argv=None) -> int:
     p.add_argument("--spec", required=True, help="the step's spec as JSON")
     v = sub.add_parser("validate", help="validate a config file and print the normalised config")
     v.add_argument("configfile")
+    a = sub.add_parser("archive", help="verify an archive of a run, or redraw its figures from its tables")
+    a.add_argument("action", choices=["verify", "redraw"])
+    a.add_argument("path", help="the .tar.gz (verify) or its extracted folder (verify, redraw)")
+    a.add_argument("--out", help="redraw: folder for the redrawn figures")
     args = parser.parse_args(argv)
 
     from .config import ConfigError
+    from .store import ShardError
     from .submit import StepFailed
 
     try:
@@ -119,11 +229,20 @@ def main(argv=None) -> int:
 
             print(json.dumps(load_file(args.configfile), indent=2))
             return 0
+        if args.command == "archive":
+            return archive_command(args)
         STEPS[args.name](json.loads(args.spec))
         return 0
-    except (ConfigError, StepFailed) as e:
+    except (ConfigError, StepFailed, ShardError) as e:
         print(f"seelike: {e}", file=sys.stderr)
         return 1
+    except (ValueError, OSError) as e:
+        # seelike's own errors about bad input (weights, images, plans) are phrased for the user;
+        # anything else is a bug and keeps its traceback.
+        if type(e).__module__.startswith("seelike."):
+            print(f"seelike: {e}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
 

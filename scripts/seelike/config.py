@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-STEPS = ("fetch", "train", "extract", "cka")
+STEPS = ("fetch", "train", "extract", "cka", "vision", "receptive_field", "probe")
 
 
 class ConfigError(ValueError):
@@ -130,6 +130,37 @@ def _check_timm_name(name: str, where: str, pretrained: bool) -> None:
             raise ConfigError(f"config key {where}: timm model '{name}' has no pretrained weights")
 
 
+def _slug(value) -> str:
+    return "none" if value is None else str(value).replace(".", "p").replace("-", "m")
+
+
+def expand_sweeps(cfg: dict) -> None:
+    """`sweep: {key: recipe.remove_skip.block, values: [0, 1, 2]}` on model `m` becomes models
+    m_0, m_1, m_2, each with that key set: one registry model per value, no special path."""
+    models = {}
+    for name, m in cfg["models"].items():
+        sweep = m.pop("sweep", None)
+        if not sweep:
+            models[name] = m
+            continue
+        for value in sweep["values"]:
+            mm = copy.deepcopy(m)
+            node, parts = mm, sweep["key"].split(".")
+            for part in parts[:-1]:
+                if node.get(part) is None:
+                    node[part] = {}
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"config key models.{name}.sweep.key: '{sweep['key']}' does not name a mapping entry")
+                node = node[part]
+            node[parts[-1]] = value
+            mm["sweep_of"] = {"model": name, "key": sweep["key"], "value": value}
+            new = f"{name}_{_slug(value)}"
+            if new in cfg["models"] or new in models:
+                raise ConfigError(f"config key models.{name}.sweep: the expanded model name '{new}' is already used")
+            models[new] = mm
+    cfg["models"] = models
+
+
 def _check_semantics(cfg: dict, check_timm: bool) -> None:
     datasets = cfg["datasets"]
     for dname, d in datasets.items():
@@ -163,6 +194,19 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
                                   f"configured: {', '.join(datasets)}")
             if datasets[r["dataset"]]["kind"] != "synthetic":
                 raise ConfigError(f"config key {where}.recipe.dataset: training is supported on synthetic datasets only")
+            if "remove_skip" in r:
+                if "block" not in r["remove_skip"]:
+                    raise ConfigError(f"config key {where}.recipe.remove_skip.block: required (or sweep over it)")
+                depth = m.get("kwargs", {}).get("depth")
+                block = r["remove_skip"]["block"]
+                if depth is not None and block is not None and block >= depth:
+                    raise ConfigError(f"config key {where}.recipe.remove_skip.block: block {r['remove_skip']['block']} "
+                                      f"does not exist (depth {depth})")
+            if "init_from" in r:
+                if r["init_from"] not in cfg["models"]:
+                    raise ConfigError(f"config key {where}.recipe.init_from: unknown model '{r['init_from']}'")
+                if r["init_from"] == mname:
+                    raise ConfigError(f"config key {where}.recipe.init_from: a model cannot start from itself")
         elif "recipe" in m:
             raise ConfigError(f"config key {where}.recipe: only allowed with source kind 'recipe' (this model is '{kind}')")
         m.setdefault("kwargs", {})
@@ -200,10 +244,24 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
             if pair[0] == pair[1]:
                 raise ConfigError(f"config key cka.pairs[{i}]: a pair needs two different models (within-model CKA is always computed)")
 
+    from .experiments import check as check_experiments  # the `experiments:` section (F8, F10-F13)
+
+    problems = check_experiments(cfg)
+    if problems:
+        raise ConfigError(problems[0])
+
+    from .analyses import settings as vision  # the `analyses:` section (F3-F9, ViT views)
+
+    try:
+        vision.check(cfg)
+    except vision.AnalysisConfigError as e:
+        raise ConfigError(str(e)) from None
+
 
 def load(config: dict, check_timm: bool = True) -> dict:
     """Validate a raw config (as Snakemake merged it) and return the normalised copy."""
     cfg = validate_schema(config)
+    expand_sweeps(cfg)
     _check_semantics(cfg, check_timm=check_timm)
     return cfg
 
@@ -254,6 +312,7 @@ def step_executor(cfg: dict, step: str) -> dict:
         "step": step,
         "executor": per_step.get("executor", ex.get("default", "local")),
         "resources": resources,
+        "step_resources": dict(per_step.get("resources", {})),
         "log_dir": ex.get("log_dir", "results/logs/jobs"),
         "cancel_on_interrupt": ex.get("cancel_on_interrupt", True),
         "array_parallelism": ex.get("array_parallelism", 64),

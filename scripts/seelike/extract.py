@@ -15,7 +15,9 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +34,23 @@ class Batch:
     example_indices: np.ndarray   # dataset indices
     activations: dict             # layer name -> tensor (b, t, d), token layout
     num_prefix_tokens: int
+    inputs: Any = None            # the model's input (b, C, H, W) on the device
 
 
 class Reducer:
-    """Consumes minibatches, returns arrays keyed by store path. Subclasses declare `name`."""
+    """Consumes minibatches, returns arrays keyed by store path. Subclasses declare `name`.
+
+    A reducer that needs more than the layers' outputs registers its own hooks in `attach` (and
+    reduces inside them, so nothing is held across blocks); `begin` runs before each forward pass.
+    """
     name = "reducer"
+
+    def attach(self, model) -> list:
+        """Hook handles (anything with .remove()) registered on the model for the whole shard."""
+        return []
+
+    def begin(self, positions: np.ndarray, example_indices: np.ndarray) -> None:
+        """Called before the forward pass of the minibatch at these shard positions."""
 
     def update(self, batch: Batch) -> None:
         raise NotImplementedError
@@ -113,6 +127,19 @@ class TokenReducer(Reducer):
         return {layer_path(l, "tokens"): np.concatenate(t) for l, t in self.tokens.items() if t}
 
 
+@contextmanager
+def attached(reducers, model):
+    """The reducers' own hooks, removed on exit (also when the block raises)."""
+    handles = []
+    try:
+        for r in reducers:
+            handles += r.attach(model)
+        yield
+    finally:
+        while handles:
+            handles.pop().remove()
+
+
 def check_finite(activations: dict, example_indices: np.ndarray) -> None:
     import torch
 
@@ -160,8 +187,11 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     layer_specs = select_layers(model, card, spec.get("sublayers", False))
     layers = [l["name"] for l in layer_specs]
 
-    # A model trained here uses the dataset's own preprocessing; a pretrained one its timm preprocessing.
-    transform = None if card.source.get("kind") == "recipe" else timm_eval_transform(card.pretrained_cfg)
+    # Each model sees images through its card's preprocessing (timm's for pretrained models, what
+    # training used for recipes); synthetic images for a recipe model take the equivalent fast path.
+    native = (card.source.get("kind") == "recipe" and spec["dataset"]["kind"] == "synthetic"
+              and spec["dataset"].get("image_size") == card.input_size[-1])
+    transform = None if native else timm_eval_transform(card.pretrained_cfg)
     ds = open_dataset(spec["dataset"], spec["split"], transform=transform)
     b = plan.minibatch_size
     loader = DataLoader(Subset(ds, [int(i) for i in sp.example_indices]), batch_size=b, shuffle=False,
@@ -169,24 +199,33 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     shard_offset = shard_index * plan.minibatches_per_shard * b
     reducers = [GramReducer(layers), PooledReducer(layers, card.num_prefix_tokens),
                 TokenReducer(layers, int(spec.get("full_tokens", 0)), shard_offset)]
+    if spec.get("taps"):  # the vision analyses' taps (F3-F9); none configured: nothing extra runs
+        from .analyses.reducers import vision_reducers
+
+        reducers += vision_reducers(spec["taps"], model=model, card=card, model_name=spec["model"],
+                                    layer_specs=layer_specs, shard_offset=shard_offset, device=device)
     logits, labels = [], []
     precision = spec.get("precision", "fp32")
     bar = tqdm(total=len(sp.example_indices), desc=f"extract {spec['model']} shard {shard_index}",
                file=sys.stderr, unit="img", mininterval=5)
     pos = 0
-    with LayerTaps(model, layer_specs, card.num_prefix_tokens) as taps, torch.no_grad():
+    with LayerTaps(model, layer_specs, card.num_prefix_tokens) as taps, attached(reducers, model), torch.no_grad():
         for x, y, idx in loader:
             n = len(y)
             idx = np.asarray(idx)
             if not np.array_equal(idx, sp.example_indices[pos:pos + n]):
                 raise RuntimeError(f"data loader order differs from the plan in shard {shard_index}")
+            for r in reducers:
+                r.begin(np.arange(pos, pos + n), idx)
             taps.clear()
+            x = x.to(device, non_blocking=True)
             with autocast(device, precision):
-                out = model(x.to(device, non_blocking=True))
+                out = model(x)
             acts = {l: taps.outputs[l] for l in layers}
             check_finite(acts, idx)
             batch = Batch(minibatch_id=int(sp.minibatch_ids[pos]), positions=np.arange(pos, pos + n),
-                          example_indices=idx, activations=acts, num_prefix_tokens=card.num_prefix_tokens)
+                          example_indices=idx, activations=acts, num_prefix_tokens=card.num_prefix_tokens,
+                          inputs=x)
             for r in reducers:
                 r.update(batch)
             logits.append(out.float().cpu().numpy())

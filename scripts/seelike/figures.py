@@ -55,8 +55,11 @@ def save(fig, outputs: list[str | Path], dpi: int = 150) -> None:
     for out in outputs:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        fmt = out.suffix.lstrip(".")
+        # No timestamps: a figure redrawn from the same table is byte-identical (archives are checked so).
+        meta = {"pdf": {"CreationDate": None, "ModDate": None}, "svg": {"Date": None}}.get(fmt)
         with atomic_write(out) as tmp:
-            fig.savefig(tmp, format=out.suffix.lstrip("."), dpi=dpi, bbox_inches="tight")
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
 
 
 def heatmap_figure(tables: list, titles: list[str], outputs: list, suptitle: str | None = None, dpi: int = 150) -> None:
@@ -83,5 +86,7 @@ def plot_cka(spec: dict) -> None:
     tables = [pd.read_csv(p) for p in spec["tables"]]
     heatmap_figure(tables, spec["titles"], spec["outputs"], spec.get("suptitle"), spec.get("dpi", 150))
     record = provenance.collect(spec.get("provenance_config"), inputs=spec["tables"])
+    # Enough to redraw the figure from its tables alone (seelike archive redraw).
+    record["figure_spec"] = {**{k: v for k, v in spec.items() if k != "provenance_config"}, "draw": "seelike.figures:plot_cka"}
     for out in spec["outputs"]:
         provenance.write_sidecar(out, record)

@@ -8,6 +8,7 @@ the final name (Snakemake would otherwise treat it as up to date).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -41,6 +42,11 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A writer killed by SIGKILL leaves its temporary behind; one writer per target (Snakemake
+    # and the plan guarantee that), so earlier leftovers of this target are garbage.
+    for stale in path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     # keep the real extension last: writers that infer the format from it (savefig, np.save,
     # safetensors/timm loaders) see the same name shape as the final file
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)

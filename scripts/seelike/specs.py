@@ -6,6 +6,7 @@ settings that do not change results (executor, resources) travel separately.
 from __future__ import annotations
 
 from . import config as sc
+from .analyses import settings as vision
 
 RESULTS = "results"
 
@@ -28,6 +29,8 @@ def model_spec(cfg: dict, name: str) -> dict:
             "layers": m.get("layers", "auto"), "out_dir": f"{RESULTS}/models/{name}"}
     if m["source"]["kind"] == "recipe":
         spec["recipe"] = m["recipe"]
+        if m["recipe"].get("init_from"):
+            spec["init_card"] = f"{RESULTS}/models/{m['recipe']['init_from']}/card.json"
         spec["dataset"] = cfg["datasets"][m["recipe"]["dataset"]]
         spec["device"] = cfg["device"]
         spec["precision"] = cfg["precision"]
@@ -45,6 +48,9 @@ def extract_spec(cfg: dict, name: str) -> dict:
             "out_dir": f"{RESULTS}/extract/{d}/{name}"}
     spec["provenance_config"] = {k: spec[k] for k in ("model", "dataset_key", "dataset", "split", "precision",
                                                         "sublayers", "full_tokens")}
+    taps = vision.extraction_taps(cfg, name)   # what the vision analyses need from this model's pass
+    if taps:
+        spec["taps"] = spec["provenance_config"]["taps"] = taps
     return spec
 
 
@@ -66,12 +72,14 @@ def figure_paths(cfg: dict, figure: str, stem: str) -> list[str]:
 
 
 def f14_panels(cfg: dict, mixer: str) -> list[tuple[str, str]]:
-    """The Mixer with itself, then against every ViT and every CNN (config order)."""
+    """The Mixer with itself, then against the ViTs and CNNs it is paired with in cka.pairs (every
+    ViT and CNN when pairs is 'all'), in stored pair order (config order) so titles match tables."""
     order = list(cfg["models"])
+    partners = {b if a == mixer else a for a, b in sc.cross_pairs(cfg) if mixer in (a, b)}
     panels = [(mixer, mixer)]
     for family in ("vit", "cnn"):
-        # Stored pair order (config order), so titles match the table's x and y.
-        panels += [tuple(sorted((mixer, n), key=order.index)) for n, m in cfg["models"].items() if m["family"] == family]
+        panels += [tuple(sorted((mixer, n), key=order.index)) for n, m in cfg["models"].items()
+                   if m["family"] == family and n in partners]
     return panels
 
 
@@ -83,4 +91,10 @@ def final_targets(cfg: dict) -> list[str]:
         out += figure_paths(cfg, "F2", f"{x}__{y}")
     for mixer in sc.mixer_models(cfg):
         out += figure_paths(cfg, "F14", mixer)
+    out += vision.final_targets(cfg)   # F3-F7, F9 and the ViT paper's views (V1-V5)
+    from . import experiments           # F8, F10-F13
+
+    for figure, stems in experiments.figure_stems(cfg).items():
+        for stem in stems:
+            out += figure_paths(cfg, figure, stem)
     return out

@@ -17,6 +17,7 @@ Layout (schema version 1):
     /layers/<layer>/tokens    (k, t, d)           full tokens of the first k examples only
     /layers/<layer>/<other>   any per-layer reduction a later analysis adds
     /reductions/<name>/...    model-level reductions (attention distances, norm ratios, ...)
+                              (the vision analyses' paths: seelike/analyses/reducers.py)
 
 Every array lands under a path recorded in the `datasets` attribute, so validation checks
 whatever reductions were switched on without knowing them. A shard is written in full under a
@@ -24,6 +25,7 @@ temporary name and renamed when complete; a reader never sees a partial file.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -84,23 +86,27 @@ def write_shard(path: str | os.PathLike, *, model: str, dataset: str, shard_inde
     all_arrays = dict(arrays)
     all_arrays["plan/example_indices"] = np.asarray(example_indices, dtype=np.int64)
     all_arrays["plan/minibatch_ids"] = np.asarray(minibatch_ids, dtype=np.int64)
+    # The file is built in memory and written with plain I/O: a full disk (ENOSPC) then raises an
+    # ordinary OSError, whereas HDF5 failing inside its own flush leaves state that crashes later.
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.create_dataset("plan/json", data=json.dumps(plan, sort_keys=True))
+        for key, arr in all_arrays.items():
+            arr = np.asarray(arr)
+            # Grams are small and incompressible; features and tokens compress well.
+            use = compression if arr.size >= 4096 and not key.endswith("/gram") else None
+            f.create_dataset(key, data=arr, compression=use)
+        f.attrs.update({
+            "format": FORMAT, "schema_version": SCHEMA_VERSION, "model": model, "dataset": dataset,
+            "shard_index": shard_index, "n_shards": n_shards, "plan_digest": plan_digest,
+            "layers": json.dumps(list(layers)),
+            "datasets": json.dumps(sorted(all_arrays)), "provenance": json.dumps(provenance, default=str),
+        })
+        f.attrs["complete"] = 1  # last: a file without it was never finished
     with atomic_write(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("plan/json", data=json.dumps(plan, sort_keys=True))
-            for key, arr in all_arrays.items():
-                arr = np.asarray(arr)
-                # Grams are small and incompressible; features and tokens compress well.
-                use = compression if arr.size >= 4096 and not key.endswith("/gram") else None
-                f.create_dataset(key, data=arr, compression=use)
-            f.attrs.update({
-                "format": FORMAT, "schema_version": SCHEMA_VERSION, "model": model, "dataset": dataset,
-                "shard_index": shard_index, "n_shards": n_shards, "plan_digest": plan_digest,
-                "layers": json.dumps(list(layers)),
-                "datasets": json.dumps(sorted(all_arrays)), "provenance": json.dumps(provenance, default=str),
-            })
-            f.attrs["complete"] = 1  # last: a file without it was never finished
-            f.flush()
-        with open(tmp, "rb+") as fh:
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+            fh.flush()
             os.fsync(fh.fileno())
     return path
 

@@ -91,13 +91,37 @@ def _executor(settings: dict, folder: Path, name: str, n_tasks: int = 1):
                              signal_delay_s=int(res.get("signal_delay_s", 30)))
         return ex
     if kind == "slurm":
-        ex = submitit.SlurmExecutor(folder=folder)
-        params = slurm_parameters(res, name)
+        # Each time-limit signal uses one requeue; long training may need many allotments.
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(res.get("max_requeues", 10)))
+        params = slurm_parameters(res, f"seelike-{settings['step']}-{name}")
         if n_tasks > 1:
             params["array_parallelism"] = int(settings.get("array_parallelism", 64))
         ex.update_parameters(**params)
         return ex
     raise ValueError(f"unknown executor '{kind}' for step '{settings.get('step')}' (use inline, local or slurm)")
+
+
+# sbatch's words for a bad request -> the resource key that made it.
+_SBATCH_KEYS = [("gres", ("gpus", "gpu_type")), ("generic resource", ("gpus", "gpu_type")),
+                ("partition", ("partition",)), ("account", ("account",)), ("qos", ("qos",)),
+                ("time limit", ("time_min",)), ("memory", ("mem_gb",)), ("mem", ("mem_gb",)),
+                ("cpu", ("cpus",)), ("feature", ("constraint",)), ("constraint", ("constraint",))]
+
+
+def _submission_error(settings: dict, name: str, err: BaseException) -> StepFailed:
+    """A rejected submission, phrased with the step and the config key to change."""
+    step = settings["step"]
+    text = str(err).strip()
+    lowered = text.lower()
+    keys = next((k for word, k in _SBATCH_KEYS if word in lowered), None)
+    where = ""
+    if keys:
+        per_step = settings.get("step_resources", {})
+        key = next((k for k in keys if k in per_step), None)
+        prefix = f"executor.steps.{step}.resources" if key else "executor.resources"
+        key = key or next((k for k in keys if k in settings.get("resources", {})), keys[0])
+        where = f"; check config key {prefix}.{key} (= {settings.get('resources', {}).get(key)!r})"
+    return StepFailed(f"step '{step}' ({name}): the scheduler rejected the submission: {text}{where}")
 
 
 def _tail(path: Path, n: int = 20) -> str:
@@ -162,7 +186,10 @@ def _wait(jobs: Sequence, step: str, name: str, settings: dict, marker) -> list:
     def on_term(signum, frame):
         raise _Interrupt()
 
-    old = signal.signal(signal.SIGTERM, on_term) if os.name == "posix" else None
+    import threading
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, on_term) if in_main else None
     try:
         results, failures = [], []
         for job in jobs:
@@ -223,11 +250,14 @@ def run_array(settings: dict, target: str, kwargs_list: list[dict], name: str,
                 results += _wait(jobs, step, name, settings, None)
             return results
         ex = _executor(settings, folder, name, len(kwargs_list))
-        if len(kwargs_list) == 1:
-            jobs = [ex.submit(Step(target, kwargs_list[0], threads))]
-        else:
-            with ex.batch():
-                jobs = [ex.submit(Step(target, kw, threads)) for kw in kwargs_list]
+        try:
+            if len(kwargs_list) == 1:
+                jobs = [ex.submit(Step(target, kwargs_list[0], threads))]
+            else:
+                with ex.batch():
+                    jobs = [ex.submit(Step(target, kw, threads)) for kw in kwargs_list]
+        except Exception as err:  # submitit raises FailedJobError with sbatch's stderr
+            raise _submission_error(settings, name, err) from None
         ids = [str(j.job_id) for j in jobs]
         print(f"seelike: step '{step}' ({name}) submitted as SLURM job(s) {', '.join(ids)}; logs in {folder}", flush=True)
         if marker is not None:

@@ -57,6 +57,25 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def modifications_of(recipe: dict) -> dict:
+    """The architecture modifications a recipe asks for (seelike.models.modify)."""
+    rs = recipe.get("remove_skip") or {}
+    if rs.get("block") is not None:  # block: null is the unablated baseline of a sweep
+        return {"remove_skip": {"block": int(rs["block"]), "branch": rs.get("branch", "both")}}
+    return {}
+
+
+def init_card_name(spec: dict) -> str:
+    return Path(spec["init_card"]).parent.name
+
+
+def trained_preprocessing(size: int) -> dict:
+    """timm-style preprocessing of what training saw (normalize_uint8, full image), so that
+    timm_eval_transform(card.pretrained_cfg) feeds any image source to the model the same way."""
+    return {"input_size": (3, size, size), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+            "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
+
+
 class _StopRequested(Exception):
     pass
 
@@ -99,12 +118,27 @@ def train_model(spec: dict) -> dict:
         os.environ.setdefault("SEELIKE_CACHE", spec["cache_dir"])
     x_train, y_train = load_split_arrays(spec["dataset"], "train")
     x_test, y_test = load_split_arrays(spec["dataset"], "test")
+    if r.get("train_fraction", 1.0) < 1.0:
+        from .data.subsets import stratified_subset
+
+        keep = stratified_subset(y_train, r["train_fraction"], seed=r.get("subset_seed", 0))
+        x_train, y_train = x_train[keep], y_train[keep]
+        print(f"seelike: training '{spec['name']}' on {len(keep)} examples ({r['train_fraction']:.0%}, stratified)", flush=True)
     n, bs = len(x_train), int(r["batch_size"])
     steps_per_epoch = max(1, n // bs)
-    total = int(round(r["epochs"] * steps_per_epoch))
+    # A step budget (recipe.steps) keeps the number of updates fixed across data fractions.
+    total = int(r["steps"]) if r.get("steps") else int(round(r["epochs"] * steps_per_epoch))
     warmup = int(round(r.get("warmup_epochs", 0) * steps_per_epoch))
 
-    model = create_timm_model(spec["arch"], spec.get("kwargs", {}), pretrained=False).to(device)
+    modifications = modifications_of(r)
+    model = create_timm_model(spec["arch"], spec.get("kwargs", {}), modifications, pretrained=False).to(device)
+    if spec.get("init_card"):
+        from .models import ModelCard, build_model
+
+        init = build_model(ModelCard.load(spec["init_card"]), Path(spec["init_card"]).parent)
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+        print(f"seelike: fine-tuning '{spec['name']}' from '{init_card_name(spec)}'"
+              + (f" (not loaded: {', '.join(missing)})" if missing else ""), flush=True)
     if r.get("optimizer", "adamw") == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9, weight_decay=r["weight_decay"], nesterov=True)
     else:
@@ -212,9 +246,10 @@ def train_model(spec: dict) -> dict:
     card = make_card(spec["name"], spec["arch"], spec.get("kwargs", {}),
                      {"kind": "recipe", "recipe": r, "dataset": spec["dataset"]}, model, ckpt,
                      sublayers=False, layer_spec=spec.get("layers", "auto"),
-                     input_size=[3, int(x_train.shape[1]), int(x_train.shape[2])])
+                     input_size=[3, int(x_train.shape[1]), int(x_train.shape[2])],
+                     pretrained_cfg=trained_preprocessing(int(x_train.shape[1])), modifications=modifications)
     card.metrics = {"test_accuracy": acc, "chance": 1.0 / spec["dataset"].get("n_classes", 10),
-                    "train_steps": total, "n_test": int(len(y_test))}
+                    "train_steps": total, "n_train": int(n), "n_test": int(len(y_test)), "seed": r["seed"]}
     card.provenance = {**card.provenance, **provenance.collect({k: v for k, v in spec.items() if k != "out_dir"})}
     card.save(out_dir / "card.json")
     state_path.unlink(missing_ok=True)

@@ -19,4 +19,4 @@ rule cka:
     conda:
         CONDA_ENV
     shell:
-        SEELIKE + " step cka --spec {params.spec:q} > {log} 2>&1"
+        step_shell("cka")

@@ -14,4 +14,4 @@ rule extract:
     conda:
         CONDA_ENV
     shell:
-        SEELIKE + " step extract --spec {params.spec:q} > {log} 2>&1"
+        step_shell("extract")

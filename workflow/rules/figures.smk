@@ -26,7 +26,7 @@ rule figure_f1:
     conda:
         CONDA_ENV
     shell:
-        SEELIKE + " step figure --spec {params.spec:q} > {log} 2>&1"
+        step_shell("figure")
 
 
 rule figure_f2:
@@ -44,7 +44,7 @@ rule figure_f2:
     conda:
         CONDA_ENV
     shell:
-        SEELIKE + " step figure --spec {params.spec:q} > {log} 2>&1"
+        step_shell("figure")
 
 
 rule figure_f14:
@@ -63,4 +63,4 @@ rule figure_f14:
     conda:
         CONDA_ENV
     shell:
-        SEELIKE + " step figure --spec {params.spec:q} > {log} 2>&1"
+        step_shell("figure")

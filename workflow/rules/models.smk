@@ -1,6 +1,13 @@
 # One rule for every model source: recipes are trained through the submission layer, pretrained
 # weights are fetched on this host (compute nodes often have no internet), local files imported.
+def _init_card(wc):
+    recipe = CFG["models"][wc.model].get("recipe") or {}
+    return [f"results/models/{recipe['init_from']}/card.json"] if recipe.get("init_from") else []
+
+
 rule model:
+    input:
+        _init_card,
     output:
         card="results/models/{model}/card.json",
         weights="results/models/{model}/weights.safetensors",
@@ -13,4 +20,4 @@ rule model:
     conda:
         CONDA_ENV
     shell:
-        SEELIKE + " step model --spec {params.spec:q} > {log} 2>&1"
+        step_shell("model")

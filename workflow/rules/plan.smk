@@ -9,4 +9,4 @@ rule plan:
     conda:
         CONDA_ENV
     shell:
-        SEELIKE + " step plan --spec {params.spec:q} > {log} 2>&1"
+        step_shell("plan")

@@ -225,6 +225,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.classes, samples, self.ignored_files, self.empty_classes = _scan(self.root, extensions)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.skipped: list[tuple[str, str]] = []
+        if self.ignored_files:
+            # A stray file in a class folder is a bad input like a corrupt image: named, then skipped or fatal.
+            shown = ", ".join(os.path.join(self.root, r) for r in self.ignored_files[:5])
+            if on_bad_file == "error":
+                raise ValueError(f"image folder {self.root}: {len(self.ignored_files)} file(s) are not images "
+                                 f"(by extension): {shown}; remove them or set on_bad_file: skip")
+            self.skipped += [(r, "not an image file (extension)") for r in self.ignored_files]
+            log.warning("image folder %s: skipped %d non-image file(s): %s", self.root, len(self.ignored_files), shown)
         if on_bad_file == "skip":
             workers = num_check_workers or min(8, os.cpu_count() or 1)
             paths = [os.path.join(self.root, rel) for rel, _ in samples]

@@ -170,13 +170,18 @@ def _load_strict(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: Pa
     model.load_state_dict(state_dict, strict=True)
 
 
-def create_timm_model(arch: str, kwargs: Optional[Dict[str, Any]] = None, **extra) -> nn.Module:
+def create_timm_model(arch: str, kwargs: Optional[Dict[str, Any]] = None, modifications: Optional[Dict[str, Any]] = None,
+                      **extra) -> nn.Module:
+    """timm.create_model plus the card's architecture modifications (seelike.models.modify)."""
+    from . import modify
+
     check_timm_arch(arch)
     kwargs = dict(kwargs or {})
     try:
-        return _timm().create_model(arch, **extra, **kwargs)
+        model = _timm().create_model(arch, **extra, **kwargs)
     except TypeError as e:
         raise ValueError(f"timm.create_model({arch!r}) rejected the kwargs {kwargs}: {e}") from e
+    return modify.apply(model, modifications)
 
 
 def build_model(card: ModelCard, card_dir: PathLike, device: str = "cpu") -> nn.Module:
@@ -189,7 +194,7 @@ def build_model(card: ModelCard, card_dir: PathLike, device: str = "cpu") -> nn.
         card_dir = card_dir.parent
     ckpt = card_dir / card.checkpoint
     verify_checkpoint(ckpt, card.sha256, card_dir / CARD_FILENAME)
-    model = create_timm_model(card.arch, card.kwargs, pretrained=False)
+    model = create_timm_model(card.arch, card.kwargs, card.modifications, pretrained=False)
     state_dict = _read_safetensors(ckpt)
     _load_strict(model, state_dict, ckpt)
     model.pretrained_cfg = dict(card.pretrained_cfg)
@@ -228,7 +233,8 @@ def make_card(name: str, arch: str, kwargs: Optional[Dict[str, Any]], source: Di
               model: nn.Module, checkpoint_path: PathLike, sublayers: bool = False,
               layer_spec: LayerSpec = "auto", *, input_size: Optional[Sequence[int]] = None,
               metrics: Optional[Dict[str, Any]] = None, provenance: Optional[Dict[str, Any]] = None,
-              pretrained_cfg: Optional[Dict[str, Any]] = None) -> ModelCard:
+              pretrained_cfg: Optional[Dict[str, Any]] = None,
+              modifications: Optional[Dict[str, Any]] = None) -> ModelCard:
     """Describe ``model`` (already saved at ``checkpoint_path``) as a card.
 
     Family, layers, prefix tokens, input size and the preprocessing cfg come from the live
@@ -270,6 +276,7 @@ def make_card(name: str, arch: str, kwargs: Optional[Dict[str, Any]], source: Di
         checkpoint=Path(checkpoint_path).name, sha256=sha256_file(checkpoint_path), layers=layers,
         num_prefix_tokens=num_prefix, input_size=size, num_classes=int(num_classes), pretrained_cfg=cfg,
         metrics=to_jsonable(dict(metrics or {})), provenance=to_jsonable(prov),
+        modifications=to_jsonable(dict(modifications or {})),
     )
     return card.validate(f"model card for {name!r}")
 

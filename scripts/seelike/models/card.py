@@ -37,6 +37,7 @@ _FIELD_TYPES: Dict[str, tuple] = {
     "pretrained_cfg": ((dict,), "a mapping"),
     "metrics": ((dict,), "a mapping"),
     "provenance": ((dict,), "a mapping"),
+    "modifications": ((dict,), "a mapping"),
 }
 
 
@@ -60,6 +61,7 @@ class ModelCard:
     pretrained_cfg: Dict[str, Any]
     metrics: Dict[str, Any] = field(default_factory=dict)
     provenance: Dict[str, Any] = field(default_factory=dict)
+    modifications: Dict[str, Any] = field(default_factory=dict)  # seelike.models.modify, e.g. remove_skip
 
     # ------------------------------------------------------------------ helpers
     @property

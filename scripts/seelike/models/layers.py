@@ -334,15 +334,38 @@ def _check_attention(module: nn.Module, layer: Dict[str, Any]) -> None:
                 f"(with qkv/num_heads/head_dim); got {type(module).__name__}")
 
 
+class _RestoreAttr:
+    """A hook-handle-like object that puts an attribute back when the taps are removed."""
+
+    def __init__(self, obj: Any, attr: str, value: Any):
+        self.obj, self.attr, self.value = obj, attr, value
+
+    def remove(self) -> None:
+        setattr(self.obj, self.attr, self.value)
+
+
 @register_tap_kind("attn_weights")
 def _tap_attn_weights(taps: "LayerTaps", layer: Dict[str, Any], module: nn.Module) -> List[Any]:
-    """Attention probabilities (n, heads, t, t), float32, recomputed from the qkv projection.
+    """Attention probabilities (n, heads, t, t), float32.
 
-    timm 1.0 uses fused scaled_dot_product_attention, which never materialises the weights,
-    so they are recomputed from ``attn.qkv``'s output (q_norm/k_norm and scale applied as in
-    ``Attention.forward``; no attention mask). The model's own forward is unchanged.
+    timm 1.0 uses fused scaled_dot_product_attention, which never materialises the weights. While
+    this tap is attached the module takes timm's explicit path (``fused_attn = False``; restored
+    when the taps are removed) and the softmax output is read where it enters ``attn_drop``
+    (an identity in eval mode), so the weights are exactly those the model uses, masks and
+    relative-position biases included. Modules without that path get the weights recomputed
+    from ``attn.qkv``'s output (q_norm/k_norm and scale applied as in ``Attention.forward``;
+    no attention mask).
     """
     _check_attention(module, layer)
+    drop = getattr(module, "attn_drop", None)
+    if hasattr(module, "fused_attn") and isinstance(drop, nn.Module):
+        restore = _RestoreAttr(module, "fused_attn", module.fused_attn)
+        module.fused_attn = False
+
+        def explicit(mod, args, attn):
+            taps.store(layer, attn.float())
+        return [restore, drop.register_forward_hook(explicit)]
+
     nh, hd = module.num_heads, module.head_dim
     scale = getattr(module, "scale", hd ** -0.5)
 

@@ -1,0 +1,118 @@
+"""F3/F4: mean attention distance of every head of every block, in pixels of the model's input.
+
+For each query patch the attention-weighted distance between patch centres (prefix tokens left
+out as queries and keys), averaged over the query patches of an image, then over the first
+`analyses.attention_distance.n_images` images of the plan. Extraction sums per-image values per
+shard (:class:`seelike.analyses.reducers.AttentionReducer`); this combines the shards exactly.
+
+Table columns: model, block, block_index, head, distance (the plotted value: renormalised or raw
+as configured), distance_renormalised, distance_raw, std_over_images, se, prefix_attention,
+n_images, grid_h, grid_w, cell_h, cell_w, image_h, image_w, uniform_distance (the distance of
+uniform attention over the patches), less_data.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import geometry
+from .common import by_unit, finish_figure, mpl, read_group, shard_paths, write_table
+from .reducers import ATTN_DIST, GEOMETRY
+
+
+def compute(spec: dict) -> str:
+    """spec: manifest, model, out, renormalize, less_data, provenance_config."""
+    import pandas as pd
+    from ..manifest import load_manifest
+
+    manifest = load_manifest(spec["manifest"])
+    totals, geom = {}, None
+    for path in shard_paths(manifest):
+        units = by_unit(read_group(path, ATTN_DIST, "attention distances"))
+        if geom is None:
+            geom = read_group(path, GEOMETRY)
+        for block, st in units.items():
+            t = totals.setdefault(block, {k: 0.0 for k in ("sum", "sum_sq", "raw_sum", "prefix_mass_sum", "count")})
+            for k in t:
+                t[k] = t[k] + st[k]
+            t["index"] = int(st["index"])
+    grid, cell, size = geom["grid"], geom["cell"], geom["input_size"]
+    uniform = float(geometry.pixel_distances(grid, cell).mean())
+    rows = []
+    for block, t in totals.items():
+        n = int(t["count"])
+        if n == 0:
+            raise ValueError(f"model '{spec['model']}': no images were used for attention distances")
+        mean = t["sum"] / n
+        var = np.maximum(t["sum_sq"] / n - mean ** 2, 0.0) * (n / (n - 1) if n > 1 else np.nan)
+        std = np.sqrt(var)
+        raw = t["raw_sum"] / n
+        for h in range(len(mean)):
+            rows.append({
+                "model": spec["model"], "block": block, "block_index": t["index"], "head": h,
+                "distance": mean[h] if spec.get("renormalize", True) else raw[h],
+                "distance_renormalised": mean[h], "distance_raw": raw[h], "std_over_images": std[h],
+                "se": std[h] / np.sqrt(n), "prefix_attention": t["prefix_mass_sum"][h] / n, "n_images": n,
+                "grid_h": int(grid[0]), "grid_w": int(grid[1]), "cell_h": float(cell[0]), "cell_w": float(cell[1]),
+                "image_h": int(size[1]), "image_w": int(size[2]), "uniform_distance": uniform,
+                "less_data": bool(spec.get("less_data", False))})
+    table = pd.DataFrame(rows).sort_values(["block_index", "head"])
+    return write_table(table, spec["out"], spec, inputs=[spec["manifest"]])
+
+
+def _panel(ax, t, title):
+    plt = mpl()
+    blocks = t.drop_duplicates("block_index").sort_values("block_index")
+    heads = sorted(t["head"].unique())
+    cmap = plt.get_cmap("viridis", max(2, len(heads)))
+    for h in heads:
+        s = t[t["head"] == h].sort_values("block_index")
+        ax.scatter(s["block_index"], s["distance"], s=14, color=cmap(h), label=f"head {h}", zorder=3)
+    mean = t.groupby("block_index")["distance"].mean()
+    ax.plot(mean.index, mean.values, color="0.4", lw=1, zorder=2, label="mean over heads")
+    ax.axhline(t["uniform_distance"].iloc[0], color="0.6", ls="--", lw=0.8, label="uniform attention")
+    ax.set_xticks(blocks["block_index"].tolist())
+    ax.set_xticklabels(blocks["block"].tolist(), rotation=90, fontsize=7)
+    ax.set_xlabel("block")
+    ax.set_title(title, fontsize=9)
+    return len(heads)
+
+
+def _ylabel(t) -> str:
+    r = t.iloc[0]
+    return (f"mean attention distance (pixels of the {r.image_h}x{r.image_w} input; "
+            f"patches {r.cell_h:g}x{r.cell_w:g})")
+
+
+def figure_f3(spec: dict) -> None:
+    """spec: tables (one attention_distance table), outputs, dpi."""
+    import pandas as pd
+
+    plt = mpl()
+    t = pd.read_csv(spec["tables"][0])
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    nh = _panel(ax, t, f"F3: {t.model.iloc[0]} ({int(t.n_images.iloc[0])} images)")
+    ax.set_ylabel(_ylabel(t), fontsize=8)
+    ax.set_ylim(bottom=0)
+    if nh <= 16:
+        ax.legend(fontsize=6, ncol=2, loc="lower right")
+    finish_figure(fig, spec)
+
+
+def figure_f4(spec: dict) -> None:
+    """spec: tables (one per ViT, config order), outputs, dpi. Models trained on less data are marked."""
+    import pandas as pd
+
+    plt = mpl()
+    tables = [pd.read_csv(p) for p in spec["tables"]]
+    tables.sort(key=lambda t: bool(t.less_data.iloc[0]))   # the others first, then the less-data models
+    n = len(tables)
+    fig, axes = plt.subplots(1, n, figsize=(3.8 * n + 0.6, 4.0), sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], tables):
+        tag = " (less data)" if bool(t.less_data.iloc[0]) else ""
+        _panel(ax, t, f"{t.model.iloc[0]}{tag}")
+        if tag:
+            ax.set_facecolor("#f6f1e7")
+    axes[0][0].set_ylabel("mean attention distance (pixels)")
+    axes[0][0].set_ylim(bottom=0)
+    fig.suptitle("F4: attention distance, models trained on less data (shaded) beside the others", fontsize=10)
+    finish_figure(fig, spec)

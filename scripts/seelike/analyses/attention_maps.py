@@ -1,0 +1,180 @@
+"""V3 attention maps and attention rollout, V4 attention similarity across layers (DeepViT's collapse).
+
+Both come from the full attention weights extraction keeps for the plan's first
+`analyses.attention_maps.n_images` examples (with their input images).
+
+V3 table (one row per value): model, example (dataset index), kind, layer, layer_index, channel,
+row, col, value. Kinds: ``image`` (the input, at most 64 px a side, scaled to [0, 1] per image),
+``attention`` (the CLS token's attention to the patches, mean over heads; models without a
+prefix token: the attention each patch receives, mean over heads and queries) and ``rollout``
+(Abnar & Zuidema 2020: per layer 0.5 * mean-over-heads attention + 0.5 * identity, rows
+renormalised, multiplied through the layers up to this one; the CLS row, or the mean row).
+
+V4 table: model, layer_x, index_x, layer_y, index_y, similarity, n_images: the cosine similarity
+of the attention maps of two layers (Zhou et al. 2021, DeepViT): for every head h and key token
+t, cos(A^x[h, :, t], A^y[h, :, t]), averaged over heads, tokens and images.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .common import MissingReduction, finish_figure, mpl, read_group, shard_paths, write_table
+from .reducers import ATTN_MAPS, GEOMETRY
+
+
+def rollout(weights: np.ndarray) -> np.ndarray:
+    """(L, t, t) cumulative rollout after each layer from (L, heads, t, t) attention of one image."""
+    a = weights.mean(1)
+    t = a.shape[-1]
+    r = np.eye(t)
+    out = []
+    for layer in a:
+        m = 0.5 * layer + 0.5 * np.eye(t)
+        m = m / m.sum(-1, keepdims=True)
+        r = m @ r
+        out.append(r)
+    return np.stack(out)
+
+
+def layer_similarity(weights: np.ndarray) -> np.ndarray:
+    """(L, L) DeepViT cross-layer similarity from (n, L, heads, t, t) attention weights."""
+    w = np.asarray(weights, dtype=np.float64)
+    norm = np.linalg.norm(w, axis=-2, keepdims=True)          # per column (key token t)
+    c = w / np.where(norm > 0, norm, 1.0)
+    # sum over queries of the product of normalised columns, averaged over images, heads, tokens
+    return np.einsum("nlhqt,nmhqt->lm", c, c) / (w.shape[0] * w.shape[2] * w.shape[-1])
+
+
+def _spatial_map(row: np.ndarray, p: int, grid) -> np.ndarray:
+    m = row[p:].reshape(grid)
+    s = m.sum()
+    return m / s if s > 0 else m
+
+
+def _downsample(img: np.ndarray, limit: int = 64) -> np.ndarray:
+    c, h, w = img.shape
+    f = max(1, -(-max(h, w) // limit))
+    h2, w2 = h // f, w // f
+    img = img[:, :h2 * f, :w2 * f].reshape(c, h2, f, w2, f).mean((2, 4))
+    lo, hi = img.min(), img.max()
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def compute(spec: dict) -> list[str]:
+    """spec: manifest, model, out (maps), out_similarity, provenance_config."""
+    import pandas as pd
+    from ..manifest import load_manifest
+
+    manifest = load_manifest(spec["manifest"])
+    weights, images, examples, geom = [], [], [], None
+    for path in shard_paths(manifest):
+        if geom is None:
+            geom = read_group(path, GEOMETRY, "token geometry")
+        try:
+            g = read_group(path, ATTN_MAPS)
+        except MissingReduction:
+            continue   # shards past the first n_images examples hold no maps
+        weights.append(g["weights"])
+        images.append(g["images"])
+        examples.append(g["example_indices"])
+    if not weights:
+        raise ValueError(f"model '{spec['model']}': no shard holds attention maps (extracted without the "
+                         "attention_maps taps?)")
+    w, img, ex = np.concatenate(weights), np.concatenate(images), np.concatenate(examples)
+    grid = tuple(int(v) for v in geom["grid"])
+    n, n_layers, _h, t, _ = w.shape
+    p = t - grid[0] * grid[1]
+    names = [f"block{i}" for i in range(n_layers)]
+    frames = []
+    for k in range(n):
+        small = _downsample(img[k])
+        c, h, wd = small.shape
+        ci, ri, wi = np.meshgrid(np.arange(c), np.arange(h), np.arange(wd), indexing="ij")
+        frames.append(pd.DataFrame({"model": spec["model"], "example": int(ex[k]), "kind": "image", "layer": "",
+                                    "layer_index": -1, "channel": ci.ravel(), "row": ri.ravel(), "col": wi.ravel(),
+                                    "value": small.ravel()}))
+        roll = rollout(w[k])
+        rr, cc = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
+        for li in range(n_layers):
+            mean_heads = w[k, li].mean(0)
+            att_row = mean_heads[0] if p else mean_heads[p:].mean(0)
+            roll_row = roll[li][0] if p else roll[li][p:].mean(0)
+            for kind, row in (("attention", att_row), ("rollout", roll_row)):
+                frames.append(pd.DataFrame({"model": spec["model"], "example": int(ex[k]), "kind": kind,
+                                            "layer": names[li], "layer_index": li, "channel": 0, "row": rr.ravel(),
+                                            "col": cc.ravel(), "value": _spatial_map(row, p, grid).ravel()}))
+    write_table(pd.concat(frames, ignore_index=True), spec["out"], spec, inputs=[spec["manifest"]])
+    sim = layer_similarity(w)
+    ii, jj = np.meshgrid(np.arange(n_layers), np.arange(n_layers), indexing="ij")
+    table = pd.DataFrame({"model": spec["model"], "layer_x": [names[i] for i in ii.ravel()], "index_x": ii.ravel(),
+                          "layer_y": [names[j] for j in jj.ravel()], "index_y": jj.ravel(), "similarity": sim.ravel(),
+                          "n_images": n})
+    write_table(table, spec["out_similarity"], spec, inputs=[spec["manifest"]])
+    return [spec["out"], spec["out_similarity"]]
+
+
+def figure_maps(spec: dict, max_examples: int = 6, max_layers: int = 5) -> None:
+    """spec: tables (the attention_maps table), outputs, dpi."""
+    import pandas as pd
+
+    plt = mpl()
+    t = pd.read_csv(spec["tables"][0], keep_default_na=False)
+    examples = list(dict.fromkeys(t.example.tolist()))[:max_examples]
+    n_layers = int(t.layer_index.max()) + 1
+    shown = sorted(set(np.round(np.linspace(0, n_layers - 1, min(max_layers, n_layers))).astype(int).tolist()))
+    cols = 1 + len(shown) + 1
+    fig, axes = plt.subplots(len(examples), cols, figsize=(1.5 * cols, 1.55 * len(examples) + 0.4), squeeze=False)
+    for r, e in enumerate(examples):
+        s = t[t.example == e]
+        im = s[s.kind == "image"]
+        c, h, w = int(im.channel.max()) + 1, int(im.row.max()) + 1, int(im.col.max()) + 1
+        img = np.zeros((c, h, w))
+        img[im.channel.values, im.row.values, im.col.values] = im.value.values
+        panels = [("image", img.transpose(1, 2, 0) if c == 3 else img[0], None)]
+        for li in shown:
+            panels.append((f"block{li} CLS attn", s[(s.kind == "attention") & (s.layer_index == li)], "viridis"))
+        panels.append(("rollout", s[(s.kind == "rollout") & (s.layer_index == n_layers - 1)], "viridis"))
+        for ci, (title, data, cmap) in enumerate(panels):
+            ax = axes[r][ci]
+            if cmap is None:
+                ax.imshow(data, interpolation="nearest")
+            else:
+                gh, gw = int(data.row.max()) + 1, int(data.col.max()) + 1
+                m = np.zeros((gh, gw))
+                m[data.row.values, data.col.values] = data.value.values
+                ax.imshow(m, cmap=cmap, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=7)
+        axes[r][0].set_ylabel(f"#{e}", fontsize=7)
+    fig.suptitle(f"V3: attention maps and rollout of {t.model.iloc[0]}", fontsize=9)
+    finish_figure(fig, spec)
+
+
+def figure_similarity(spec: dict) -> None:
+    """spec: tables (the attention_similarity table), outputs, dpi."""
+    import pandas as pd
+
+    plt = mpl()
+    t = pd.read_csv(spec["tables"][0])
+    n = int(t.index_x.max()) + 1
+    mat = np.zeros((n, n))
+    mat[t.index_x.values, t.index_y.values] = t.similarity.values
+    names = t.drop_duplicates("index_x").sort_values("index_x").layer_x.tolist()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.8))
+    im = ax.imshow(mat, origin="lower", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(names, fontsize=6)
+    fig.colorbar(im, ax=ax, shrink=0.85, label="attention-map cosine similarity")
+    adj = [mat[i, i + 1] for i in range(n - 1)]
+    ax2.plot(range(1, n), adj, marker="o")
+    ax2.set_xticks(range(1, n))
+    ax2.set_xticklabels(names[1:], rotation=90, fontsize=6)
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("similarity with the previous block")
+    fig.suptitle(f"V4: attention similarity across layers (DeepViT collapse), {t.model.iloc[0]} "
+                 f"({int(t.n_images.iloc[0])} images)", fontsize=9)
+    finish_figure(fig, spec)

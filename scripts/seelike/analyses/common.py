@@ -1,0 +1,97 @@
+"""Shared by the vision analyses: reading shard reductions, writing tables, drawing figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class MissingReduction(ValueError):
+    """A shard lacks what an analysis needs (extraction ran without the analysis' taps)."""
+
+
+def shard_paths(manifest: dict) -> list[Path]:
+    """The manifest's shards, checked complete and from the manifest's plan (values were checked when
+    the manifest was written; the analyses check what they read)."""
+    from ..store import validate_shard
+
+    paths = []
+    for entry in manifest["shards"]:
+        p = Path(manifest["dir"]) / entry["file"]
+        validate_shard(p, expected_plan=manifest["plan"], check_values=False)
+        paths.append(p)
+    return paths
+
+
+def read_group(path, group: str, what: str = "") -> dict:
+    """Every dataset under `group` of a shard: {relative path: array}; MissingReduction if absent."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if group not in f:
+            raise MissingReduction(f"shard '{path}' has no '{group}'" + (f" ({what})" if what else "") +
+                                   ": it was extracted without this analysis' taps; rerun the extraction")
+        out = {}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[()]
+        f[group].visititems(visit)
+    for k, v in out.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise ValueError(f"shard '{path}': non-finite values in '{group}/{k}'")
+    return out
+
+
+def by_unit(arrays: dict) -> dict:
+    """{'block0/sum': a, 'block0/index': 0, ...} -> {'block0': {'sum': a, 'index': 0}} in `index` order."""
+    units: dict = {}
+    for key, v in arrays.items():
+        unit, _, stat = key.rpartition("/")
+        units.setdefault(unit, {})[stat] = v
+    return dict(sorted(units.items(), key=lambda kv: int(kv[1].get("index", 0))))
+
+
+def write_table(table, out, spec: dict, inputs=()) -> str:
+    """Tidy CSV, written atomically, with its provenance sidecar."""
+    from .. import provenance
+    from ..fileio import atomic_write
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.8g")
+    provenance.write_sidecar(out, provenance.collect(spec.get("provenance_config"), inputs=[str(i) for i in inputs]))
+    return str(out)
+
+
+def mpl():
+    from ..figures import _mpl
+
+    return _mpl()
+
+
+def finish_figure(fig, spec: dict) -> None:
+    """Save to every output (PDF/PNG/SVG, atomically) with a provenance sidecar naming the tables."""
+    from .. import provenance
+    from ..figures import save
+
+    save(fig, spec["outputs"], spec.get("dpi", 150))
+    mpl().close(fig)
+    record = provenance.collect(spec.get("provenance_config"), inputs=spec["tables"])
+    # Enough to redraw the figure from its tables alone (seelike archive redraw).
+    record["figure_spec"] = {**{k: v for k, v in spec.items() if k != "provenance_config"},
+                             "draw": spec.get("function") or "seelike.analyses.run:draw"}
+    for out in spec["outputs"]:
+        provenance.write_sidecar(out, record)
+
+
+def depth_ticks(ax, labels, axis="x", max_labels=16):
+    step = max(1, len(labels) // max_labels)
+    pos = list(range(0, len(labels), step))
+    if axis == "x":
+        ax.set_xticks(pos)
+        ax.set_xticklabels([labels[i] for i in pos], rotation=90, fontsize=7)
+    else:
+        ax.set_yticks(pos)
+        ax.set_yticklabels([labels[i] for i in pos], fontsize=7)

@@ -1,0 +1,89 @@
+"""F9: does the final layer keep spatial information? CKA between the input patch at position p and
+the final-layer representation at every position q.
+
+Extraction stores, per CKA minibatch, the Gram of the input cell at each chosen p and the
+per-position Grams of the localization layer (the final layer; for a CNN whose final map is
+smaller than 2 x 2, the last layer with a larger one). For each minibatch the HSIC of every
+(p, q) pair comes from one :func:`seelike.cka.hsic_all_pairs` call; the minibatch estimator
+combines them. Table columns: model, layer, grid_h, grid_w, p_row, p_col, q_row, q_col, cka, se,
+status, diagonal (q == p), n_minibatches.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .common import finish_figure, mpl, read_group, shard_paths, write_table
+from .reducers import LOCALIZATION
+
+
+def localization_cka(input_grams, layer_grams, estimator: str = "unbiased"):
+    """(P, Q) CKA result from per-minibatch (m, P, b, b) input Grams and (m, Q, b, b) layer Grams."""
+    from ..cka import cka_from_minibatch_hsic, hsic_all_pairs
+
+    p = input_grams.shape[1]
+    hsic = np.stack([hsic_all_pairs(np.concatenate([ig, lg]), estimator) for ig, lg in zip(input_grams, layer_grams)])
+    res = cka_from_minibatch_hsic(hsic)
+    return res.cka[:p, p:], res.se[:p, p:], res.status[:p, p:], res.n_minibatches
+
+
+def compute(spec: dict) -> str:
+    """spec: manifest, model, estimator, out, provenance_config."""
+    import warnings
+
+    import pandas as pd
+    from ..cka import NegativeHSICWarning
+    from ..manifest import load_manifest
+    from ..store import layer_path
+
+    manifest = load_manifest(spec["manifest"])
+    ig, lg, meta = [], [], None
+    for path in shard_paths(manifest):
+        loc = read_group(path, LOCALIZATION, "localization Grams")
+        if meta is None:
+            meta = loc
+            layer = manifest["layers"][int(loc["layer_index"])]
+        lgram = read_group(path, layer_path(layer, "positions"))["gram"]
+        if len(loc["minibatch_ids"]):
+            ig.append(loc["input/gram"])
+            lg.append(lgram)
+    if not ig:
+        raise ValueError(f"model '{spec['model']}': no minibatch holds localization Grams")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NegativeHSICWarning)
+        cka, se, status, m = localization_cka(np.concatenate(ig), np.concatenate(lg), spec.get("estimator", "unbiased"))
+    gh, gw = (int(v) for v in meta["grid"])
+    rows = []
+    for i, (pr, pc) in enumerate(meta["positions"]):
+        for q in range(gh * gw):
+            qr, qc = divmod(q, gw)
+            rows.append({"model": spec["model"], "layer": layer, "grid_h": gh, "grid_w": gw, "p_row": int(pr),
+                         "p_col": int(pc), "q_row": qr, "q_col": qc, "cka": cka[i, q], "se": se[i, q],
+                         "status": str(status[i, q]), "diagonal": bool(qr == pr and qc == pc), "n_minibatches": m})
+    return write_table(pd.DataFrame(rows), spec["out"], spec, inputs=[spec["manifest"]])
+
+
+def figure(spec: dict) -> None:
+    """spec: tables (one localization table), outputs, dpi."""
+    import pandas as pd
+    from matplotlib.patches import Rectangle
+
+    plt = mpl()
+    t = pd.read_csv(spec["tables"][0])
+    gh, gw = int(t.grid_h.iloc[0]), int(t.grid_w.iloc[0])
+    ps = t.drop_duplicates(["p_row", "p_col"])[["p_row", "p_col"]].values.tolist()
+    vmax = max(1e-6, float(np.nanmax(t.cka.values)))
+    fig, axes = plt.subplots(1, len(ps), figsize=(2.3 * len(ps) + 0.9, 2.7), squeeze=False)
+    im = None
+    for ax, (pr, pc) in zip(axes[0], ps):
+        s = t[(t.p_row == pr) & (t.p_col == pc)]
+        mat = np.full((gh, gw), np.nan)
+        mat[s.q_row.values, s.q_col.values] = s.cka.values
+        im = ax.imshow(mat, cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
+        ax.add_patch(Rectangle((pc - 0.5, pr - 0.5), 1, 1, fill=False, ec="cyan", lw=1.5))
+        ax.set_title(f"input patch ({pr}, {pc})", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label="linear CKA")
+    fig.suptitle(f"F9: {t.model.iloc[0]}, CKA of input patches with {t.layer.iloc[0]} at every position "
+                 f"({gh}x{gw})", fontsize=9)
+    finish_figure(fig, spec)

@@ -1,0 +1,181 @@
+"""F6: effective receptive fields (Luo et al. 2016) of chosen layers.
+
+For every chosen layer: the gradient of the layer's output at the centre position (summed over
+channels) with respect to the input image, absolute, summed over the input channels and averaged
+over the first `analyses.receptive_field.n_images` images of the plan. ViT layers are block
+outputs (after the residual); CNN layers residual-unit outputs. Gradients need their own pass,
+so this is its own step (a few images, one backward pass per layer).
+
+Table columns: model, layer, layer_index, row, col, value (mean |d output / d pixel|), n_images,
+grid_h, grid_w, centre_row, centre_col (the layer position differentiated), image_h, image_w.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .common import finish_figure, mpl, write_table
+
+
+def choose_layers(names: list[str], setting) -> list[str]:
+    """`auto`: four layers spread over depth (first and last included); `all`; or the listed names."""
+    if setting == "all":
+        return list(names)
+    if setting == "auto":
+        idx = sorted(set(np.round(np.linspace(0, len(names) - 1, min(4, len(names)))).astype(int).tolist()))
+        return [names[i] for i in idx]
+    unknown = [l for l in setting if l not in names]
+    if unknown:
+        raise ValueError(f"config key analyses.receptive_field.layers: {', '.join(unknown)} not among the "
+                         f"model's layers ({', '.join(names)})")
+    return list(setting)
+
+
+def _centre(o, layer: dict, model, num_prefix: int, hw):
+    """(output at the centre position (b, c), grid, centre cell) of a raw layer output."""
+    from ..models.residual import feature_grid, patch_geometry
+    from .geometry import centre_cell
+
+    g = feature_grid(tuple(o.shape), layer.get("layout", "auto"), num_prefix)
+    if g is not None:
+        r, c = centre_cell(g)
+        if layer.get("layout") in ("nhwc", "tokens"):
+            return o[:, r, c, :], g, (r, c)
+        return o[:, :, r, c], g, (r, c)
+    if o.dim() != 3:
+        raise ValueError(f"receptive field of layer {layer['name']}: unexpected output shape {tuple(o.shape)}")
+    g, _cell = patch_geometry(model, o.shape[1] - num_prefix, hw)
+    r, c = centre_cell(g)
+    return o[:, num_prefix + r * g[1] + c, :], g, (r, c)
+
+
+def receptive_fields(model, x, layers: list[dict], num_prefix_tokens: int = 0) -> dict:
+    """{layer name: ((H, W) float64 sum over the images of |grad|, grid, centre cell)} for a batch x.
+
+    One forward pass with the layers' raw outputs kept in the graph, then one backward pass per
+    layer of the centre position's output summed over channels. Images do not interact in eval
+    mode, so each image's input gradient is that of its own output.
+    """
+    import torch
+    from ..models.layers import get_module
+
+    raw, handles = {}, []
+
+    def keep(name, tap):
+        if tap == "input":
+            return lambda mod, args: raw.__setitem__(name, args[0])
+        return lambda mod, args, out: raw.__setitem__(name, out[0] if isinstance(out, (tuple, list)) else out)
+
+    for layer in layers:
+        module = get_module(model, layer["module"])
+        fn = keep(layer["name"], layer.get("tap", "output"))
+        handles.append(module.register_forward_pre_hook(fn) if layer.get("tap") == "input"
+                       else module.register_forward_hook(fn))
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    hw = (x.shape[2], x.shape[3])
+    out = {}
+    for i, layer in enumerate(layers):
+        o = raw[layer["name"]]
+        centre, grid, cell = _centre(o, layer, model, num_prefix_tokens, hw)
+        (g,) = torch.autograd.grad(centre.sum(), x, retain_graph=i < len(layers) - 1)
+        out[layer["name"]] = (g.abs().sum(1).sum(0).double().cpu().numpy(), grid, cell)
+    return out
+
+
+def compute(spec: dict) -> str:
+    """spec: card, plan_file, dataset, split, n_images, batch_size, layers, device, model, out."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from ..data import open_dataset
+    from ..data.imagefolder import timm_eval_transform
+    from ..models.build import build_model
+    from ..models.card import ModelCard
+    from ..plan import Plan
+    from ..train import _device
+
+    card_path = Path(spec["card"])
+    card = ModelCard.load(card_path)
+    device = _device(spec.get("device", "cpu"))
+    model = build_model(card, card_path.parent, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    plan = Plan.from_dict(json.loads(Path(spec["plan_file"]).read_text()))
+    n = int(spec["n_images"])
+    idx = [int(i) for i in plan.indices_array[:n]]
+    transform = None if card.source.get("kind") == "recipe" else timm_eval_transform(card.pretrained_cfg)
+    ds = open_dataset(spec["dataset"], spec["split"], transform=transform)
+    loader = DataLoader(Subset(ds, idx), batch_size=int(spec.get("batch_size", 32)), shuffle=False)
+    names = card.layer_names
+    chosen = choose_layers(names, spec.get("layers", "auto"))
+    layers = [l for l in card.layers if l["name"] in chosen]
+    sums, meta = {}, {}
+    for x, _y, _i in loader:
+        res = receptive_fields(model, x.to(device), layers, card.num_prefix_tokens)
+        for name, (g, grid, cell) in res.items():
+            sums[name] = sums.get(name, 0.0) + g
+            meta[name] = (grid, cell)
+    h, w = next(iter(sums.values())).shape
+    rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    frames = []
+    for layer in layers:
+        name = layer["name"]
+        (gh, gw), (cr, ccol) = meta[name]
+        frames.append(pd.DataFrame({
+            "model": spec["model"], "layer": name, "layer_index": names.index(name), "row": rr.ravel(),
+            "col": cc.ravel(), "value": (sums[name] / len(idx)).ravel(), "n_images": len(idx), "grid_h": gh,
+            "grid_w": gw, "centre_row": cr, "centre_col": ccol, "image_h": h, "image_w": w}))
+    return write_table(pd.concat(frames, ignore_index=True), spec["out"], spec, inputs=[spec["card"]])
+
+
+def summary(table) -> "pd.DataFrame":
+    """Per layer: r50 / r90, the radius (pixels) around the differentiated position's centre holding 50% /
+    90% of the gradient mass, and the share of pixels above 1% of the maximum."""
+    import pandas as pd
+
+    rows = []
+    for (model, layer), s in table.groupby(["model", "layer"], sort=False):
+        r = s.iloc[0]
+        cy = (r.centre_row + 0.5) * r.image_h / r.grid_h - 0.5
+        cx = (r.centre_col + 0.5) * r.image_w / r.grid_w - 0.5
+        d = np.sqrt((s.row.values - cy) ** 2 + (s.col.values - cx) ** 2)
+        v = s.value.values
+        order = np.argsort(d)
+        cum = np.cumsum(v[order]) / max(v.sum(), 1e-300)
+        rows.append({"model": model, "layer": layer, "layer_index": int(r.layer_index),
+                     "r50": float(d[order][np.searchsorted(cum, 0.5)]),
+                     "r90": float(d[order][min(len(d) - 1, np.searchsorted(cum, 0.9))]),
+                     "support": float((v > 0.01 * v.max()).mean()) if v.max() > 0 else 0.0})
+    return pd.DataFrame(rows)
+
+
+def figure(spec: dict) -> None:
+    """spec: tables (one receptive_field table), outputs, dpi."""
+    import pandas as pd
+
+    plt = mpl()
+    t = pd.read_csv(spec["tables"][0])
+    summ = summary(t).set_index("layer")
+    layers = t.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
+    h, w = int(t.image_h.iloc[0]), int(t.image_w.iloc[0])
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.4 * len(layers), 2.8), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        s = t[t.layer == layer]
+        img = np.zeros((h, w))
+        img[s.row.values, s.col.values] = s.value.values
+        ax.imshow(img / max(img.max(), 1e-300), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{layer}\nr50 = {summ.loc[layer, 'r50']:.1f} px", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"F6: effective receptive fields of {t.model.iloc[0]} ({int(t.n_images.iloc[0])} images, "
+                 f"{h}x{w} px; each panel scaled to its maximum)", fontsize=9)
+    finish_figure(fig, spec)

@@ -1,0 +1,451 @@
+"""Extraction reducers of the vision analyses: what one pass over the images keeps for F3-F9.
+
+Switched on per model by ``spec["taps"]`` (see :func:`seelike.specs.extraction_taps`); with no
+taps none of this runs and extraction is unchanged. Statistics taken during the forward pass
+are reduced inside their hooks ("streaming"), so attention weights, per-head outputs and
+branch outputs of all blocks are never held at once: the extra memory is one block's worth.
+
+Store paths (all per shard; sums over images are sums, so shards combine exactly):
+
+    reductions/geometry/{grid, cell, input_size}             spatial grid of the tokens / final map
+    reductions/attention_distance/<block>/{sum, sum_sq, raw_sum, prefix_mass_sum} (heads,)  float64
+    reductions/attention_distance/<block>/{count, index}      images summed; block depth index
+    reductions/attention_maps/{weights (k, blocks, heads, t, t), images (k, C, H, W), example_indices (k,)}
+    reductions/heads/<block>/gram (m, heads, b, b), .../index  per-head Grams per CKA minibatch
+    reductions/norm_ratio/<sublayer>/{z_norm_sum, f_norm_sum, ratio_sum, count, ratio_count} (2,) [cls, spatial]
+    reductions/norm_ratio/<sublayer>/index
+    layers/<layer>/positions/gram (m', Q, b, b)                per-position Grams of the localization layer
+    reductions/localization/input/gram (m', P, b, b)           Grams of the input cells at the chosen positions
+    reductions/localization/{positions (P, 2), grid (2,), cell (2,), minibatch_ids (m',), layer_index}
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..extract import Reducer
+from . import geometry
+
+ATTN_DIST = "reductions/attention_distance"
+ATTN_MAPS = "reductions/attention_maps"
+HEADS = "reductions/heads"
+NORM_RATIO = "reductions/norm_ratio"
+LOCALIZATION = "reductions/localization"
+GEOMETRY = "reductions/geometry"
+
+
+class _Sink:
+    """Stands in for LayerTaps when a tap kind stores a tensor: hands it to a callback at once."""
+
+    def __init__(self, callback, role: str = ""):
+        self.callback, self.role = callback, role
+
+    def store(self, layer: dict, value) -> None:
+        self.callback(layer["name"], self.role, value.detach())
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def _attach(model, layer: dict, sink: _Sink) -> list:
+    from ..models.layers import TAP_KINDS, get_module
+
+    return TAP_KINDS[layer["tap"]](sink, layer, get_module(model, layer["module"]))
+
+
+def _rows(global_positions: np.ndarray, limit: int) -> np.ndarray:
+    return np.flatnonzero(global_positions < limit)
+
+
+def _take(t, rows: np.ndarray):
+    """t[rows] (rows along dim 0), without a copy when every row is taken."""
+    import torch
+
+    if len(rows) == t.shape[0]:
+        return t
+    return t[torch.as_tensor(rows, device=t.device)]
+
+
+def attention_distances(attn, dist, num_prefix_tokens: int):
+    """Mean attention distance of every image and head, in the units of `dist`.
+
+    attn: (b, heads, t, t) attention probabilities (rows: queries); dist: (N, N) distances between
+    the N patch centres; the first `num_prefix_tokens` tokens (CLS, registers, distillation) are
+    left out as queries and as keys. For query patch q: raw_q = sum_k a_qk d_qk over the patches
+    k, renormalised_q = raw_q / sum_k a_qk (the expected distance under the query's attention
+    restricted to the patches). Returns float64 (b, heads) tensors: the mean over query patches of
+    renormalised_q, of raw_q, and the mean attention the queries put on prefix tokens.
+    """
+    p = int(num_prefix_tokens)
+    spatial = attn[:, :, p:, p:].float()                 # queries and keys: patches only
+    mass = spatial.sum(-1)                               # (b, h, N) attention on patches
+    raw = (spatial * dist.to(spatial)).sum(-1)           # sum_k a_qk d_qk
+    ren = raw / mass.clamp_min(1e-30)
+    return ren.mean(-1).double(), raw.mean(-1).double(), (1.0 - mass.mean(-1)).double()
+
+
+class AttentionReducer(Reducer):
+    """Per-head mean attention distance (F3/F4) and the full attention of the first examples."""
+    name = "attention"
+
+    def __init__(self, attn: list[dict], num_prefix_tokens: int, grid, cell, shard_offset: int,
+                 n_distance: int = 0, n_maps: int = 0):
+        self.attn, self.p, self.offset = attn, int(num_prefix_tokens), int(shard_offset)
+        self.grid, self.cell = tuple(grid), tuple(cell)
+        self.n_distance, self.n_maps = int(n_distance), int(n_maps)
+        self.dist = geometry.pixel_distances(grid, cell)
+        self._dist_t = None
+        h = {a["name"]: a["num_heads"] for a in attn}
+        self.acc = {a["name"]: {k: np.zeros(h[a["name"]]) for k in ("sum", "sum_sq", "raw_sum", "prefix_mass_sum")}
+                    for a in attn}
+        self.count = {a["name"]: 0 for a in attn}
+        self.maps = {a["name"]: [] for a in attn}
+        self.images, self.map_examples = [], []
+        self._dist_rows = self._map_rows = np.zeros(0, dtype=int)
+
+    def attach(self, model):
+        handles = []
+        for a in self.attn:
+            handles += _attach(model, {"name": a["name"], "module": a["module"], "tap": "attn_weights"},
+                               _Sink(self._consume))
+        return handles
+
+    def begin(self, positions, example_indices):
+        g = self.offset + np.asarray(positions)
+        self._dist_rows = _rows(g, self.n_distance)
+        self._map_rows = _rows(g, self.n_maps)
+        self._examples = np.asarray(example_indices)
+
+    def _consume(self, name, role, a):
+        import torch
+
+        if self._dist_rows.size:
+            if self._dist_t is None or self._dist_t.device != a.device:
+                self._dist_t = torch.as_tensor(self.dist, dtype=torch.float32, device=a.device)
+            sel = _take(a, self._dist_rows)
+            n_sp = self.dist.shape[0]
+            if sel.shape[-1] - self.p != n_sp:
+                raise ValueError(f"attention of {name} has {sel.shape[-1]} tokens; expected {self.p} prefix + {n_sp} "
+                                 f"patches (grid {self.grid})")
+            ren, raw, prefix = attention_distances(sel, self._dist_t, self.p)
+            acc = self.acc[name]
+            acc["sum"] += ren.sum(0).cpu().numpy()
+            acc["sum_sq"] += (ren ** 2).sum(0).cpu().numpy()
+            acc["raw_sum"] += raw.sum(0).cpu().numpy()
+            acc["prefix_mass_sum"] += prefix.sum(0).cpu().numpy()
+            self.count[name] += len(self._dist_rows)
+        if self._map_rows.size:
+            self.maps[name].append(_take(a, self._map_rows).float().cpu().numpy())
+
+    def update(self, batch):
+        if self._map_rows.size:
+            self.images.append(_take(batch.inputs, self._map_rows).float().cpu().numpy())
+            self.map_examples.append(self._examples[self._map_rows])
+
+    def result(self):
+        out = {}
+        for i, a in enumerate(self.attn):
+            base = f"{ATTN_DIST}/{a['name']}"
+            for k, v in self.acc[a["name"]].items():
+                out[f"{base}/{k}"] = v
+            out[f"{base}/count"] = np.asarray(self.count[a["name"]], dtype=np.int64)
+            out[f"{base}/index"] = np.asarray(i, dtype=np.int64)
+        if self.images:
+            out[f"{ATTN_MAPS}/weights"] = np.stack([np.concatenate(self.maps[a["name"]]) for a in self.attn], axis=1)
+            out[f"{ATTN_MAPS}/images"] = np.concatenate(self.images)
+            out[f"{ATTN_MAPS}/example_indices"] = np.concatenate(self.map_examples).astype(np.int64)
+        return out
+
+
+class HeadGramReducer(Reducer):
+    """Per-head Grams of the attention heads' outputs (before the output projection), per CKA minibatch."""
+    name = "heads"
+
+    def __init__(self, attn: list[dict]):
+        self.attn = attn
+        self.grams = {a["name"]: [] for a in attn}
+
+    def attach(self, model):
+        handles = []
+        for a in self.attn:
+            handles += _attach(model, {"name": a["name"], "module": a["module"], "tap": "head_outputs"},
+                               _Sink(self._consume))
+        return handles
+
+    def _consume(self, name, role, x):
+        from ..cka import gram
+
+        # x: (b, t, heads, head_dim); one Gram per head over all tokens, like the layer Grams.
+        self.grams[name].append(np.stack([gram(x[:, :, h]).cpu().numpy() for h in range(x.shape[2])]))
+
+    def update(self, batch):
+        pass
+
+    def result(self):
+        out = {}
+        for i, a in enumerate(self.attn):
+            out[f"{HEADS}/{a['name']}/gram"] = np.stack(self.grams[a["name"]])
+            out[f"{HEADS}/{a['name']}/index"] = np.asarray(i, dtype=np.int64)
+        return out
+
+
+def token_norms(t):
+    """Per-position L2 norms over channels: (b, c, h, w) -> (b, h*w); (b, t, d) -> (b, t); float32."""
+    if t.dim() == 4:
+        return t.norm(dim=1, dtype=torch_float32()).flatten(1)
+    if t.dim() == 3:
+        return t.norm(dim=-1, dtype=torch_float32())
+    raise ValueError(f"norm ratio: unexpected activation shape {tuple(t.shape)}")
+
+
+class NormRatioReducer(Reducer):
+    """||z|| and ||f(z)|| of every residual sublayer per token, summed for prefix (CLS) and spatial tokens."""
+    name = "norm_ratio"
+
+    def __init__(self, branches: list[dict], num_prefix_tokens: int):
+        self.branches, self.p = branches, int(num_prefix_tokens)
+        self.acc = {b["name"]: {k: np.zeros(2) for k in ("z_norm_sum", "f_norm_sum", "ratio_sum", "count", "ratio_count")}
+                    for b in branches}
+        self._z, self._zn, self._fn = {}, {}, {}
+
+    def attach(self, model):
+        handles = []
+        for b in self.branches:
+            for role in ("z", "f", "sum"):
+                if role in b:
+                    layer = dict(b[role], name=b["name"])
+                    handles += _attach(model, layer, _Sink(self._consume, role))
+        return handles
+
+    def begin(self, positions, example_indices):
+        self._z.clear(), self._zn.clear(), self._fn.clear()
+
+    def _consume(self, name, role, t):
+        if role == "z":
+            self._zn[name] = token_norms(t)
+            if "sum" in self._branch(name):
+                self._z[name] = (t, t._version)   # kept (no copy) until the sum's hook; in-place ops are detected
+        elif role == "f":
+            self._fn[name] = token_norms(t)
+        else:
+            z, version = self._z.pop(name, (None, None))
+            if z is None:
+                raise RuntimeError(f"norm ratio of {name}: the sum was tapped before the residual stream")
+            if z._version != version:
+                raise RuntimeError(f"norm ratio of {name}: the residual stream was modified in place before the "
+                                   "branch was added to it; f(z) cannot be recovered as (z + f(z)) - z")
+            self._fn[name] = token_norms(t.float() - z.float())
+        if name in self._zn and name in self._fn:
+            self._accumulate(name, self._zn.pop(name), self._fn.pop(name))
+
+    def _branch(self, name):
+        if not hasattr(self, "_by_name"):
+            self._by_name = {b["name"]: b for b in self.branches}
+        return self._by_name[name]
+
+    def _accumulate(self, name, zn, fn):
+        import torch
+
+        if zn.shape != fn.shape:   # e.g. a CNN shortcut tapped before a downsampling branch: per-example means
+            zn, fn = zn.mean(1, keepdim=True), fn.mean(1, keepdim=True)
+        acc = self.acc[name]
+        p = self.p if zn.shape[1] > self.p else 0
+        for g, (zs, fs) in enumerate(((zn[:, :p], fn[:, :p]), (zn[:, p:], fn[:, p:]))):
+            if zs.numel() == 0:
+                continue
+            pos = fs > 0
+            acc["z_norm_sum"][g] += float(zs.double().sum())
+            acc["f_norm_sum"][g] += float(fs.double().sum())
+            acc["count"][g] += zs.numel()
+            acc["ratio_sum"][g] += float(torch.where(pos, zs.double() / fs.double().clamp_min(1e-300),
+                                                     torch.zeros((), dtype=torch.float64, device=zs.device)).sum())
+            acc["ratio_count"][g] += int(pos.sum())
+
+    def update(self, batch):
+        pass
+
+    def result(self):
+        out = {}
+        for i, b in enumerate(self.branches):
+            for k, v in self.acc[b["name"]].items():
+                out[f"{NORM_RATIO}/{b['name']}/{k}"] = v
+            out[f"{NORM_RATIO}/{b['name']}/index"] = np.asarray(i, dtype=np.int64)
+        return out
+
+
+class PositionGramReducer(Reducer):
+    """Per-position Grams of one layer (F9's final layer) and of the input cells at chosen positions."""
+    name = "localization"
+
+    def __init__(self, layer: str, layer_index: int, grid, cell, input_hw, positions: list, n_images: int,
+                 shard_offset: int, num_prefix_tokens: int):
+        self.layer, self.layer_index = layer, int(layer_index)
+        self.grid, self.cell = tuple(int(g) for g in grid), tuple(float(c) for c in cell)
+        self.rows, self.cols = geometry.cell_bounds(self.grid, self.cell, input_hw)
+        self.positions = [tuple(p) for p in positions]
+        self.n_images, self.offset, self.p = int(n_images), int(shard_offset), int(num_prefix_tokens)
+        self.layer_grams, self.input_grams, self.minibatch_ids = [], [], []
+
+    def update(self, batch):
+        import torch
+        from ..cka import _full_fp32_matmul, gram
+
+        if self.offset + int(batch.positions[0]) >= self.n_images:
+            return
+        tok = batch.activations[self.layer]
+        spatial = tok[:, self.p:] if tok.shape[1] == self.p + self.grid[0] * self.grid[1] else tok
+        if spatial.shape[1] != self.grid[0] * self.grid[1]:
+            raise ValueError(f"localization layer {self.layer}: {spatial.shape[1]} positions, expected grid {self.grid}")
+        s = spatial.transpose(0, 1).float()                            # (Q, b, d)
+        with torch.no_grad(), _full_fp32_matmul():
+            self.layer_grams.append((s @ s.transpose(1, 2)).double().cpu().numpy())
+        x = batch.inputs
+        cells = [x[:, :, self.rows[r]:self.rows[r + 1], self.cols[c]:self.cols[c + 1]] for r, c in self.positions]
+        self.input_grams.append(np.stack([gram(c).cpu().numpy() for c in cells]))
+        self.minibatch_ids.append(batch.minibatch_id)
+
+    def result(self):
+        from ..store import layer_path
+
+        q, pcount = self.grid[0] * self.grid[1], len(self.positions)
+        b = self.layer_grams[0].shape[-1] if self.layer_grams else 0
+        return {
+            layer_path(self.layer, "positions/gram"): (np.stack(self.layer_grams) if self.layer_grams
+                                                       else np.zeros((0, q, b, b))),
+            f"{LOCALIZATION}/input/gram": np.stack(self.input_grams) if self.input_grams else np.zeros((0, pcount, b, b)),
+            f"{LOCALIZATION}/positions": np.asarray(self.positions, dtype=np.int64).reshape(-1, 2),
+            f"{LOCALIZATION}/grid": np.asarray(self.grid, dtype=np.int64),
+            f"{LOCALIZATION}/cell": np.asarray(self.cell, dtype=np.float64),
+            f"{LOCALIZATION}/minibatch_ids": np.asarray(self.minibatch_ids, dtype=np.int64),
+            f"{LOCALIZATION}/layer_index": np.asarray(self.layer_index, dtype=np.int64),
+        }
+
+
+class GeometryReducer(Reducer):
+    """Constant per model: the token grid and its cell size in input pixels."""
+    name = "geometry"
+
+    def __init__(self, grid, cell, input_size):
+        self.arrays = {f"{GEOMETRY}/grid": np.asarray(grid, dtype=np.int64),
+                       f"{GEOMETRY}/cell": np.asarray(cell, dtype=np.float64),
+                       f"{GEOMETRY}/input_size": np.asarray(input_size, dtype=np.int64)}
+
+    def update(self, batch):
+        pass
+
+    def result(self):
+        return dict(self.arrays)
+
+
+# ----------------------------------------------------------------------------- setup
+
+def layer_grids(model, layer_specs: list[dict], input_size, num_prefix_tokens: int, device) -> dict:
+    """Spatial grid and cell size (input pixels) of every layer, from one forward pass of a blank image."""
+    import torch
+    from ..models.layers import get_module
+    from ..models.residual import feature_grid, patch_geometry
+
+    shapes, handles = {}, []
+    for layer in layer_specs:
+        module = get_module(model, layer["module"])
+
+        def grab(name):
+            def out_hook(mod, args, out):
+                t = out
+                while isinstance(t, (tuple, list)):
+                    t = t[0]
+                shapes[name] = tuple(t.shape)
+
+            def in_hook(mod, args):
+                t = args
+                while isinstance(t, (tuple, list)):
+                    t = t[0]
+                shapes[name] = tuple(t.shape)
+            return out_hook, in_hook
+        out_hook, in_hook = grab(layer["name"])
+        if layer.get("tap", "output") == "input":
+            handles.append(module.register_forward_pre_hook(in_hook))
+        else:
+            handles.append(module.register_forward_hook(out_hook))
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_size), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    hw = (int(input_size[1]), int(input_size[2]))
+    out = {}
+    for layer in layer_specs:
+        shape = shapes.get(layer["name"])
+        if shape is None:
+            continue
+        g = feature_grid(shape, layer.get("layout", "auto"), num_prefix_tokens)
+        if g is not None:
+            out[layer["name"]] = (g, (hw[0] / g[0], hw[1] / g[1]))
+        elif len(shape) == 3 and shape[1] > num_prefix_tokens:
+            try:
+                out[layer["name"]] = patch_geometry(model, shape[1] - num_prefix_tokens, hw)
+            except ValueError:
+                pass
+    return out
+
+
+def _localization_layer(model_name: str, layers: list[str], grids: dict, requested: str | None) -> str:
+    if requested:
+        if requested not in layers:
+            raise ValueError(f"config key analyses.localization.layers.{model_name}: '{requested}' is not a layer of "
+                             f"'{model_name}'; layers: {', '.join(layers)}")
+        if requested not in grids:
+            raise ValueError(f"analyses.localization: layer '{requested}' of '{model_name}' has no spatial grid")
+        return requested
+    for name in reversed(layers):   # the final layer, unless its map is smaller than 2 x 2
+        g = grids.get(name)
+        if g is not None and g[0][0] >= 2 and g[0][1] >= 2:
+            return name
+    raise ValueError(f"analyses.localization: no layer of '{model_name}' has a spatial grid of at least 2 x 2")
+
+
+def vision_reducers(taps: dict, *, model, card, model_name: str, layer_specs: list[dict], shard_offset: int,
+                    device) -> list[Reducer]:
+    """The reducers ``taps`` switches on for this model (empty dict: none, and no extra work)."""
+    if not taps:
+        return []
+    from ..models.residual import attention_modules, residual_branches
+
+    input_size = [int(v) for v in card.input_size]
+    hw = (input_size[1], input_size[2])
+    p = card.num_prefix_tokens
+    grids = layer_grids(model, layer_specs, input_size, p, device)
+    out: list[Reducer] = []
+    attn = None
+    if "attention_distance" in taps or "attention_maps" in taps or "heads" in taps:
+        attn = attention_modules(model, model_name)
+    token_geom = None
+    if attn is not None:   # the patch grid: that of the deepest layer with one (ViT blocks all share it)
+        token_geom = next((grids[l["name"]] for l in reversed(layer_specs) if l["name"] in grids), None)
+    if attn is not None:
+        if token_geom is None:
+            raise ValueError(f"model '{model_name}': cannot find the patch grid of its tokens")
+        out.append(GeometryReducer(token_geom[0], token_geom[1], input_size))
+        n_dist = int(taps.get("attention_distance", {}).get("n_images", 0))
+        n_maps = int(taps.get("attention_maps", {}).get("n_images", 0))
+        if n_dist or n_maps:
+            out.append(AttentionReducer(attn, p, token_geom[0], token_geom[1], shard_offset, n_dist, n_maps))
+        if "heads" in taps:
+            k = int(taps["heads"]["blocks"])
+            out.append(HeadGramReducer(attn[:k]))
+    if "norm_ratio" in taps:
+        out.append(NormRatioReducer(residual_branches(model, card.family, model_name), p))
+    if "localization" in taps:
+        t = taps["localization"]
+        names = [l["name"] for l in layer_specs]
+        layer = _localization_layer(model_name, names, grids, t.get("layer"))
+        grid, cell = grids[layer]
+        cells = geometry.cells_from_fractions(t["positions"], grid)
+        out.append(PositionGramReducer(layer, names.index(layer), grid, cell, hw, cells, int(t["n_images"]),
+                                       shard_offset, p))
+    return out

@@ -1,0 +1,164 @@
+"""One archive of a finished run that a researcher can cite and check years later.
+
+The archive (a .tar.gz) holds the figures, tables, HTML report, config, plans, model cards and
+extraction manifests, plus MANIFEST.json: the sha256 and size of every file in it, the run's
+provenance, and the large files (HDF5 shards, checkpoints) either included or referenced by
+checksum (`archive.include_large`). `verify` checks an archive (or its extracted folder) against
+its manifest and names every file that does not match; `redraw` rebuilds every figure from the
+archived tables.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+MANIFEST = "MANIFEST.json"
+SMALL_PATTERNS = ("figures/**/*", "cka/**/*.csv", "cka/**/*.prov.json", "plans/*.json", "models/*/card.json",
+                  "models/*/metrics.csv", "extract/*/*/manifest.json", "vision/**/*.csv", "vision/**/*.prov.json",
+                  "experiments/**/*.csv", "experiments/**/*.prov.json")
+LARGE_PATTERNS = ("extract/*/*/shard-*.h5", "models/*/weights.safetensors")
+
+
+def _collect(results: Path, patterns) -> list[Path]:
+    files = set()
+    for pat in patterns:
+        files.update(p for p in results.glob(pat) if p.is_file() and ".tmp" not in p.name)
+    return sorted(files)
+
+
+def create(results_dir: str | os.PathLike, out: str | os.PathLike, config: dict, include_large: bool,
+           report: str | os.PathLike | None = None) -> dict:
+    """Write the archive atomically and return its manifest."""
+    from . import provenance
+    from .fileio import atomic_write, sha256_file
+
+    results = Path(results_dir)
+    small = _collect(results, SMALL_PATTERNS)
+    large = _collect(results, LARGE_PATTERNS)
+    members = small + (large if include_large else [])
+    if report is not None and Path(report).is_file() and Path(report) not in members:
+        members.append(Path(report))
+    root = Path(out).name.split(".tar")[0]
+
+    def arcname(p: Path) -> str:
+        try:
+            return f"{root}/results/{p.relative_to(results)}"
+        except ValueError:
+            return f"{root}/results/{p.name}"
+
+    entries = {arcname(p): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in members}
+    config_blob = json.dumps(config, indent=2, sort_keys=True).encode()
+    entries[f"{root}/config.json"] = {"sha256": _sha256_bytes(config_blob), "bytes": len(config_blob)}
+    referenced = {} if include_large else {
+        str(p.relative_to(results)): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in large}
+    manifest = {"format": "seelike-archive", "version": 1, "root": root, "files": entries,
+                "referenced": referenced, "include_large": include_large,
+                "provenance": provenance.collect({"run_name": config.get("run_name")}),
+                "config_hash": provenance.digest(config)}
+    blob = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out) as tmp:
+        with tarfile.open(tmp, "w:gz") as tar:
+            _add_bytes(tar, f"{root}/{MANIFEST}", blob)
+            _add_bytes(tar, f"{root}/config.json", config_blob)
+            for p in members:
+                tar.add(p, arcname=arcname(p), recursive=False)
+    return manifest
+
+
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def verify(path: str | os.PathLike) -> list[str]:
+    """Problems found, one line per file that does not match (empty list: the archive is intact)."""
+    path = Path(path)
+    if path.is_dir():
+        return _verify_dir(path)
+    problems = []
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            names = [m for m in tar.getmembers() if m.isfile()]
+            manifest_member = next((m for m in names if m.name.endswith("/" + MANIFEST)), None)
+            if manifest_member is None:
+                return [f"{path}: no {MANIFEST} in the archive"]
+            manifest = json.load(tar.extractfile(manifest_member))
+            seen = set()
+            for m in names:
+                if m.name == manifest_member.name:
+                    continue
+                seen.add(m.name)
+                want = manifest["files"].get(m.name)
+                if want is None:
+                    problems.append(f"{m.name}: not listed in {MANIFEST}")
+                    continue
+                digest = _sha256_bytes(tar.extractfile(m).read())
+                if digest != want["sha256"] or m.size != want["bytes"]:
+                    problems.append(f"{m.name}: sha256 {digest[:12]}..., {m.size} bytes; manifest says "
+                                    f"{want['sha256'][:12]}..., {want['bytes']} bytes")
+            for name in sorted(set(manifest["files"]) - seen):
+                problems.append(f"{name}: listed in {MANIFEST} but missing from the archive")
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        problems.append(f"{path}: unreadable archive ({e})")
+    return problems
+
+
+def _verify_dir(folder: Path) -> list[str]:
+    from .fileio import sha256_file
+
+    mf = folder / MANIFEST
+    if not mf.is_file():
+        return [f"{folder}: no {MANIFEST}"]
+    manifest = json.loads(mf.read_text())
+    root = manifest["root"]
+    problems = []
+    listed = set()
+    for name, want in manifest["files"].items():
+        rel = name[len(root) + 1:]
+        listed.add(rel)
+        p = folder / rel
+        if not p.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_file(p) != want["sha256"] or p.stat().st_size != want["bytes"]:
+            problems.append(f"{name}: contents differ from {MANIFEST}")
+    for p in folder.rglob("*"):
+        rel = str(p.relative_to(folder))
+        if p.is_file() and rel != MANIFEST and rel not in listed:
+            problems.append(f"{root}/{rel}: not listed in {MANIFEST}")
+    return problems
+
+
+def redraw(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Redraw every figure of an extracted archive from its archived tables into out_dir."""
+    import importlib
+
+    folder, out_dir = Path(folder), Path(out_dir)
+    results = folder / "results"
+    drawn = []
+    for sidecar in sorted(results.glob("figures/**/*.prov.json")):
+        record = json.loads(sidecar.read_text())
+        spec = record.get("figure_spec")
+        if not spec or not str(sidecar).endswith(".png.prov.json"):
+            continue  # one sidecar per figure stem is enough; the PNG's carries the spec
+        spec = json.loads(json.dumps(spec))
+        # Paths in the spec are relative to the run's working directory: point them into the archive.
+        for key in ("tables",):
+            if key in spec:
+                spec[key] = [str(folder / t) for t in spec[key]]
+        spec["outputs"] = [str(out_dir / Path(o).relative_to("results")) for o in spec["outputs"]]
+        module, _, func = spec["draw"].partition(":")
+        getattr(importlib.import_module(module), func)(spec)
+        drawn += [Path(o) for o in spec["outputs"]]
+    return drawn

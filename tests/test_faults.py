@@ -1,0 +1,239 @@
+"""Faults that lose nothing: each test checks the outcome, not just that something was raised."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import snakemake, write_config
+from seelike.cka_tables import PlanMismatch, cka_table
+from seelike.manifest import load_manifest, reusable
+from seelike.store import ShardError, layer_path, validate_shard, write_shard
+from test_workflow import planned_jobs
+
+PLAN = {"version": 1, "dataset": "synth:abc", "n_examples": 8, "minibatch_size": 4, "minibatches_per_shard": 2,
+        "seed": 0, "indices": list(range(8))}
+
+
+def small_shard(path, plan=PLAN, big=0):
+    rng = np.random.default_rng(0)
+    arrays = {layer_path("block0", "gram"): np.stack([np.eye(4), np.eye(4)]) + 0.1,
+              "labels": np.arange(8), "logits": rng.normal(size=(8, 3)).astype(np.float32)}
+    if big:
+        arrays[layer_path("block0", "tokens")] = rng.normal(size=(big, 1024, 64)).astype(np.float32)
+    write_shard(path, model="m", dataset="synth", shard_index=0, n_shards=1, plan=plan, plan_digest="d",
+                layers=["block0"], example_indices=np.arange(8), minibatch_ids=np.repeat([0, 1], 4),
+                arrays=arrays, provenance={"config_hash": "h", "inputs": {"w": "sha"}})
+
+
+def test_sigkill_mid_write_leaves_nothing_acceptable(tmp_path):
+    target = tmp_path / "shard-00000.h5"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_faults import small_shard; "
+            f"from pathlib import Path; small_shard(Path({str(target)!r}), big=600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".shard-00000.*.tmp.h5")) and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)  # while ~150 MB are being written and fsynced
+    proc.wait()
+    leftovers = list(tmp_path.glob(".shard-00000.*.tmp.h5"))
+    assert leftovers, "the write finished before the kill; make it bigger"
+    assert not target.exists()
+    with pytest.raises(ShardError):
+        validate_shard(target)
+    assert not reusable(target, PLAN, "h", "sha")
+    # The rerun of that step writes the shard and clears the dead writer's temporary.
+    small_shard(target)
+    validate_shard(target, expected_plan=PLAN)
+    assert not list(tmp_path.glob(".shard-00000.*.tmp.h5"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs to fill needs root")
+def test_full_disk_leaves_earlier_results_intact(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        target = disk / "shard-00000.h5"
+        small_shard(target)
+        before = target.read_bytes()
+        with pytest.raises(OSError) as e:
+            small_shard(target, big=64)  # ~16 MB of tokens into a 2 MB filesystem: ENOSPC
+        assert "No space left" in str(e.value) or getattr(e.value, "errno", None) == 28
+        assert target.read_bytes() == before
+        validate_shard(target, expected_plan=PLAN)
+        assert [p.name for p in disk.iterdir()] == ["shard-00000.h5"]
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_shards_of_different_plans_are_never_combined(tmp_path):
+    for name, plan in (("a", PLAN), ("b", dict(PLAN, minibatch_size=8, minibatches_per_shard=1))):
+        d = tmp_path / name
+        small_shard(d / "shard-00000.h5", plan=plan)
+        from seelike.fileio import sha256_file
+        (d / "manifest.json").write_text(json.dumps({
+            "model": name, "plan": plan, "layers": ["block0"],
+            "shards": [{"file": "shard-00000.h5", "sha256": sha256_file(d / "shard-00000.h5")}]}))
+    with pytest.raises(PlanMismatch) as e:
+        cka_table(load_manifest(tmp_path / "a" / "manifest.json"), load_manifest(tmp_path / "b" / "manifest.json"), "unbiased")
+    assert "'a' and 'b'" in str(e.value) and "minibatch_size" in str(e.value) and "minibatches_per_shard" in str(e.value)
+
+
+def test_nan_activations_reject_the_shard_naming_layer_and_example(tiny_local_run, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from seelike.extract import NonFiniteActivation, extract_shard
+    from seelike.fileio import sha256_file
+
+    run = tiny_local_run[0] / "results"
+    model_dir = tmp_path / "vit"
+    shutil.copytree(run / "models" / "vit", model_dir)
+    weights = load_file(model_dir / "weights.safetensors")
+    weights["blocks.1.mlp.fc2.bias"][0] = float("inf")  # block 1 overflows for every example
+    save_file(weights, model_dir / "weights.safetensors")
+    card = json.loads((model_dir / "card.json").read_text())
+    card["sha256"] = sha256_file(model_dir / "weights.safetensors")
+    (model_dir / "card.json").write_text(json.dumps(card))
+    cfg = yaml.safe_load((tiny_local_run[1]).read_text())
+    plan = json.loads((run / "plans" / "synth.json").read_text())
+    spec = {"model": "vit", "card": str(model_dir / "card.json"), "dataset_key": "synth",
+            "dataset": cfg["datasets"]["synth"], "split": "analysis", "plan": plan, "out": str(tmp_path / "s-{shard}.h5"),
+            "device": "cpu", "precision": "fp32", "sublayers": False, "full_tokens": 0}
+    with pytest.raises(NonFiniteActivation) as e:
+        extract_shard(spec, 1)
+    first = plan["indices"][plan["minibatch_size"] * plan["minibatches_per_shard"]]  # shard 1's first example
+    assert "layer 'block1'" in str(e.value) and f"dataset index {first}" in str(e.value)
+    assert not list(tmp_path.glob("s-*.h5")) and not list(tmp_path.glob(".s-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+def test_damaged_shard_is_detected_named_and_rebuilt(tiny_local_run, tmp_path, damage):
+    src, cfgfile = tiny_local_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("locks", "incomplete"))
+    shard = run / "results" / "extract" / "synth" / "resnet" / "shard-00001.h5"
+    data = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        shard.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[len(data) // 2] ^= 0x10  # one bit, in the middle of the data
+        shard.write_bytes(bytes(data))
+    cfg = yaml.safe_load(cfgfile.read_text())
+    cfg["cka"]["estimator"] = "biased"  # makes the CKA tables, the shard's users, run again
+    edited = write_config(run / "edited.yaml", cfg)
+    proc = snakemake(run, edited, "--cores", "2", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "shard-00001.h5" in out and "run the workflow again to re-extract it" in out, out[-3000:]
+    assert not shard.exists()
+    # Next run: only that shard is extracted again, then the tables and figures complete.
+    snakemake(run, edited, "--cores", "2")
+    log = (run / "results" / "logs" / "extract" / "synth" / "resnet.log").read_text()
+    assert "extracting 1 of 2 shard(s) of 'resnet'" in log
+    validate_shard(shard)
+
+
+@pytest.mark.slow
+def test_checkpoint_that_does_not_match_its_card_is_rebuilt(tiny_local_run, tmp_path):
+    src, cfgfile = tiny_local_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("locks", "incomplete"))
+    weights = run / "results" / "models" / "mixer" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    (run / "results" / "extract" / "synth" / "mixer" / "manifest.json").unlink()  # extraction will read the weights
+    proc = snakemake(run, cfgfile, "--cores", "2", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "weights.safetensors" in out and "run the workflow again to rebuild the model" in out
+    assert not weights.exists()
+    again = planned_jobs(snakemake(run, cfgfile, "-n", "--quiet", "rules"))
+    assert again["model"] == 1 and again["extract"] == 1
+    snakemake(run, cfgfile, "--cores", "2")
+    assert weights.is_file()
+
+
+def test_weights_file_cut_short_is_named(tiny_local_run, tmp_path):
+    from seelike.models import WeightsFileError, import_local_weights
+
+    src = tiny_local_run[0] / "results" / "models" / "vit"
+    cut = tmp_path / "vit_cut.safetensors"
+    full = (src / "weights.safetensors").read_bytes()
+    cut.write_bytes(full[: len(full) * 2 // 3])
+    card = json.loads((src / "card.json").read_text())
+    with pytest.raises(WeightsFileError) as e:
+        import_local_weights("vitcut", card["arch"], card["kwargs"], cut, tmp_path / "out")
+    assert str(cut) in str(e.value)
+    assert not (tmp_path / "out" / "card.json").exists()
+
+
+def image_folder(root: Path, n_per_class: int = 4) -> Path:
+    """An ImageNet-style folder of synthetic 16 px scenes, plus the awkward files of real folders."""
+    from PIL import Image
+
+    from seelike.data import render
+    from seelike.data.synthetic import SyntheticSpec
+
+    spec = SyntheticSpec(n_classes=10, image_size=16, seed=7, splits={"train": 0, "test": 0, "analysis": 40})
+    images, labels, _ = render(spec, np.arange(10 * n_per_class))
+    for i, (img, label) in enumerate(zip(images, labels)):
+        d = root / f"c{label:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"img{i:03d}.png")
+    Image.fromarray(images[0]).convert("L").save(root / "c00" / "gray.png")
+    Image.fromarray(images[1]).convert("CMYK").save(root / "c01" / "cmyk.jpg")
+    Image.fromarray(images[2]).convert("RGBA").save(root / "c02" / "alpha.png")
+    (root / "c10_empty").mkdir()
+    (root / "c03" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 definitely not the rest of a jpeg")
+    (root / "c04" / "README.txt").write_text("not an image")
+    return root
+
+
+@pytest.mark.slow
+def test_image_folder_with_bad_files(tiny_local_run, tmp_path):
+    src, cfgfile = tiny_local_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("locks", "incomplete"))
+    folder = image_folder(tmp_path / "val")
+    cfg = yaml.safe_load(cfgfile.read_text())
+    cfg["datasets"]["val"] = {"kind": "imagefolder", "root": str(folder)}
+    cfg["analysis"] = {"dataset": "val", "n_examples": 32, "seed": 0}
+    edited = write_config(run / "val.yaml", cfg)
+    # Default: the non-image file fails the step, named by path.
+    proc = snakemake(run, edited, "--cores", "2", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and str(folder / "c04" / "README.txt") in out, out[-3000:]
+    (folder / "c04" / "README.txt").unlink()
+    # Then the corrupt JPEG fails whichever step decodes it first, named by path.
+    proc = snakemake(run, edited, "--cores", "2", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "broken.JPEG" in out, out[-3000:]
+    # With the switch on, bad files are skipped and listed; grayscale, CMYK and alpha images are used.
+    (folder / "c04" / "README.txt").write_text("not an image")
+    cfg["datasets"]["val"]["on_bad_file"] = "skip"
+    edited = write_config(run / "val.yaml", cfg)
+    jobs = planned_jobs(snakemake(run, edited, "-n", "--quiet", "rules"))
+    assert "model" not in jobs and jobs["plan"] == 1 and jobs["extract"] == 3
+    snakemake(run, edited, "--cores", "2")
+    plan_log = (run / "results" / "logs" / "plan" / "val.log").read_text()
+    assert "broken.JPEG" in plan_log and "README.txt" in plan_log
+    meta = json.loads((run / "results" / "plans" / "val.json").read_text())
+    assert meta["n_examples"] == 32
+    # A different image folder (same images, new place) reruns the plan and everything after it.
+    shutil.copytree(folder, tmp_path / "val2")
+    cfg["datasets"]["val"]["root"] = str(tmp_path / "val2")
+    jobs = planned_jobs(snakemake(run, write_config(run / "val.yaml", cfg), "-n", "--quiet", "rules"))
+    assert jobs == {"plan": 1, "extract": 3, "cka": 6, "figure_f1": 3, "figure_f2": 3, "figure_f14": 1, "all": 1}
