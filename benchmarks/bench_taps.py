@@ -52,10 +52,12 @@ CASES = {
 QUICK = ("demo_vit", "demo_resnet")
 
 
-def make_case(name: str):
+def make_case(name: str, batch: int | None = None):
     import timm
 
-    c = CASES[name]
+    c = dict(CASES[name])
+    if batch:
+        c["batch"] = batch
     torch.manual_seed(0)
     model = timm.create_model(c["arch"], **c["kwargs"]).eval()
     family = detect_family(model)
@@ -101,8 +103,8 @@ def bare_forward(model, x, minibatches: int) -> None:
             model(x).float().cpu().numpy()
 
 
-def bench(name: str, repeats: int, minibatches: int) -> dict:
-    model, card, layers, x, taps = make_case(name)
+def bench(name: str, repeats: int, minibatches: int, batch: int | None = None) -> dict:
+    model, card, layers, x, taps = make_case(name, batch)
     methods = {"forward": lambda: bare_forward(model, x, minibatches),
                "taps off": lambda: run_extraction(model, card, layers, x, None, minibatches),
                "taps on": lambda: run_extraction(model, card, layers, x, taps, minibatches)}
@@ -127,19 +129,23 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--minibatches", type=int, default=4, help="minibatches per shard (the reducers' setup is per shard)")
+    ap.add_argument("--batch", type=int, help="override every case's batch size")
+    ap.add_argument("--cases", nargs="+", choices=sorted(CASES), help="default: all (--quick: the demo's)")
     ap.add_argument("--out", default=str(OUT / "bench_taps.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cases = QUICK if args.quick else tuple(CASES)
-    rows = [bench(c, args.repeats, args.minibatches) for c in cases]
+    cases = args.cases or (QUICK if args.quick else tuple(CASES))
     print("seconds per minibatch (median over repeats; reducers set up once per shard of "
           f"{args.minibatches} minibatches)")
     print(f"{'case':24s} {'batch':>5s} {'forward s':>10s} {'taps off s':>11s} {'taps on s':>10s} "
-          f"{'on/off':>7s} {'off/fwd':>8s}")
-    for r in rows:
+          f"{'on/off':>7s} {'off/fwd':>8s}", flush=True)
+    rows = []
+    for c in cases:
+        r = bench(c, args.repeats, args.minibatches, args.batch)
+        rows.append(r)
         s = r["seconds_per_minibatch"]
         print(f"{r['case']:24s} {r['batch']:5d} {s['forward']:10.3f} {s['taps off']:11.3f} {s['taps on']:10.3f} "
-              f"{r['taps_on_over_off']:7.2f} {r['taps_off_over_forward']:8.2f}")
+              f"{r['taps_on_over_off']:7.2f} {r['taps_off_over_forward']:8.2f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

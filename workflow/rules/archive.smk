@@ -6,8 +6,8 @@ rule archive:
     output:
         f"results/archive/{CFG['run_name']}.tar.gz",
     params:
-        spec=lambda wc, output: spec_json({
-            "out": str(output[0]), "config_file": RUN_CONFIG, "snakefile": workflow.main_snakefile,
+        spec=lambda wc: spec_json({
+            "out": f"results/archive/{CFG['run_name']}.tar.gz", "config_file": RUN_CONFIG, "snakefile": workflow.main_snakefile,
             "include_large": CFG["archive"]["include_large"]}),
     log:
         "results/logs/archive.log",

@@ -7,7 +7,7 @@ EXP_MODELS = "|".join(MODELS)
 
 
 def _exp_spec(function, out, tables=(), **extra):
-    spec = {"function": function, "out": out, "tables": [str(t) for t in tables], **extra}
+    spec = {"function": function, "out": out, "tables": [str(t) for t in as_list(tables)], **extra}
     spec["provenance_config"] = {"function": function, "code": seelike_config.digest(
         Path(workflow.basedir, "..", "scripts", "seelike", "experiments.py").read_text()),
         **{k: v for k, v in extra.items() if k != "outputs"}}
@@ -19,14 +19,39 @@ def _exp_figure(figure, stem, function, tables, **extra):
                      outputs=specs.figure_paths(CFG, figure, stem), dpi=CFG["figures"]["dpi"], **extra)
 
 
+def _f8_tables(wc):
+    return [f"results/experiments/skip_ablation/{wc.baseline}.csv"] + [
+        specs.cka_table_path(CFG, m, m) for m in experiments.skip_ablation(CFG)[1]]
+
+
+def _f10_tables(wc):
+    cls = CFG["experiments"]["gap_vs_cls"]["cls"]
+    return [vision.table_path(CFG, "localization", cls), vision.table_path(CFG, "localization", wc.gap)]
+
+
+def _f11_tables(wc):
+    """A GAP model's probes are drawn beside its CLS twin's."""
+    pair = CFG["experiments"].get("gap_vs_cls", {})
+    models = [pair["cls"], wc.model] if pair.get("gap") == wc.model else [wc.model]
+    return [f"results/experiments/probes/{m}.csv" for m in models]
+
+
+def _f12_tables(wc):
+    return [specs.cka_table_path(CFG, a, b) for a, b in experiments.cka_pairs(CFG)]
+
+
+def _f13_tables(wc):
+    return [f"results/experiments/probes/{m}.csv" for m in experiments.probe_models(CFG)]
+
+
 rule skip_ablation_table:
     input:
         lambda wc: [f"results/models/{m}/card.json" for m in [experiments.skip_ablation(CFG)[0]] + experiments.skip_ablation(CFG)[1]],
     output:
         "results/experiments/skip_ablation/{baseline}.csv",
     params:
-        spec=lambda wc, output: _exp_spec("seelike.experiments:skip_table", str(output[0]), baseline=wc.baseline,
-                                          cards={m: f"results/models/{m}/card.json" for m in
+        spec=lambda wc: _exp_spec("seelike.experiments:skip_table", f"results/experiments/skip_ablation/{wc.baseline}.csv",
+                                  baseline=wc.baseline, cards={m: f"results/models/{m}/card.json" for m in
                                                  [experiments.skip_ablation(CFG)[0]] + experiments.skip_ablation(CFG)[1]}),
     log:
         "results/logs/experiments/skip_ablation/{baseline}.log",
@@ -39,13 +64,12 @@ rule skip_ablation_table:
 
 rule figure_f8:
     input:
-        lambda wc: [f"results/experiments/skip_ablation/{wc.baseline}.csv"]
-                   + [specs.cka_table_path(CFG, m, m) for m in experiments.skip_ablation(CFG)[1]],
+        _f8_tables,
     output:
         report(expand("results/figures/F8/{{baseline}}.{fmt}", fmt=FORMATS), caption="../report/F8.rst",
                category="F8 skip connections removed", subcategory="{baseline}"),
     params:
-        spec=lambda wc, input: _exp_figure("F8", wc.baseline, "seelike.experiments:skip_figure", input),
+        spec=lambda wc: _exp_figure("F8", wc.baseline, "seelike.experiments:skip_figure", _f8_tables(wc)),
     log:
         "results/logs/figures/F8/{baseline}.log",
     localrule: True
@@ -57,13 +81,12 @@ rule figure_f8:
 
 rule figure_f10:
     input:
-        lambda wc: [vision.table_path(CFG, "localization", CFG["experiments"]["gap_vs_cls"]["cls"]),
-                    vision.table_path(CFG, "localization", wc.gap)],
+        _f10_tables,
     output:
         report(expand("results/figures/F10/{{gap}}.{fmt}", fmt=FORMATS), caption="../report/F10.rst",
                category="F10 GAP vs CLS localization", subcategory="{gap}"),
     params:
-        spec=lambda wc, input: _exp_figure("F10", wc.gap, "seelike.experiments:gap_cls_figure", input),
+        spec=lambda wc: _exp_figure("F10", wc.gap, "seelike.experiments:gap_cls_figure", _f10_tables(wc)),
     log:
         "results/logs/figures/F10/{gap}.log",
     localrule: True
@@ -79,8 +102,9 @@ rule probe_table:
     output:
         "results/experiments/probes/{model}.csv",
     params:
-        spec=lambda wc, input, output: _exp_spec(
-            "seelike.experiments:probe_table", str(output[0]), manifest=str(input[0]), submit_as="probe",
+        spec=lambda wc: _exp_spec(
+            "seelike.experiments:probe_table", f"results/experiments/probes/{wc.model}.csv",
+            manifest=f"results/extract/{DATASET}/{wc.model}/manifest.json", submit_as="probe",
             n_classes=CFG["models"][wc.model].get("kwargs", {}).get("num_classes", 10),
             **{k: CFG["experiments"]["probes"][k] for k in ("k_shot", "train_fraction", "tokens")}),
     log:
@@ -95,14 +119,12 @@ rule probe_table:
 
 rule figure_f11:
     input:
-        lambda wc: [f"results/experiments/probes/{m}.csv" for m in
-                    ([CFG["experiments"]["gap_vs_cls"]["cls"], wc.model]
-                     if CFG["experiments"].get("gap_vs_cls", {}).get("gap") == wc.model else [wc.model])],
+        _f11_tables,
     output:
         report(expand("results/figures/F11/{{model}}.{fmt}", fmt=FORMATS), caption="../report/F11.rst",
                category="F11 linear probes per layer", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _exp_figure("F11", wc.model, "seelike.experiments:probe_figure", input),
+        spec=lambda wc: _exp_figure("F11", wc.model, "seelike.experiments:probe_figure", _f11_tables(wc)),
     log:
         "results/logs/figures/F11/{model}.log",
     wildcard_constraints:
@@ -116,12 +138,12 @@ rule figure_f11:
 
 rule figure_f13:
     input:
-        [f"results/experiments/probes/{m}.csv" for m in experiments.probe_models(CFG)],
+        _f13_tables,
     output:
         report(expand("results/figures/F13/all.{fmt}", fmt=FORMATS), caption="../report/F13.rst",
                category="F13 linear probes across models"),
     params:
-        spec=lambda wc, input: _exp_figure("F13", "all", "seelike.experiments:probe_figure", input),
+        spec=lambda wc: _exp_figure("F13", "all", "seelike.experiments:probe_figure", _f13_tables(wc)),
     log:
         "results/logs/figures/F13/all.log",
     localrule: True
@@ -133,13 +155,13 @@ rule figure_f13:
 
 rule figure_f12:
     input:
-        lambda wc: [specs.cka_table_path(CFG, a, b) for a, b in experiments.cka_pairs(CFG)],
+        _f12_tables,
     output:
         report(expand("results/figures/F12/{{full}}.{fmt}", fmt=FORMATS), caption="../report/F12.rst",
                category="F12 data scale", subcategory="{full}"),
     params:
-        spec=lambda wc, input: _exp_figure(
-            "F12", wc.full, "seelike.experiments:data_scale_figure", input, full=wc.full,
+        spec=lambda wc: _exp_figure(
+            "F12", wc.full, "seelike.experiments:data_scale_figure", _f12_tables(wc), full=wc.full,
             labels=[f"{CFG['models'][s]['recipe'].get('train_fraction', 1.0):.0%} ({s})"
                     for s in experiments.data_scale(CFG)[1]]),
     log:

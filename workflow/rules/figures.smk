@@ -18,7 +18,7 @@ rule figure_f1:
         report(expand("results/figures/F1/{{model}}.{fmt}", fmt=FORMATS), caption="../report/F1.rst",
                category="F1 within-model CKA", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _figure_spec([str(input[0])], [f"{wc.model}"], wc.model, "F1",
+        spec=lambda wc: _figure_spec([specs.cka_table_path(CFG, wc.model, wc.model)], [f"{wc.model}"], wc.model, "F1",
                                             f"F1: CKA between all layers of {wc.model}"),
     log:
         "results/logs/figures/F1/{model}.log",
@@ -36,7 +36,7 @@ rule figure_f2:
         report(expand("results/figures/F2/{{x}}__{{y}}.{fmt}", fmt=FORMATS), caption="../report/F2.rst",
                category="F2 cross-model CKA", subcategory="{x} vs {y}"),
     params:
-        spec=lambda wc, input: _figure_spec([str(input[0])], [f"{wc.x} vs {wc.y}"], f"{wc.x}__{wc.y}", "F2",
+        spec=lambda wc: _figure_spec([specs.cka_table_path(CFG, wc.x, wc.y)], [f"{wc.x} vs {wc.y}"], f"{wc.x}__{wc.y}", "F2",
                                             f"F2: CKA between {wc.x} and {wc.y}"),
     log:
         "results/logs/figures/F2/{x}__{y}.log",
@@ -54,8 +54,8 @@ rule figure_f14:
         report(expand("results/figures/F14/{{mixer}}.{fmt}", fmt=FORMATS), caption="../report/F14.rst",
                category="F14 MLP-Mixer CKA", subcategory="{mixer}"),
     params:
-        spec=lambda wc, input: _figure_spec(
-            [str(p) for p in input], [f"{a} vs {b}" for a, b in specs.f14_panels(CFG, wc.mixer)], wc.mixer, "F14",
+        spec=lambda wc: _figure_spec(
+            [specs.cka_table_path(CFG, a, b) for a, b in specs.f14_panels(CFG, wc.mixer)], [f"{a} vs {b}" for a, b in specs.f14_panels(CFG, wc.mixer)], wc.mixer, "F14",
             f"F14: {wc.mixer} within itself and against ViTs and CNNs"),
     log:
         "results/logs/figures/F14/{mixer}.log",

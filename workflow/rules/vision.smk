@@ -13,7 +13,7 @@ def _vision_code(module):
 
 
 def _vision_figure(figure, stem, tables, module):
-    return spec_json(vision.figure_spec(CFG, figure, stem, [str(t) for t in tables], code=_vision_code(module)))
+    return spec_json(vision.figure_spec(CFG, figure, stem, [str(t) for t in as_list(tables)], code=_vision_code(module)))
 
 
 rule vision_table:
@@ -116,7 +116,7 @@ rule figure_f3:
         report(expand("results/figures/F3/{{model}}.{fmt}", fmt=VISION_FORMATS), caption="../report/F3.rst",
                category="F3 attention distance", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _vision_figure("F3", wc.model, input, "attention_distance.py"),
+        spec=lambda wc: _vision_figure("F3", wc.model, (lambda wc: vision.table_path(CFG, "attention_distance", wc.model))(wc), "attention_distance.py"),
     log:
         "results/logs/figures/F3/{model}.log",
     wildcard_constraints:
@@ -135,7 +135,7 @@ rule figure_f4:
         report(expand("results/figures/F4/{{dataset}}.{fmt}", fmt=VISION_FORMATS), caption="../report/F4.rst",
                category="F4 attention distance, less data"),
     params:
-        spec=lambda wc, input: _vision_figure("F4", wc.dataset, input, "attention_distance.py"),
+        spec=lambda wc: _vision_figure("F4", wc.dataset, (lambda wc: [vision.table_path(CFG, "attention_distance", m) for m in vision.models_for(CFG, "attention_distance")])(wc), "attention_distance.py"),
     log:
         "results/logs/figures/F4/{dataset}.log",
     localrule: True
@@ -152,7 +152,7 @@ rule figure_f5:
         report(expand("results/figures/F5/{{vit}}__{{cnn}}.{fmt}", fmt=VISION_FORMATS), caption="../report/F5.rst",
                category="F5 attention heads vs CNN", subcategory="{vit} vs {cnn}"),
     params:
-        spec=lambda wc, input: _vision_figure("F5", f"{wc.vit}__{wc.cnn}", input, "head_cka.py"),
+        spec=lambda wc: _vision_figure("F5", f"{wc.vit}__{wc.cnn}", (lambda wc: vision.head_cka_path(CFG, wc.vit, wc.cnn))(wc), "head_cka.py"),
     log:
         "results/logs/figures/F5/{vit}__{cnn}.log",
     wildcard_constraints:
@@ -172,7 +172,7 @@ rule figure_f6:
         report(expand("results/figures/F6/{{model}}.{fmt}", fmt=VISION_FORMATS), caption="../report/F6.rst",
                category="F6 receptive fields", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _vision_figure("F6", wc.model, input, "receptive_field.py"),
+        spec=lambda wc: _vision_figure("F6", wc.model, (lambda wc: vision.table_path(CFG, "receptive_field", wc.model))(wc), "receptive_field.py"),
     log:
         "results/logs/figures/F6/{model}.log",
     wildcard_constraints:
@@ -191,7 +191,7 @@ rule figure_f7:
         report(expand("results/figures/F7/{{model}}.{fmt}", fmt=VISION_FORMATS), caption="../report/F7.rst",
                category="F7 norm ratios", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _vision_figure("F7", wc.model, input, "norm_ratio.py"),
+        spec=lambda wc: _vision_figure("F7", wc.model, (lambda wc: vision.table_path(CFG, "norm_ratio", wc.model))(wc), "norm_ratio.py"),
     log:
         "results/logs/figures/F7/{model}.log",
     wildcard_constraints:
@@ -210,7 +210,7 @@ rule figure_f9:
         report(expand("results/figures/F9/{{model}}.{fmt}", fmt=VISION_FORMATS), caption="../report/F9.rst",
                category="F9 localization", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _vision_figure("F9", wc.model, input, "localization.py"),
+        spec=lambda wc: _vision_figure("F9", wc.model, (lambda wc: vision.table_path(CFG, "localization", wc.model))(wc), "localization.py"),
     log:
         "results/logs/figures/F9/{model}.log",
     wildcard_constraints:
@@ -229,7 +229,7 @@ rule figure_v1:
         report(expand("results/figures/V1/{{model}}.{fmt}", fmt=VISION_FORMATS), caption="../report/V1.rst",
                category="V1 patch-embedding components", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _vision_figure("V1", wc.model, input, "embeddings.py"),
+        spec=lambda wc: _vision_figure("V1", wc.model, (lambda wc: vision.table_path(CFG, "patch_embedding", wc.model))(wc), "embeddings.py"),
     log:
         "results/logs/figures/V1/{model}.log",
     wildcard_constraints:
@@ -248,7 +248,7 @@ rule figure_v2:
         report(expand("results/figures/V2/{{model}}.{fmt}", fmt=VISION_FORMATS), caption="../report/V2.rst",
                category="V2 position-embedding similarity", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _vision_figure("V2", wc.model, input, "embeddings.py"),
+        spec=lambda wc: _vision_figure("V2", wc.model, (lambda wc: vision.table_path(CFG, "position_embedding", wc.model))(wc), "embeddings.py"),
     log:
         "results/logs/figures/V2/{model}.log",
     wildcard_constraints:
@@ -267,7 +267,7 @@ rule figure_v3:
         report(expand("results/figures/V3/{{model}}.{fmt}", fmt=VISION_FORMATS), caption="../report/V3.rst",
                category="V3 attention maps and rollout", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _vision_figure("V3", wc.model, input, "attention_maps.py"),
+        spec=lambda wc: _vision_figure("V3", wc.model, (lambda wc: vision.table_path(CFG, "attention_maps", wc.model))(wc), "attention_maps.py"),
     log:
         "results/logs/figures/V3/{model}.log",
     wildcard_constraints:
@@ -286,7 +286,7 @@ rule figure_v4:
         report(expand("results/figures/V4/{{model}}.{fmt}", fmt=VISION_FORMATS), caption="../report/V4.rst",
                category="V4 attention similarity across layers", subcategory="{model}"),
     params:
-        spec=lambda wc, input: _vision_figure("V4", wc.model, input, "attention_maps.py"),
+        spec=lambda wc: _vision_figure("V4", wc.model, (lambda wc: vision.table_path(CFG, "attention_similarity", wc.model))(wc), "attention_maps.py"),
     log:
         "results/logs/figures/V4/{model}.log",
     wildcard_constraints:
@@ -305,7 +305,7 @@ rule figure_v5:
         report(expand("results/figures/V5/{{dataset}}.{fmt}", fmt=VISION_FORMATS), caption="../report/V5.rst",
                category="V5 class separation by depth"),
     params:
-        spec=lambda wc, input: _vision_figure("V5", wc.dataset, input, "snn.py"),
+        spec=lambda wc: _vision_figure("V5", wc.dataset, (lambda wc: [vision.table_path(CFG, "snn_loss", m) for m in vision.models_for(CFG, "snn_loss")])(wc), "snn.py"),
     log:
         "results/logs/figures/V5/{dataset}.log",
     localrule: True

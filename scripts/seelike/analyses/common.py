@@ -85,13 +85,3 @@ def finish_figure(fig, spec: dict) -> None:
     for out in spec["outputs"]:
         provenance.write_sidecar(out, record)
 
-
-def depth_ticks(ax, labels, axis="x", max_labels=16):
-    step = max(1, len(labels) // max_labels)
-    pos = list(range(0, len(labels), step))
-    if axis == "x":
-        ax.set_xticks(pos)
-        ax.set_xticklabels([labels[i] for i in pos], rotation=90, fontsize=7)
-    else:
-        ax.set_yticks(pos)
-        ax.set_yticklabels([labels[i] for i in pos], fontsize=7)

@@ -20,8 +20,6 @@ Store paths (all per shard; sums over images are sums, so shards combine exactly
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ..extract import Reducer
@@ -43,12 +41,6 @@ class _Sink:
 
     def store(self, layer: dict, value) -> None:
         self.callback(layer["name"], self.role, value.detach())
-
-
-def torch_float32():
-    import torch
-
-    return torch.float32
 
 
 def _attach(model, layer: dict, sink: _Sink) -> list:
@@ -99,9 +91,7 @@ class AttentionReducer(Reducer):
         self.n_distance, self.n_maps = int(n_distance), int(n_maps)
         self.dist = geometry.pixel_distances(grid, cell)
         self._dist_t = None
-        h = {a["name"]: a["num_heads"] for a in attn}
-        self.acc = {a["name"]: {k: np.zeros(h[a["name"]]) for k in ("sum", "sum_sq", "raw_sum", "prefix_mass_sum")}
-                    for a in attn}
+        self.acc = {}     # block -> (4, heads) float64 sums on the device: sum, sum_sq, raw_sum, prefix_mass_sum
         self.count = {a["name"]: 0 for a in attn}
         self.maps = {a["name"]: [] for a in attn}
         self.images, self.map_examples = [], []
@@ -132,11 +122,8 @@ class AttentionReducer(Reducer):
                 raise ValueError(f"attention of {name} has {sel.shape[-1]} tokens; expected {self.p} prefix + {n_sp} "
                                  f"patches (grid {self.grid})")
             ren, raw, prefix = attention_distances(sel, self._dist_t, self.p)
-            acc = self.acc[name]
-            acc["sum"] += ren.sum(0).cpu().numpy()
-            acc["sum_sq"] += (ren ** 2).sum(0).cpu().numpy()
-            acc["raw_sum"] += raw.sum(0).cpu().numpy()
-            acc["prefix_mass_sum"] += prefix.sum(0).cpu().numpy()
+            sums = torch.stack([ren, ren * ren, raw, prefix]).sum(1)          # (4, heads), no host sync
+            self.acc[name] = sums if name not in self.acc else self.acc[name] + sums
             self.count[name] += len(self._dist_rows)
         if self._map_rows.size:
             self.maps[name].append(_take(a, self._map_rows).float().cpu().numpy())
@@ -150,7 +137,8 @@ class AttentionReducer(Reducer):
         out = {}
         for i, a in enumerate(self.attn):
             base = f"{ATTN_DIST}/{a['name']}"
-            for k, v in self.acc[a["name"]].items():
+            acc = self.acc[a["name"]].cpu().numpy() if a["name"] in self.acc else np.zeros((4, a["num_heads"]))
+            for k, v in zip(("sum", "sum_sq", "raw_sum", "prefix_mass_sum"), acc):
                 out[f"{base}/{k}"] = v
             out[f"{base}/count"] = np.asarray(self.count[a["name"]], dtype=np.int64)
             out[f"{base}/index"] = np.asarray(i, dtype=np.int64)
@@ -177,10 +165,14 @@ class HeadGramReducer(Reducer):
         return handles
 
     def _consume(self, name, role, x):
-        from ..cka import gram
+        import torch
+        from ..cka import _full_fp32_matmul
 
-        # x: (b, t, heads, head_dim); one Gram per head over all tokens, like the layer Grams.
-        self.grams[name].append(np.stack([gram(x[:, :, h]).cpu().numpy() for h in range(x.shape[2])]))
+        # x: (b, t, heads, head_dim); one Gram per head over all tokens, like the layer Grams: float32
+        # products (at full float32 precision) of each head's flattened output, in one batched product.
+        h = x.permute(2, 0, 1, 3).reshape(x.shape[2], x.shape[0], -1).float()    # (heads, b, t * head_dim)
+        with torch.no_grad(), _full_fp32_matmul():
+            self.grams[name].append((h @ h.transpose(1, 2)).double().cpu().numpy())
 
     def update(self, batch):
         pass
@@ -195,21 +187,23 @@ class HeadGramReducer(Reducer):
 
 def token_norms(t):
     """Per-position L2 norms over channels: (b, c, h, w) -> (b, h*w); (b, t, d) -> (b, t); float32."""
+    import torch
+
     if t.dim() == 4:
-        return t.norm(dim=1, dtype=torch_float32()).flatten(1)
+        return t.norm(dim=1, dtype=torch.float32).flatten(1)
     if t.dim() == 3:
-        return t.norm(dim=-1, dtype=torch_float32())
+        return t.norm(dim=-1, dtype=torch.float32)
     raise ValueError(f"norm ratio: unexpected activation shape {tuple(t.shape)}")
 
 
 class NormRatioReducer(Reducer):
     """||z|| and ||f(z)|| of every residual sublayer per token, summed for prefix (CLS) and spatial tokens."""
     name = "norm_ratio"
+    STATS = ("z_norm_sum", "f_norm_sum", "ratio_sum", "count", "ratio_count")
 
     def __init__(self, branches: list[dict], num_prefix_tokens: int):
         self.branches, self.p = branches, int(num_prefix_tokens)
-        self.acc = {b["name"]: {k: np.zeros(2) for k in ("z_norm_sum", "f_norm_sum", "ratio_sum", "count", "ratio_count")}
-                    for b in branches}
+        self.acc = {}     # sublayer -> (5, 2) float64 on the device: STATS x [cls, spatial]
         self._z, self._zn, self._fn = {}, {}, {}
 
     def attach(self, model):
@@ -252,18 +246,13 @@ class NormRatioReducer(Reducer):
 
         if zn.shape != fn.shape:   # e.g. a CNN shortcut tapped before a downsampling branch: per-example means
             zn, fn = zn.mean(1, keepdim=True), fn.mean(1, keepdim=True)
-        acc = self.acc[name]
+        zn, fn = zn.double(), fn.double()
+        pos = fn > 0
+        ratio = torch.where(pos, zn / fn.clamp_min(1e-300), torch.zeros_like(zn))
+        per_token = torch.stack([zn, fn, ratio, torch.ones_like(zn), pos.double()])   # (5, b, t)
         p = self.p if zn.shape[1] > self.p else 0
-        for g, (zs, fs) in enumerate(((zn[:, :p], fn[:, :p]), (zn[:, p:], fn[:, p:]))):
-            if zs.numel() == 0:
-                continue
-            pos = fs > 0
-            acc["z_norm_sum"][g] += float(zs.double().sum())
-            acc["f_norm_sum"][g] += float(fs.double().sum())
-            acc["count"][g] += zs.numel()
-            acc["ratio_sum"][g] += float(torch.where(pos, zs.double() / fs.double().clamp_min(1e-300),
-                                                     torch.zeros((), dtype=torch.float64, device=zs.device)).sum())
-            acc["ratio_count"][g] += int(pos.sum())
+        sums = torch.stack([per_token[:, :, :p].sum((1, 2)), per_token[:, :, p:].sum((1, 2))], 1)   # (5, 2)
+        self.acc[name] = sums if name not in self.acc else self.acc[name] + sums
 
     def update(self, batch):
         pass
@@ -271,7 +260,8 @@ class NormRatioReducer(Reducer):
     def result(self):
         out = {}
         for i, b in enumerate(self.branches):
-            for k, v in self.acc[b["name"]].items():
+            acc = self.acc[b["name"]].cpu().numpy() if b["name"] in self.acc else np.zeros((5, 2))
+            for k, v in zip(self.STATS, acc):
                 out[f"{NORM_RATIO}/{b['name']}/{k}"] = v
             out[f"{NORM_RATIO}/{b['name']}/index"] = np.asarray(i, dtype=np.int64)
         return out
