@@ -178,3 +178,28 @@ def test_reattach_after_snakemake_is_killed(slurm_cluster, tmp_path):
     assert f"re-attaching to SLURM job(s) {job_id}" in log
     assert (tmp_path / "results" / "figures" / "F1" / "vit.png").is_file()
     assert not record.exists()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_ctrl_c_cancels_submitted_jobs_unless_configured(slurm_cluster, tmp_path, keep):
+    """SIGINT to a waiting step (what Ctrl-C on Snakemake delivers to its process group)."""
+    name = f"ctrlc{int(keep)}"
+    executor = {"default": "slurm", "log_dir": str(tmp_path / "jobs"), "cancel_on_interrupt": not keep,
+                "resources": {"time_min": 5, "cpus": 1}}
+    code = ("import json, sys; from seelike.config import step_executor; from seelike.submit import run_step; "
+            f"s = step_executor({{'executor': json.loads(sys.argv[1])}}, 'extract'); "
+            f"run_step(s, 'jobs:sleep', {{'seconds': 300}}, name={name!r})")
+    env = dict(os.environ, PYTHONPATH=f"{Path(__file__).parent}:{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(executor)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = wait_for(lambda: squeue(f"seelike-extract-{name}", "R,PD"), 60, "the job to be queued")
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0
+    if keep:
+        assert "keep running" in out and squeue(f"seelike-extract-{name}", "R,PD") == job
+        subprocess.run(["scancel", job[0]])
+    else:
+        assert "cancelled job(s)" in out
+        wait_for(lambda: not squeue(f"seelike-extract-{name}", "R,PD,CG"), 30, "the job to be cancelled")
