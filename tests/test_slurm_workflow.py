@@ -144,9 +144,12 @@ def test_training_is_requeued_and_resumes(slurm_cluster, tmp_path):
     # Every saved state was resumed from (a signal during start-up requeues before any new save,
     # so a state may be resumed twice), never an older one.
     assert set(resumed) == set(saved) and resumed == sorted(resumed), (saved, resumed)
-    states = subprocess.run(["sacct", "-n", "-P", "-D", "-X", "--format", "JobName,State", "-S", started,
-                             "--name", "seelike-train-requeue"], capture_output=True, text=True).stdout
-    assert "REQUEUED" in states and "COMPLETED" in states, states
+    def states():  # sacct lags the job's end by a few seconds
+        out = subprocess.run(["sacct", "-n", "-P", "-D", "-X", "--format", "JobName,State", "-S", started,
+                              "--name", "seelike-train-requeue"], capture_output=True, text=True).stdout
+        return out if "REQUEUED" in out and "COMPLETED" in out else None
+
+    wait_for(states, 60, "sacct to show the job requeued, then completed")
     assert not (tmp_path / "model" / "train_state.pt").exists()
 
 

@@ -241,6 +241,7 @@ def train_model(spec: dict) -> dict:
 
     with atomic_write(out_dir / METRICS_FILE) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
+    provenance.write_sidecar(out_dir / METRICS_FILE, provenance.collect({k: v for k, v in spec.items() if k != "out_dir"}))
     ckpt = out_dir / "weights.safetensors"
     save_checkpoint(model.cpu(), ckpt)
     card = make_card(spec["name"], spec["arch"], spec.get("kwargs", {}),
