@@ -78,7 +78,10 @@ def test_attention_distance_through_a_real_vit_with_rectangular_patches():
     grids = layer_grids(vit, layers, [3, 16, 32], 1, "cpu")
     (grid, cell) = grids["block1"]
     assert grid == (4, 4) and cell == (4.0, 8.0)
-    r = AttentionReducer(attn, 1, grid, cell, shard_offset=0, n_distance=3, n_maps=1)
+    from seelike.models.residual import patch_geometry
+
+    r = AttentionReducer(attn, 1, lambda n: patch_geometry(vit, n, (16, 32)), [3, 16, 32], shard_offset=0,
+                         n_distance=3, n_maps=1)
     x = torch.randn(4, 3, 16, 32)
     assert vit.blocks[0].attn.fused_attn
     with torch.no_grad(), attached([r], vit):
@@ -96,6 +99,7 @@ def test_attention_distance_through_a_real_vit_with_rectangular_patches():
     assert out["reductions/attention_maps/weights"].shape == (1, 2, 2, 17, 17)
     np.testing.assert_allclose(out["reductions/attention_maps/weights"], 1 / 17, rtol=1e-5)
     assert out["reductions/attention_maps/example_indices"].tolist() == [10]
+    assert out["reductions/geometry/grid"].tolist() == [4, 4] and out["reductions/geometry/cell"].tolist() == [4, 8]
 
 
 def test_explicit_attention_tap_matches_the_model():
@@ -415,3 +419,51 @@ def test_norm_ratio_refuses_a_stream_modified_in_place():
     with torch.no_grad(), attached([r], net), pytest.raises(RuntimeError, match="modified in place"):
         r.begin(np.arange(2), np.arange(2))
         net(torch.randn(2, 4, 3))
+
+
+@pytest.mark.parametrize("arch, kwargs, size, expect_layer", [
+    ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3),
+     32, "block1"),
+    ("resnet18", dict(num_classes=3, channels=[8, 16, 32, 64]), 32, "stage2.unit1"),   # final map 1x1 -> 2x2 layer
+])
+def test_all_taps_leave_the_outputs_unchanged(arch, kwargs, size, expect_layer):
+    from seelike.analyses.reducers import vision_reducers
+    from seelike.extract import GramReducer
+    from seelike.models.card import ModelCard
+    from seelike.models.layers import detect_family
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, **kwargs).eval()
+    family = detect_family(model)
+    layers = enumerate_layers(model, family)
+    card = ModelCard(name="m", arch=arch, kwargs={}, family=family, source={"kind": "recipe"},
+                     checkpoint="w.safetensors", sha256="0" * 64, layers=layers,
+                     num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0) or 0),
+                     input_size=[3, size, size], num_classes=3, pretrained_cfg={})
+    taps = {"norm_ratio": {}, "localization": {"positions": [[0, 0], [1, 1]], "n_images": 100, "layer": None}}
+    if family == "vit":
+        taps.update(attention_distance={"n_images": 100}, attention_maps={"n_images": 2}, heads={"blocks": 1})
+    x = torch.randn(2, 8, 3, size, size)
+    names = [l["name"] for l in layers]
+    with torch.no_grad():
+        ref = [model(xb) for xb in x]
+    reducers = [GramReducer(names)] + vision_reducers(taps, model=model, card=card, model_name="m", layer_specs=layers,
+                                                      shard_offset=0, device="cpu")
+    with LayerTaps(model, layers, card.num_prefix_tokens) as t, attached(reducers, model), torch.no_grad():
+        for mb, xb in enumerate(x):
+            idx = np.arange(mb * 8, mb * 8 + 8)
+            for r in reducers:
+                r.begin(idx, idx)
+            t.clear()
+            out = model(xb)
+            torch.testing.assert_close(out, ref[mb], rtol=0, atol=1e-5)
+            for r in reducers:
+                r.update(Batch(mb, idx, idx, {n: t.outputs[n] for n in names}, card.num_prefix_tokens, inputs=xb))
+    arrays = {k: v for r in reducers for k, v in r.result().items()}
+    assert int(arrays["reductions/localization/layer_index"]) == names.index(expect_layer)
+    assert arrays[f"layers/{expect_layer}/positions/gram"].shape[:2] == (2, int(np.prod(arrays["reductions/localization/grid"])))
+    assert all(np.isfinite(v).all() for v in arrays.values() if v.dtype.kind == "f")
+    with torch.no_grad():   # every hook removed, fused attention restored
+        torch.testing.assert_close(model(x[0]), ref[0], rtol=0, atol=1e-5)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(getattr(m, "fused_attn", True) for m in model.modules())

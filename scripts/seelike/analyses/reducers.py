@@ -84,12 +84,13 @@ class AttentionReducer(Reducer):
     """Per-head mean attention distance (F3/F4) and the full attention of the first examples."""
     name = "attention"
 
-    def __init__(self, attn: list[dict], num_prefix_tokens: int, grid, cell, shard_offset: int,
+    def __init__(self, attn: list[dict], num_prefix_tokens: int, geometry_fn, input_size, shard_offset: int,
                  n_distance: int = 0, n_maps: int = 0):
+        """geometry_fn(n_patches) -> (grid, cell size in input pixels), asked once the token count is known."""
         self.attn, self.p, self.offset = attn, int(num_prefix_tokens), int(shard_offset)
-        self.grid, self.cell = tuple(grid), tuple(cell)
+        self.geometry_fn, self.input_size = geometry_fn, [int(v) for v in input_size]
+        self.grid = self.cell = self.dist = None
         self.n_distance, self.n_maps = int(n_distance), int(n_maps)
-        self.dist = geometry.pixel_distances(grid, cell)
         self._dist_t = None
         self.acc = {}     # block -> (4, heads) float64 sums on the device: sum, sum_sq, raw_sum, prefix_mass_sum
         self.count = {a["name"]: 0 for a in attn}
@@ -113,6 +114,10 @@ class AttentionReducer(Reducer):
     def _consume(self, name, role, a):
         import torch
 
+        if self.grid is None:
+            grid, cell = self.geometry_fn(a.shape[-1] - self.p)
+            self.grid, self.cell = tuple(int(g) for g in grid), tuple(float(c) for c in cell)
+            self.dist = geometry.pixel_distances(self.grid, self.cell)
         if self._dist_rows.size:
             if self._dist_t is None or self._dist_t.device != a.device:
                 self._dist_t = torch.as_tensor(self.dist, dtype=torch.float32, device=a.device)
@@ -135,6 +140,10 @@ class AttentionReducer(Reducer):
 
     def result(self):
         out = {}
+        if self.grid is not None:   # the token grid, for the tables (constant per model)
+            out.update({f"{GEOMETRY}/grid": np.asarray(self.grid, dtype=np.int64),
+                        f"{GEOMETRY}/cell": np.asarray(self.cell, dtype=np.float64),
+                        f"{GEOMETRY}/input_size": np.asarray(self.input_size, dtype=np.int64)})
         for i, a in enumerate(self.attn):
             base = f"{ATTN_DIST}/{a['name']}"
             acc = self.acc[a["name"]].cpu().numpy() if a["name"] in self.acc else np.zeros((4, a["num_heads"]))
@@ -272,18 +281,28 @@ class PositionGramReducer(Reducer):
     name = "localization"
 
     def __init__(self, layer: str, layer_index: int, grid, cell, input_hw, positions: list, n_images: int,
-                 shard_offset: int, num_prefix_tokens: int):
-        self.layer, self.layer_index = layer, int(layer_index)
-        self.grid, self.cell = tuple(int(g) for g in grid), tuple(float(c) for c in cell)
-        self.rows, self.cols = geometry.cell_bounds(self.grid, self.cell, input_hw)
-        self.positions = [tuple(p) for p in positions]
+                 shard_offset: int, num_prefix_tokens: int, resolve=None):
+        """`positions`: grid cells (row, col). With `resolve` (a callable returning layer, layer_index, grid,
+        cell, positions) these are found at the first minibatch instead (layer ... positions: None)."""
+        self.input_hw, self.resolve = input_hw, resolve
+        if resolve is None:
+            self._set(layer, layer_index, grid, cell, positions)
         self.n_images, self.offset, self.p = int(n_images), int(shard_offset), int(num_prefix_tokens)
         self.layer_grams, self.input_grams, self.minibatch_ids = [], [], []
+
+    def _set(self, layer, layer_index, grid, cell, positions):
+        self.layer, self.layer_index = layer, int(layer_index)
+        self.grid, self.cell = tuple(int(g) for g in grid), tuple(float(c) for c in cell)
+        self.rows, self.cols = geometry.cell_bounds(self.grid, self.cell, self.input_hw)
+        self.positions = [tuple(p) for p in positions]
 
     def update(self, batch):
         import torch
         from ..cka import _full_fp32_matmul, gram
 
+        if self.resolve is not None:
+            self._set(*self.resolve())
+            self.resolve = None
         if self.offset + int(batch.positions[0]) >= self.n_images:
             return
         tok = batch.activations[self.layer]
@@ -315,59 +334,45 @@ class PositionGramReducer(Reducer):
         }
 
 
-class GeometryReducer(Reducer):
-    """Constant per model: the token grid and its cell size in input pixels."""
-    name = "geometry"
+class LayerShapes(Reducer):
+    """Records the raw output shape of every layer during the first forward pass (then unhooks), so the
+    grids of CNN feature maps are known without an extra pass."""
+    name = "layer_shapes"
 
-    def __init__(self, grid, cell, input_size):
-        self.arrays = {f"{GEOMETRY}/grid": np.asarray(grid, dtype=np.int64),
-                       f"{GEOMETRY}/cell": np.asarray(cell, dtype=np.float64),
-                       f"{GEOMETRY}/input_size": np.asarray(input_size, dtype=np.int64)}
+    def __init__(self, layer_specs: list[dict]):
+        self.layer_specs, self.shapes, self._handles = layer_specs, {}, []
+
+    def attach(self, model):
+        from ..models.layers import get_module
+
+        def record(name, t) -> None:   # hooks must return None (a value would replace the input/output)
+            while isinstance(t, (tuple, list)):
+                t = t[0]
+            self.shapes.setdefault(name, tuple(t.shape))
+
+        for layer in self.layer_specs:
+            module, name = get_module(model, layer["module"]), layer["name"]
+            if layer.get("tap", "output") == "input":
+                h = module.register_forward_pre_hook(lambda m, a, n=name: record(n, a))
+            else:
+                h = module.register_forward_hook(lambda m, a, o, n=name: record(n, o))
+            self._handles.append(h)
+        return list(self._handles)
 
     def update(self, batch):
-        pass
+        while self._handles:          # shapes known: no more hooks on the way
+            self._handles.pop().remove()
 
     def result(self):
-        return dict(self.arrays)
+        return {}
 
 
 # ----------------------------------------------------------------------------- setup
 
-def layer_grids(model, layer_specs: list[dict], input_size, num_prefix_tokens: int, device) -> dict:
-    """Spatial grid and cell size (input pixels) of every layer, from one forward pass of a blank image."""
-    import torch
-    from ..models.layers import get_module
+def grids_from_shapes(model, layer_specs: list[dict], shapes: dict, num_prefix_tokens: int, hw) -> dict:
+    """{layer: (grid, cell size in input pixels)} for the layers whose raw output shape has a spatial grid."""
     from ..models.residual import feature_grid, patch_geometry
 
-    shapes, handles = {}, []
-    for layer in layer_specs:
-        module = get_module(model, layer["module"])
-
-        def grab(name):
-            def out_hook(mod, args, out):
-                t = out
-                while isinstance(t, (tuple, list)):
-                    t = t[0]
-                shapes[name] = tuple(t.shape)
-
-            def in_hook(mod, args):
-                t = args
-                while isinstance(t, (tuple, list)):
-                    t = t[0]
-                shapes[name] = tuple(t.shape)
-            return out_hook, in_hook
-        out_hook, in_hook = grab(layer["name"])
-        if layer.get("tap", "output") == "input":
-            handles.append(module.register_forward_pre_hook(in_hook))
-        else:
-            handles.append(module.register_forward_hook(out_hook))
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1, *input_size), device=device))
-    finally:
-        for h in handles:
-            h.remove()
-    hw = (int(input_size[1]), int(input_size[2]))
     out = {}
     for layer in layer_specs:
         shape = shapes.get(layer["name"])
@@ -382,6 +387,23 @@ def layer_grids(model, layer_specs: list[dict], input_size, num_prefix_tokens: i
             except ValueError:
                 pass
     return out
+
+
+def layer_grids(model, layer_specs: list[dict], input_size, num_prefix_tokens: int, device) -> dict:
+    """grids_from_shapes after one forward pass of a blank image (a tool; extraction records the shapes of
+    its first minibatch instead)."""
+    import torch
+
+    probe = LayerShapes(layer_specs)
+    handles = probe.attach(model)
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_size), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return grids_from_shapes(model, layer_specs, probe.shapes, num_prefix_tokens,
+                             (int(input_size[1]), int(input_size[2])))
 
 
 def _localization_layer(model_name: str, layers: list[str], grids: dict, requested: str | None) -> str:
@@ -404,38 +426,36 @@ def vision_reducers(taps: dict, *, model, card, model_name: str, layer_specs: li
     """The reducers ``taps`` switches on for this model (empty dict: none, and no extra work)."""
     if not taps:
         return []
-    from ..models.residual import attention_modules, residual_branches
+    from ..models.residual import attention_modules, patch_geometry, residual_branches
 
     input_size = [int(v) for v in card.input_size]
     hw = (input_size[1], input_size[2])
     p = card.num_prefix_tokens
-    grids = layer_grids(model, layer_specs, input_size, p, device)
     out: list[Reducer] = []
-    attn = None
     if "attention_distance" in taps or "attention_maps" in taps or "heads" in taps:
         attn = attention_modules(model, model_name)
-    token_geom = None
-    if attn is not None:   # the patch grid: that of the deepest layer with one (ViT blocks all share it)
-        token_geom = next((grids[l["name"]] for l in reversed(layer_specs) if l["name"] in grids), None)
-    if attn is not None:
-        if token_geom is None:
-            raise ValueError(f"model '{model_name}': cannot find the patch grid of its tokens")
-        out.append(GeometryReducer(token_geom[0], token_geom[1], input_size))
         n_dist = int(taps.get("attention_distance", {}).get("n_images", 0))
         n_maps = int(taps.get("attention_maps", {}).get("n_images", 0))
         if n_dist or n_maps:
-            out.append(AttentionReducer(attn, p, token_geom[0], token_geom[1], shard_offset, n_dist, n_maps))
+            out.append(AttentionReducer(attn, p, lambda n: patch_geometry(model, n, hw), input_size, shard_offset,
+                                        n_dist, n_maps))
         if "heads" in taps:
-            k = int(taps["heads"]["blocks"])
-            out.append(HeadGramReducer(attn[:k]))
+            out.append(HeadGramReducer(attn[:int(taps["heads"]["blocks"])]))
     if "norm_ratio" in taps:
         out.append(NormRatioReducer(residual_branches(model, card.family, model_name), p))
     if "localization" in taps:
         t = taps["localization"]
         names = [l["name"] for l in layer_specs]
-        layer = _localization_layer(model_name, names, grids, t.get("layer"))
-        grid, cell = grids[layer]
-        cells = geometry.cells_from_fractions(t["positions"], grid)
-        out.append(PositionGramReducer(layer, names.index(layer), grid, cell, hw, cells, int(t["n_images"]),
-                                       shard_offset, p))
+        probe = LayerShapes(layer_specs)
+
+        def resolve():
+            grids = grids_from_shapes(model, layer_specs, probe.shapes, p, hw)
+            layer = _localization_layer(model_name, names, grids, t.get("layer"))
+            grid, cell = grids[layer]
+            return layer, names.index(layer), grid, cell, geometry.cells_from_fractions(t["positions"], grid)
+
+        if t.get("layer") and t["layer"] not in names:   # a bad name fails before the first minibatch
+            _localization_layer(model_name, names, {}, t["layer"])
+        out += [probe, PositionGramReducer(None, 0, None, None, hw, None, int(t["n_images"]), shard_offset, p,
+                                           resolve=resolve)]
     return out
