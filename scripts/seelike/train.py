@@ -76,6 +76,18 @@ def trained_preprocessing(size: int) -> dict:
             "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
 
 
+def _array_digest(*arrays) -> str:
+    """sha256 of the exact pixels and labels a model trained on (a rendered dataset has no file to hash)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
 class _StopRequested(Exception):
     pass
 
@@ -124,6 +136,7 @@ def train_model(spec: dict) -> dict:
         keep = stratified_subset(y_train, r["train_fraction"], seed=r.get("subset_seed", 0))
         x_train, y_train = x_train[keep], y_train[keep]
         print(f"seelike: training '{spec['name']}' on {len(keep)} examples ({r['train_fraction']:.0%}, stratified)", flush=True)
+    inputs = {f"dataset:{r['dataset']}/train ({len(y_train)} images as trained on)": _array_digest(x_train, y_train)}
     n, bs = len(x_train), int(r["batch_size"])
     steps_per_epoch = max(1, n // bs)
     # A step budget (recipe.steps) keeps the number of updates fixed across data fractions.
@@ -135,7 +148,9 @@ def train_model(spec: dict) -> dict:
     if spec.get("init_card"):
         from .models import ModelCard, build_model
 
-        init = build_model(ModelCard.load(spec["init_card"]), Path(spec["init_card"]).parent)
+        init_card = ModelCard.load(spec["init_card"])
+        init = build_model(init_card, Path(spec["init_card"]).parent)
+        inputs[str(Path(spec["init_card"]).parent / init_card.checkpoint)] = init_card.sha256
         missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
         print(f"seelike: fine-tuning '{spec['name']}' from '{init_card_name(spec)}'"
               + (f" (not loaded: {', '.join(missing)})" if missing else ""), flush=True)
@@ -241,7 +256,8 @@ def train_model(spec: dict) -> dict:
 
     with atomic_write(out_dir / METRICS_FILE) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
-    provenance.write_sidecar(out_dir / METRICS_FILE, provenance.collect({k: v for k, v in spec.items() if k != "out_dir"}))
+    provenance.write_sidecar(out_dir / METRICS_FILE, provenance.collect({k: v for k, v in spec.items() if k != "out_dir"},
+                                                                        input_digests=inputs))
     ckpt = out_dir / "weights.safetensors"
     save_checkpoint(model.cpu(), ckpt)
     card = make_card(spec["name"], spec["arch"], spec.get("kwargs", {}),
@@ -251,7 +267,8 @@ def train_model(spec: dict) -> dict:
                      pretrained_cfg=trained_preprocessing(int(x_train.shape[1])), modifications=modifications)
     card.metrics = {"test_accuracy": acc, "chance": 1.0 / spec["dataset"].get("n_classes", 10),
                     "train_steps": total, "n_train": int(n), "n_test": int(len(y_test)), "seed": r["seed"]}
-    card.provenance = {**card.provenance, **provenance.collect({k: v for k, v in spec.items() if k != "out_dir"})}
+    card.provenance = {**card.provenance, **provenance.collect({k: v for k, v in spec.items() if k != "out_dir"},
+                                                                input_digests=inputs)}
     card.save(out_dir / "card.json")
     state_path.unlink(missing_ok=True)
     print(f"seelike: trained '{spec['name']}': test accuracy {acc:.3f} (chance {card.metrics['chance']:.3f})", flush=True)
