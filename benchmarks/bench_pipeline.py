@@ -1,7 +1,8 @@
 """Benchmark: the pipeline question users face -- CKA of every pair of 4 models on 4096 examples.
 
-    python benchmarks/bench_pipeline.py            # full run (~6-9 min on 2 CPU cores)
-    python benchmarks/bench_pipeline.py --quick    # tiny smoke run (~20 s)
+    python benchmarks/bench_pipeline.py                # full run, 1 round (~3-4 min on 2 idle cores)
+    python benchmarks/bench_pipeline.py --threads 1 --repeats 2   # what benchmarks/README.md reports
+    python benchmarks/bench_pipeline.py --quick        # tiny smoke run (~30 s)
 
 Needs `pip install pytorch-cka` (the `bench` extra). Writes benchmarks/out/bench_pipeline.json.
 
@@ -30,9 +31,16 @@ too and their distance to pytorch-cka is reported only to show the size of the e
 Layers: every block (ViT/Mixer) or residual unit (ResNet) the model card lists; pytorch-cka hooks
 the same modules (it flattens the NCHW / token maps; seelike takes token layout; same Gram).
 
+Timing: wall and process CPU time (all threads) of each step. Other processes on a small
+machine inflate wall time, and with 2 torch threads on 2 busy cores every parallel region waits
+for a descheduled thread (small ops were 10-30x slower at load 6); `--threads 1` and the CPU-time
+rows are then the reliable figures. Round r runs seelike, then pytorch-cka; medians over rounds.
+Full mode took 383 s for 2 rounds at --threads 1 (load 3-5), 772 s for 1 round at 2 threads
+(load 6-8).
+
 Sizes (full mode): n = 4096 examples (the issue's size), minibatch 256 (the paper config's
 `cka.minibatch_size`), 8 minibatches per shard (paper config), full_tokens 64 (paper config),
-2 torch threads. Models at 32 px (the issue's sizes at 224 px would take hours on 2 cores):
+`--threads` torch threads (default 2). Models at 32 px (the issue's sizes at 224 px would take hours on 2 cores):
     vit_tiny   vit_tiny_patch16_224(img_size=32, patch_size=8): 12 blocks, d 192, 17 tokens
     vit_p4     vit_tiny_patch16_224(img_size=32, patch_size=4, embed_dim=96, depth=6, heads 3,
                mlp_ratio 2): 6 blocks, d 96, 65 tokens
