@@ -140,3 +140,29 @@ def test_step_executor_overrides():
     ex = sc.step_executor(cfg, "extract")
     assert ex["executor"] == "slurm" and ex["resources"] == {"partition": "gpu", "time_min": 120, "gpus": 1}
     assert sc.step_executor(cfg, "cka")["executor"] == "inline"
+
+
+def test_every_schema_key_is_documented():
+    """config/README.md names every key the schema accepts (in backticks, alone or in a dotted path)."""
+    import re
+
+    schema = sc.load_schema()
+    doc = (Path(__file__).resolve().parents[1] / "config" / "README.md").read_text()
+    quoted = " ".join(re.findall(r"`([^`]+)`", doc))
+    keys = set()
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        for k, v in (node.get("properties") or {}).items():
+            keys.add((k, ".".join(path + [k])))
+            walk(v, path + [k])
+        for k in ("additionalProperties", "items", "then"):
+            walk(node.get(k), path + (["<name>"] if k == "additionalProperties" else []))
+        for k in ("allOf", "anyOf", "oneOf"):
+            for sub in node.get(k) or []:
+                walk(sub, path)
+
+    walk(schema, [])
+    missing = sorted(path for k, path in keys if not re.search(rf"(^|[\s.`,{{]){re.escape(k)}($|[\s.`,}}=<:])", quoted))
+    assert not missing, f"config/README.md does not document: {missing}"

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, snakemake, tiny_config, write_config
+from seelike import config as sc
 
 
 def planned_jobs(proc) -> dict:
@@ -57,9 +58,14 @@ def test_paper_dag_builds(tmp_path):
     (images / "n01440764").mkdir(parents=True)
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["datasets"]["imagenet_val"]["root"] = str(images)
+    (tmp_path / "train" / "n01440764").mkdir(parents=True)
+    cfg["datasets"]["imagenet_train"]["root"] = str(tmp_path / "train")
     proc = snakemake(tmp_path, write_config(tmp_path / "paper.yaml", cfg), "-n", "--quiet", "rules")
     jobs = planned_jobs(proc)
-    n_models = len(cfg["models"])
+    n_models = len(sc.load(cfg, check_timm=False)["models"])   # sweeps expanded: 10 public + 10 retrained
+    assert n_models == 20
+    for fig in ("f8", "f10", "f11", "f12", "f13"):   # the paper-scale retraining experiments
+        assert jobs.get(f"figure_{fig}", 0) >= 1, fig
     assert jobs["model"] == n_models and jobs["extract"] == n_models and jobs["figure_f1"] == n_models
     assert jobs["figure_f2"] == len(cfg["cka"]["pairs"])
     assert jobs["figure_f14"] == 2  # two Mixers

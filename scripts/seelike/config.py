@@ -167,9 +167,14 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
         if d["kind"] == "imagefolder":
             root = Path(d["root"]).expanduser()
             if not root.is_dir():
+                which = "training" if d.get("split") == "train" else "validation"
                 raise ConfigError(
                     f"config key datasets.{dname}.root: image folder '{d['root']}' does not exist "
-                    "(set it to your ImageNet validation folder: one sub-folder per class)")
+                    f"(set it to your ImageNet {which} folder: one sub-folder per class)")
+    a = cfg["analysis"]["dataset"]
+    if datasets.get(a, {}).get("split") == "train":
+        raise ConfigError(f"config key analysis.dataset: '{a}' is a training folder (split: train); analyses read "
+                          "an evaluation folder (split: val)")
 
     for mname, m in cfg["models"].items():
         where = f"models.{mname}"
@@ -192,8 +197,21 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
             if r["dataset"] not in datasets:
                 raise ConfigError(f"config key {where}.recipe.dataset: unknown dataset '{r['dataset']}'; "
                                   f"configured: {', '.join(datasets)}")
-            if datasets[r["dataset"]]["kind"] != "synthetic":
-                raise ConfigError(f"config key {where}.recipe.dataset: training is supported on synthetic datasets only")
+            train = datasets[r["dataset"]]
+            if train["kind"] == "imagefolder" and train.get("split") != "train":
+                raise ConfigError(f"config key {where}.recipe.dataset: image folder '{r['dataset']}' is an evaluation "
+                                  "folder; training reads a folder marked split: train (ImageNet training layout)")
+            if "test_dataset" in r:
+                test = datasets.get(r["test_dataset"])
+                if test is None:
+                    raise ConfigError(f"config key {where}.recipe.test_dataset: unknown dataset '{r['test_dataset']}'; "
+                                      f"configured: {', '.join(datasets)}")
+                if test["kind"] != train["kind"] or test.get("split") == "train":
+                    raise ConfigError(f"config key {where}.recipe.test_dataset: '{r['test_dataset']}' must be a "
+                                      f"{train['kind']} evaluation dataset like the training data")
+            elif train["kind"] == "imagefolder":
+                raise ConfigError(f"config key {where}.recipe.test_dataset: required when training on an image folder "
+                                  "(the evaluation folder with the same classes, for the test accuracy)")
             if "remove_skip" in r:
                 if "block" not in r["remove_skip"]:
                     raise ConfigError(f"config key {where}.recipe.remove_skip.block: required (or sweep over it)")

@@ -32,8 +32,10 @@ def model_spec(cfg: dict, name: str) -> dict:
         if m["recipe"].get("init_from"):
             spec["init_card"] = f"{RESULTS}/models/{m['recipe']['init_from']}/card.json"
         spec["dataset"] = cfg["datasets"][m["recipe"]["dataset"]]
+        if m["recipe"].get("test_dataset"):
+            spec["test_dataset"] = cfg["datasets"][m["recipe"]["test_dataset"]]
         spec["device"] = cfg["device"]
-        spec["precision"] = cfg["precision"]
+        spec["precision"] = m["recipe"].get("precision", cfg["precision"])
     spec["spec_hash"] = sc.digest(spec)
     return spec
 

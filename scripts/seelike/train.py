@@ -1,4 +1,5 @@
-"""Train a model recipe from scratch on a synthetic dataset: checkpointed, resumable, with a metrics table.
+"""Train a model recipe (from scratch or from another model's checkpoint) on a synthetic dataset or an image
+folder: checkpointed, resumable, with a metrics table.
 
 A run is fully described by its spec; the training state is saved every
 `checkpoint_every_steps` steps and when the scheduler signals a time limit, and a restarted
@@ -42,14 +43,6 @@ def autocast(device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def normalize_uint8(images: np.ndarray):
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W), mean = std = 0.5: the synthetic datasets' preprocessing."""
-    import torch
-
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - 0.5) / 0.5
-
-
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     if warmup and step < warmup:
         return base * (step + 1) / warmup
@@ -69,40 +62,20 @@ def init_card_name(spec: dict) -> str:
     return Path(spec["init_card"]).parent.name
 
 
-def trained_preprocessing(size: int) -> dict:
-    """timm-style preprocessing of what training saw (normalize_uint8, full image), so that
-    timm_eval_transform(card.pretrained_cfg) feeds any image source to the model the same way."""
-    return {"input_size": (3, size, size), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-            "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
-
-
-def _array_digest(*arrays) -> str:
-    """sha256 of the exact pixels and labels a model trained on (a rendered dataset has no file to hash)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
 class _StopRequested(Exception):
     pass
 
 
-def evaluate(model, images, labels, device, precision, batch_size=256) -> float:
+def evaluate(model, source, device, precision, batch_size=256) -> float:
     import torch
 
     model.eval()
-    correct = 0
+    correct = seen = 0
     with torch.no_grad(), autocast(device, precision):
-        for s in range(0, len(images), batch_size):
-            x = normalize_uint8(images[s:s + batch_size]).to(device)
-            pred = model(x).argmax(-1).cpu().numpy()
-            correct += int((pred == labels[s:s + batch_size]).sum())
-    return correct / max(1, len(images))
+        for x, y in source.test_batches(model, batch_size, device):
+            correct += int((model(x).argmax(-1) == y).sum())
+            seen += len(y)
+    return correct / max(1, seen)
 
 
 def train_model(spec: dict) -> dict:
@@ -112,7 +85,7 @@ def train_model(spec: dict) -> dict:
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from .data import load_split_arrays
+    from .train_data import training_source
     from .fileio import atomic_write, write_json_atomic
     from .models import make_card, save_checkpoint
     from .models.build import create_timm_model
@@ -128,16 +101,15 @@ def train_model(spec: dict) -> dict:
 
     if spec.get("cache_dir"):
         os.environ.setdefault("SEELIKE_CACHE", spec["cache_dir"])
-    x_train, y_train = load_split_arrays(spec["dataset"], "train")
-    x_test, y_test = load_split_arrays(spec["dataset"], "test")
+    source = training_source(spec)
     if r.get("train_fraction", 1.0) < 1.0:
         from .data.subsets import stratified_subset
 
-        keep = stratified_subset(y_train, r["train_fraction"], seed=r.get("subset_seed", 0))
-        x_train, y_train = x_train[keep], y_train[keep]
+        keep = stratified_subset(source.labels, r["train_fraction"], seed=r.get("subset_seed", 0))
+        source.keep(keep)
         print(f"seelike: training '{spec['name']}' on {len(keep)} examples ({r['train_fraction']:.0%}, stratified)", flush=True)
-    inputs = {f"dataset:{r['dataset']}/train ({len(y_train)} images as trained on)": _array_digest(x_train, y_train)}
-    n, bs = len(x_train), int(r["batch_size"])
+    inputs = source.inputs()
+    n, bs = len(source.labels), int(r["batch_size"])
     steps_per_epoch = max(1, n // bs)
     # A step budget (recipe.steps) keeps the number of updates fixed across data fractions.
     total = int(r["steps"]) if r.get("steps") else int(round(r["epochs"] * steps_per_epoch))
@@ -145,6 +117,11 @@ def train_model(spec: dict) -> dict:
 
     modifications = modifications_of(r)
     model = create_timm_model(spec["arch"], spec.get("kwargs", {}), modifications, pretrained=False).to(device)
+    source.bind(model)
+    n_classes = int(getattr(model, "num_classes", 0) or 0)
+    if n_classes and int(source.labels.max()) >= n_classes:
+        raise ValueError(f"model '{spec['name']}': the training data has {int(source.labels.max()) + 1} classes but the "
+                         f"model has {n_classes} outputs; set models.{spec['name']}.kwargs.num_classes")
     if spec.get("init_card"):
         from .models import ModelCard, build_model
 
@@ -193,22 +170,22 @@ def train_model(spec: dict) -> dict:
         except ValueError:  # not in the main thread (inline executor inside a worker thread)
             pass
 
-    # The permutation of each epoch is derived from (seed, epoch) so a resumed run sees the same order.
+    def index_batches(first):
+        # The permutation of each epoch is derived from (seed, epoch) so a resumed run sees the same order.
+        perm_epoch, perm = None, None
+        for s in range(first, total):
+            epoch, i = divmod(s, steps_per_epoch)
+            if epoch != perm_epoch:
+                perm_epoch, perm = epoch, np.random.default_rng([r["seed"], epoch]).permutation(n)
+            yield s, np.sort(perm[i * bs:(i + 1) * bs])
+
     bar = tqdm(total=total, initial=step, desc=f"train {spec['name']}", file=sys.stderr, mininterval=5)
     epoch_loss, epoch_correct, epoch_seen, t0 = 0.0, 0, 0, time.time()
+
+    batches = source.batches(index_batches(step), rng, r.get("augment", True), device, length=total - step)
     try:
         while step < total:
-            epoch = step // steps_per_epoch
-            perm = np.random.default_rng([r["seed"], epoch]).permutation(n)
-            i = step % steps_per_epoch
-            idx = np.sort(perm[i * bs:(i + 1) * bs])
-            x = normalize_uint8(x_train[idx]).to(device)
-            y = torch.from_numpy(y_train[idx]).to(device)
-            if r.get("augment", True):
-                # Random translation by up to 1/8 of the side: cheap, keeps the object label valid.
-                pad = max(1, x.shape[-1] // 8)
-                dx, dy = rng.integers(-pad, pad + 1, size=2)
-                x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
+            x, y = next(batches)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, warmup, r["lr"])
             model.train()
@@ -251,7 +228,8 @@ def train_model(spec: dict) -> dict:
         for sig, h in handlers.items():
             signal.signal(sig, h)
 
-    acc = evaluate(model, x_test, y_test, device, precision)
+    batches.close()
+    acc = evaluate(model, source, device, precision)
     import pandas as pd
 
     with atomic_write(out_dir / METRICS_FILE) as tmp:
@@ -263,10 +241,10 @@ def train_model(spec: dict) -> dict:
     card = make_card(spec["name"], spec["arch"], spec.get("kwargs", {}),
                      {"kind": "recipe", "recipe": r, "dataset": spec["dataset"]}, model, ckpt,
                      sublayers=False, layer_spec=spec.get("layers", "auto"),
-                     input_size=[3, int(x_train.shape[1]), int(x_train.shape[2])],
-                     pretrained_cfg=trained_preprocessing(int(x_train.shape[1])), modifications=modifications)
-    card.metrics = {"test_accuracy": acc, "chance": 1.0 / spec["dataset"].get("n_classes", 10),
-                    "train_steps": total, "n_train": int(n), "n_test": int(len(y_test)), "seed": r["seed"]}
+                     input_size=list(source.preprocessing(model)["input_size"]),
+                     pretrained_cfg=source.preprocessing(model), modifications=modifications)
+    card.metrics = {"test_accuracy": acc, "chance": 1.0 / (int(source.labels.max()) + 1),
+                    "train_steps": total, "n_train": int(n), "seed": r["seed"]}
     card.provenance = {**card.provenance, **provenance.collect({k: v for k, v in spec.items() if k != "out_dir"},
                                                                 input_digests=inputs)}
     card.save(out_dir / "card.json")

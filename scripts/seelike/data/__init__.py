@@ -11,7 +11,9 @@ Two kinds:
     ``{"kind": "imagefolder", "root": "/path/to/val", "on_bad_file": "error"}`` - an
     ImageNet-validation-style folder (see :mod:`seelike.data.imagefolder`). It is a single
     evaluation split: ``split`` may be any of ``IMAGEFOLDER_SPLITS``; ``"train"`` is
-    refused so a recipe can never silently train on the evaluation images. Default
+    refused so a recipe can never silently train on the evaluation images. A folder in the
+    ImageNet training layout is a separate entry with ``"split": "train"``, which only
+    training reads (see :mod:`seelike.train_data`). Default
     transform: timm's generic ImageNet eval transform (224 px); pass
     ``timm_eval_transform(model)`` for a model's own preprocessing.
 
@@ -53,6 +55,7 @@ from .synthetic import (
 __all__ = [
     "CLASS_NAMES",
     "IMAGEFOLDER_SPLITS",
+    "IMAGEFOLDER_TRAIN_SPLIT",
     "BadImageError",
     "ImageFolderDataset",
     "SyntheticDataset",
@@ -60,6 +63,7 @@ __all__ = [
     "dataset_fingerprint",
     "dataset_meta",
     "dataset_size",
+    "imagefolder_args",
     "load_rgb",
     "load_split_arrays",
     "open_dataset",
@@ -72,9 +76,11 @@ __all__ = [
     "timm_eval_transform",
 ]
 
-#: Split names an ``imagefolder`` dataset answers to (all mean "the whole folder").
+#: Split names an evaluation ``imagefolder`` dataset answers to (all mean "the whole folder").
 IMAGEFOLDER_SPLITS = ("analysis", "test", "val", "validation")
-_IMAGEFOLDER_KEYS = {"kind", "root", "on_bad_file"}
+#: The one split name of a folder marked ``split: train`` (ImageNet training layout), read only by training.
+IMAGEFOLDER_TRAIN_SPLIT = "train"
+_IMAGEFOLDER_KEYS = {"kind", "root", "on_bad_file", "split"}
 CACHE_ENV = "SEELIKE_CACHE"
 
 
@@ -87,16 +93,25 @@ def _kind(cfg: Mapping) -> str:
     return kind
 
 
-def _imagefolder_args(cfg: Mapping, split: str) -> dict:
+def imagefolder_args(cfg: Mapping, split: str) -> dict:
+    """``root`` and ``on_bad_file`` of an imagefolder dataset asked for ``split``. A folder is either an
+    evaluation folder (``split: val``, the default: analyses and test accuracy) or a training folder
+    (``split: train``: training only), so a recipe never trains on the images it is analysed or tested on."""
     unknown = sorted(set(cfg) - _IMAGEFOLDER_KEYS)
     if unknown:
         raise ValueError(f"imagefolder dataset: unknown key(s) {unknown}; allowed: {sorted(_IMAGEFOLDER_KEYS)}")
     if "root" not in cfg or not cfg["root"]:
         raise ValueError("imagefolder dataset: 'root' (the folder holding <class>/<image> files) is required")
-    if split not in IMAGEFOLDER_SPLITS:
+    folder_split = cfg.get("split", "val")
+    if folder_split == IMAGEFOLDER_TRAIN_SPLIT:
+        if split != IMAGEFOLDER_TRAIN_SPLIT:
+            raise ValueError(f"imagefolder dataset {cfg['root']} is a training folder (split: train); asked for "
+                             f"split {split!r}: analyses and test accuracy read evaluation folders only")
+    elif split not in IMAGEFOLDER_SPLITS:
         raise ValueError(
             f"imagefolder dataset {cfg['root']} has a single evaluation split; asked for split "
-            f"{split!r}, which must be one of {IMAGEFOLDER_SPLITS} (training on it is not supported)"
+            f"{split!r}, which must be one of {IMAGEFOLDER_SPLITS} (to train on a folder, give it its own "
+            f"dataset entry with split: train)"
         )
     return {"root": os.path.expanduser(os.fspath(cfg["root"])), "on_bad_file": cfg.get("on_bad_file", "error")}
 
@@ -111,7 +126,7 @@ def open_dataset(cfg: Mapping, split: str, transform: Callable | None = None, *,
         spec = SyntheticSpec.from_config(cfg)
         arrays = load_split_arrays(cfg, split, cache_dir=cache_dir) if preload else None
         return SyntheticDataset(spec, split, transform=transform, arrays=arrays)
-    return ImageFolderDataset(transform=transform, **_imagefolder_args(cfg, split))
+    return ImageFolderDataset(transform=transform, **imagefolder_args(cfg, split))
 
 
 def dataset_size(cfg: Mapping, split: str) -> int:
@@ -119,7 +134,7 @@ def dataset_size(cfg: Mapping, split: str) -> int:
     if _kind(cfg) == "synthetic":
         a, b = SyntheticSpec.from_config(cfg).split_range(split)
         return b - a
-    args = _imagefolder_args(cfg, split)
+    args = imagefolder_args(cfg, split)
     if args["on_bad_file"] == "skip":
         return len(ImageFolderDataset(transform=_identity, **args))
     return len(scan_image_folder(args["root"])[1])
@@ -131,7 +146,7 @@ def dataset_meta(cfg: Mapping, split: str) -> pd.DataFrame:
     adds ``relpath`` and ``class_name``."""
     if _kind(cfg) == "synthetic":
         return SyntheticDataset(SyntheticSpec.from_config(cfg), split).meta()
-    return ImageFolderDataset(transform=_identity, **_imagefolder_args(cfg, split)).meta()
+    return ImageFolderDataset(transform=_identity, **imagefolder_args(cfg, split)).meta()
 
 
 def dataset_fingerprint(cfg: Mapping) -> str:
@@ -143,7 +158,7 @@ def dataset_fingerprint(cfg: Mapping) -> str:
     """
     if _kind(cfg) == "synthetic":
         return SyntheticSpec.from_config(cfg).fingerprint()
-    args = _imagefolder_args(cfg, "analysis")
+    args = imagefolder_args(cfg, _any_split(cfg))
     if args["on_bad_file"] == "skip":
         ds = ImageFolderDataset(transform=_identity, **args)
         classes, samples = ds.classes, ds.samples
@@ -151,6 +166,10 @@ def dataset_fingerprint(cfg: Mapping) -> str:
         classes, samples = scan_image_folder(args["root"])
     payload = {"kind": "imagefolder", "on_bad_file": args["on_bad_file"], "classes": classes, "samples": samples}
     return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
+
+
+def _any_split(cfg: Mapping) -> str:
+    return IMAGEFOLDER_TRAIN_SPLIT if cfg.get("split") == IMAGEFOLDER_TRAIN_SPLIT else "analysis"
 
 
 def _identity(x):

@@ -203,7 +203,7 @@ def build_model(card: ModelCard, card_dir: PathLike, device: str = "cpu") -> nn.
 
 # ----------------------------------------------------------------------------- cards
 
-def _live_input_size(model: nn.Module, kwargs: Dict[str, Any]) -> Optional[List[int]]:
+def live_input_size(model: nn.Module, kwargs: Dict[str, Any]) -> Optional[List[int]]:
     in_chans = int(kwargs.get("in_chans", 3))
     if "img_size" in kwargs and kwargs["img_size"] is not None:
         s = kwargs["img_size"]
@@ -253,7 +253,7 @@ def make_card(name: str, arch: str, kwargs: Optional[Dict[str, Any]], source: Di
     if input_size is not None:
         size = [int(v) for v in input_size]
     else:
-        size = _live_input_size(model, kwargs) or [int(v) for v in cfg.get("input_size", (3, 224, 224))]
+        size = live_input_size(model, kwargs) or [int(v) for v in cfg.get("input_size", (3, 224, 224))]
     if len(size) != 3:
         raise ValueError(f"model {name!r}: input_size must be [C, H, W], got {size}")
     if cfg.get("input_size") is not None and list(cfg["input_size"]) != size:
