@@ -19,7 +19,7 @@ install: $(STAMP)
 
 # Whole workflow on the embedded default, then the HTML report.
 demo: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) all archive
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake all archive --cores $(CORES) --configfile $(CONFIG)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --report results/report.html
 	@echo "Figures in results/figures/, report at results/report.html"
 

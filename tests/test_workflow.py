@@ -207,3 +207,29 @@ def test_every_result_carries_provenance(tiny_local_run):
             record = json.loads(f.attrs["provenance"])
         check(record, shard)
         assert any(len(d) == 64 for d in record["inputs"].values())  # the checkpoint's sha256
+
+
+def test_readme_demo_command_runs_the_intended_targets(tmp_path):
+    """`make demo` (the README's first command) hands Snakemake the targets and the config it means to:
+    snakemake 9's --configfile takes several files, so targets placed after it were read as config files."""
+    import shlex
+    import subprocess
+
+    from snakemake.cli import get_argument_parser
+
+    lines = subprocess.run(["make", "--no-print-directory", "-n", "demo"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    calls = [line for line in lines if "bin/snakemake " in line]
+    assert len(calls) == 2, lines
+    parser = get_argument_parser()
+    for line in calls:
+        argv = shlex.split(line.split("bin/snakemake", 1)[1])
+        args = parser.parse_args(argv)
+        assert [str(p) for p in args.configfile] == ["config/demo.yaml"], line
+    assert sorted(parser.parse_args(shlex.split(calls[0].split("bin/snakemake", 1)[1])).targets) == ["all", "archive"]
+    # and the first one plans the whole demo
+    proc = subprocess.run(calls[0] + f" --dry-run --quiet rules --directory {shlex.quote(str(tmp_path))}", shell=True,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    jobs = planned_jobs(proc)
+    assert jobs["archive"] == 1 and jobs["figure_f1"] >= 1, jobs
