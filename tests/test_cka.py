@@ -515,3 +515,53 @@ def test_bad_inputs_raise_value_error_naming_the_problem():
         cka_all_pairs_from_features([torch.randn(10, 3), torch.randn(9, 3)])
     with pytest.raises(ValueError, match="unknown HSIC estimator"):
         cka_all_pairs_from_features(feats, estimator="debiased")
+
+
+def test_gram_of_a_transposed_cnn_token_view_reads_memory_in_place():
+    from seelike.cka import flat_features, gram
+
+    g = torch.Generator().manual_seed(3)
+    nchw = torch.randn(6, 5, 4, 3, generator=g) * 10 + 3
+    tokens = nchw.flatten(2).transpose(1, 2)          # (n, h*w, c): what the CNN taps hand over
+    flat = flat_features(tokens)
+    assert flat.data_ptr() == nchw.data_ptr() and flat.shape == (6, 60)
+    x = tokens.reshape(6, -1).double()                 # the dims' order, as an independent reference
+    np.testing.assert_allclose(gram(tokens).numpy(), (x @ x.T).numpy(), rtol=1e-5, atol=0)
+    np.testing.assert_allclose(gram(tokens, center=True).numpy(),
+                               ((x - x.mean(0)) @ (x - x.mean(0)).T).numpy(), rtol=1e-5, atol=1e-6)
+    odd = torch.randn(4, 6, 8, generator=g)[:, ::2, 1:]  # not a permutation of dense memory: copied
+    assert flat_features(odd).shape == (4, 21)
+    np.testing.assert_allclose(gram(odd).numpy(), (odd.reshape(4, -1).double() @ odd.reshape(4, -1).double().T).numpy(),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["nan", "pos_and_neg_inf", "inf_fp16", "transposed_nan"])
+def test_check_finite_finds_the_first_bad_example(case):
+    from seelike.extract import NonFiniteActivation, check_finite
+
+    a = torch.randn(8, 5, 6)
+    idx = np.arange(100, 108)
+    if case == "nan":
+        a[3, 2, 1] = float("nan")
+        first = 103
+    elif case == "pos_and_neg_inf":     # +Inf and -Inf: their sum is NaN, not Inf
+        a[5, 0, 0], a[6, 1, 1] = float("inf"), float("-inf")
+        first = 105
+    elif case == "inf_fp16":
+        a = a.half()
+        a[2, 4, 5] = 70000.0            # overflows float16 to Inf
+        first = 102
+    else:
+        a = torch.randn(8, 6, 2, 2)
+        a[4, 1, 1, 0] = float("nan")
+        a = a.flatten(2).transpose(1, 2)
+        first = 104
+    with pytest.raises(NonFiniteActivation, match=rf"layer 'L': .*dataset index {first}\b"):
+        check_finite({"ok": torch.randn(8, 3), "L": a}, idx)
+
+
+def test_check_finite_accepts_huge_finite_activations():
+    from seelike.extract import check_finite
+
+    a = torch.full((4, 1000), 3e37)    # finite, but their float32 sum overflows: the per-example scan decides
+    check_finite({"L": a, "h": torch.full((4, 64), 60000.0, dtype=torch.float16)}, np.arange(4))

@@ -113,6 +113,18 @@ def _lower_mask(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril_()
 
 
+def flat_features(x: torch.Tensor) -> torch.Tensor:
+    """(n, features) view of the per-example features of ``x`` (n, ...), without a copy when ``x`` is a
+    permuted view of dense memory (the (n, h*w, c) token view of an NCHW feature map). The features come
+    in memory order, not in the order of the dims: whatever is computed from them must not depend on the
+    feature order (Grams, norms, finiteness do not)."""
+    n = x.shape[0]
+    if x.is_contiguous() or x.dim() < 3:
+        return x.reshape(n, -1)
+    y = x.permute(0, *sorted(range(1, x.dim()), key=lambda i: -x.stride(i)))
+    return (y if y.is_contiguous() else x).reshape(n, -1)
+
+
 def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool = False) -> torch.Tensor:
     """(n, n) float64 Gram ``X X^T`` of the flattened per-example features of ``x``.
 
@@ -133,7 +145,7 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool = False) -
     if int(chunk_features) < 1:
         raise ValueError(f"gram: chunk_features must be >= 1, got {chunk_features}")
     n = x.shape[0]
-    flat = x.reshape(n, -1)
+    flat = flat_features(x)   # no copy of a transposed CNN token view: the Gram ignores feature order
     d = flat.shape[1]
     if d == 0:
         raise ValueError(f"gram: the examples have no features (shape {tuple(x.shape)})")
