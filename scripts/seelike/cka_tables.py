@@ -43,7 +43,9 @@ def checked_shard(manifest: dict, entry: dict, expected_plan: dict):
         if digest != entry["sha256"]:
             raise ShardError(f"shard '{path}' changed since extraction: sha256 {digest[:16]}..., the manifest "
                              f"recorded {entry['sha256'][:16]}... (bit flip or overwrite)")
-        validate_shard(path, expected_plan=expected_plan, expected_layers=manifest["layers"])
+        # The manifest records a shard's sha256 only after validating its values, so matching bytes are
+        # validated bytes: only the structure and plan are checked again, not every value.
+        validate_shard(path, expected_plan=expected_plan, expected_layers=manifest["layers"], check_values=False)
     except ShardError as e:
         manifest_path = Path(manifest["dir"]) / "manifest.json"
         path.unlink(missing_ok=True)
