@@ -99,6 +99,9 @@ def test_folder_training_runs_and_resumes_exactly(folders, tmp_path, monkeypatch
     assert rows[0].split(",") == ["epoch", "step", "train_loss", "train_accuracy", "lr", "images_per_s"]
     side = json.loads((tmp_path / "full" / "metrics.csv.prov.json").read_text())
     assert len(side["inputs"]) == 2 and all(len(d) == 64 for d in side["inputs"].values())
+    from seelike.data import dataset_fingerprint   # the same digest the plans use for these folders
+
+    assert set(side["inputs"].values()) == {dataset_fingerprint(full["dataset"]), dataset_fingerprint(full["test_dataset"])}
 
     # The scheduler's signal at step 5: the run checkpoints after that step and hands the signal on.
     class Preempted(Exception):

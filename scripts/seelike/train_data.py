@@ -149,12 +149,13 @@ class FolderSource:
         return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()}
 
     def inputs(self) -> dict:
-        from .data import dataset_fingerprint
+        from .data import folder_fingerprint
 
+        # The folders as listed above (a second listing would re-check every file under on_bad_file: skip).
         return {f"dataset:{self.recipe['dataset']} folder index ({len(self.train)} files, names and labels)":
-                dataset_fingerprint(self.spec["dataset"]),
+                folder_fingerprint(self.train.classes, self.train.samples, self.train.on_bad_file),
                 f"dataset:{self.recipe['test_dataset']} folder index ({len(self.test)} files, names and labels)":
-                dataset_fingerprint(self.spec["test_dataset"])}
+                folder_fingerprint(self.test.classes, self.test.samples, self.test.on_bad_file)}
 
     def _loader(self, dataset, batch_sampler):
         import torch

@@ -164,7 +164,13 @@ def dataset_fingerprint(cfg: Mapping) -> str:
         classes, samples = ds.classes, ds.samples
     else:
         classes, samples = scan_image_folder(args["root"])
-    payload = {"kind": "imagefolder", "on_bad_file": args["on_bad_file"], "classes": classes, "samples": samples}
+    return folder_fingerprint(classes, samples, args["on_bad_file"])
+
+
+def folder_fingerprint(classes: list, samples: list, on_bad_file: str) -> str:
+    """dataset_fingerprint of an image folder already listed (its classes and (relpath, label) samples)."""
+    payload = {"kind": "imagefolder", "on_bad_file": on_bad_file, "classes": classes,
+               "samples": [list(s) for s in samples]}
     return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
 
 
