@@ -17,6 +17,8 @@ def demo():
 def paper(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["datasets"]["imagenet_val"]["root"] = str(tmp_path)
+    (tmp_path / "train").mkdir(exist_ok=True)
+    cfg["datasets"]["imagenet_train"]["root"] = str(tmp_path / "train")
     return cfg
 
 
@@ -36,6 +38,8 @@ def test_paper_config_validates(tmp_path):
     cfg = sc.load(paper(tmp_path))
     assert cfg["models"]["vit_b32"]["arch"] == "vit_base_patch32_224"
     assert cfg["models"]["vit_b32"]["source"]["timm_name"] == "vit_base_patch32_224.augreg_in21k"
+    recipe = cfg["models"]["vitb32_frac_0p03"]["recipe"]   # the paper-scale retraining recipes
+    assert recipe["dataset"] == "imagenet_train" and recipe["train_fraction"] == 0.03 and recipe["steps"] == 112590
 
 
 def bad(mutate, tmp_path=None):
