@@ -1,5 +1,4 @@
 """Every bad config gets one clear message naming the key; both shipped configs validate."""
-import copy
 from pathlib import Path
 
 import pytest

@@ -254,7 +254,7 @@ def _check_estimator(estimator: str) -> str:
 
 def _check_symmetric(k: torch.Tensor) -> None:
     """Cheap guard (a fixed sample of 4096 entry pairs per layer): Grams must be symmetric."""
-    n_layers, n = k.shape[0], k.shape[1]
+    n = k.shape[1]
     gen = torch.Generator().manual_seed(0)
     i = torch.randint(0, n, (4096,), generator=gen)
     j = torch.randint(0, n, (4096,), generator=gen)

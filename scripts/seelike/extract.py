@@ -11,10 +11,9 @@ model. Lower `cka.minibatch_size` to bound it.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any

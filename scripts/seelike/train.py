@@ -72,7 +72,7 @@ def evaluate(model, source, device, precision, batch_size=256) -> float:
     model.eval()
     correct = seen = 0
     with torch.no_grad(), autocast(device, precision):
-        for x, y in source.test_batches(model, batch_size, device):
+        for x, y in source.test_batches(batch_size, device):
             correct += int((model(x).argmax(-1) == y).sum())
             seen += len(y)
     return correct / max(1, seen)
@@ -86,7 +86,7 @@ def train_model(spec: dict) -> dict:
     from tqdm import tqdm
 
     from .train_data import training_source
-    from .fileio import atomic_write, write_json_atomic
+    from .fileio import atomic_write
     from .models import make_card, save_checkpoint
     from .models.build import create_timm_model
     from . import provenance
@@ -241,8 +241,8 @@ def train_model(spec: dict) -> dict:
     card = make_card(spec["name"], spec["arch"], spec.get("kwargs", {}),
                      {"kind": "recipe", "recipe": r, "dataset": spec["dataset"]}, model, ckpt,
                      sublayers=False, layer_spec=spec.get("layers", "auto"),
-                     input_size=list(source.preprocessing(model)["input_size"]),
-                     pretrained_cfg=source.preprocessing(model), modifications=modifications)
+                     input_size=list(source.preprocessing["input_size"]),
+                     pretrained_cfg=source.preprocessing, modifications=modifications)
     card.metrics = {"test_accuracy": acc, "chance": 1.0 / (int(source.labels.max()) + 1),
                     "train_steps": total, "n_train": int(n), "seed": r["seed"]}
     card.provenance = {**card.provenance, **provenance.collect({k: v for k, v in spec.items() if k != "out_dir"},

@@ -2,8 +2,9 @@
 (ImageNet training layout) streamed through worker processes with timm's training transforms.
 
 Both give the same thing to the training loop: the labels of the training set (for stratified
-subsets), a stream of (images, labels) batches for given example indices, an accuracy on the test
-set, and the digests of what was trained on for provenance. The batch order is a function of
+subsets), once bound to the model its `preprocessing` (the timm data config the card records), a
+stream of (images, labels) batches for given example indices, the test set's batches, and the
+digests of what was trained on for provenance. The batch order is a function of
 (seed, epoch) only, so a resumed run sees the same examples in the same order.
 """
 from __future__ import annotations
@@ -56,15 +57,13 @@ class ArraySource:
     def keep(self, positions: np.ndarray) -> None:
         self.x_train, self.labels = self.x_train[positions], self.labels[positions]
 
-    def preprocessing(self, model) -> dict:
-        return synthetic_preprocessing(self.input_hw[0])
 
     def inputs(self) -> dict:
         return {f"dataset:{self.dataset_name}/train ({len(self.labels)} images as trained on)":
                 array_digest(self.x_train, self.labels)}
 
     def bind(self, model) -> None:
-        pass
+        self.preprocessing = synthetic_preprocessing(self.input_hw[0])
 
     def batches(self, index_batches, rng, augment: bool, device, length: int = 0) -> Iterator:
         import torch
@@ -79,7 +78,7 @@ class ArraySource:
                 x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
             yield x, y
 
-    def test_batches(self, model, batch_size: int, device) -> Iterator:
+    def test_batches(self, batch_size: int, device) -> Iterator:
         import torch
 
         for s in range(0, len(self.x_test), batch_size):
@@ -136,7 +135,10 @@ class FolderSource:
     def keep(self, positions: np.ndarray) -> None:
         self._positions, self.labels = self._positions[positions], self.labels[positions]
 
-    def preprocessing(self, model) -> dict:
+    def bind(self, model) -> None:
+        self.preprocessing = self._data_config(model)
+
+    def _data_config(self, model) -> dict:
         """timm's data config of the architecture (its normalisation, interpolation, crop), at the size the
         model was built for: timm keeps the default 224 px in the config when img_size is changed."""
         from .data import timm_data_config
@@ -167,7 +169,7 @@ class FolderSource:
     def batches(self, index_batches, rng, augment: bool, device, length: int = 0) -> Iterator:
         from timm.data import create_transform
 
-        cfg = self._model_cfg
+        cfg = self.preprocessing
         if augment:
             tf = create_transform(cfg["input_size"], is_training=True, mean=cfg["mean"], std=cfg["std"],
                                   interpolation=cfg.get("interpolation", "bilinear"),
@@ -180,17 +182,14 @@ class FolderSource:
         for x, y, _ in self._loader(ds, _IndexBatches(index_batches, length, self.recipe.get("seed", 0))):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def test_batches(self, model, batch_size: int, device) -> Iterator:
+    def test_batches(self, batch_size: int, device) -> Iterator:
         from .data import timm_eval_transform
 
-        ds = _Subset(self.test, np.arange(len(self.test)), timm_eval_transform(self._model_cfg))
+        ds = _Subset(self.test, np.arange(len(self.test)), timm_eval_transform(self.preprocessing))
         n = len(self.test)
         order = ((0, np.arange(s, min(n, s + batch_size))) for s in range(0, n, batch_size))
         for x, y, _ in self._loader(ds, _IndexBatches(order, (n + batch_size - 1) // batch_size, 0)):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-    def bind(self, model) -> None:
-        self._model_cfg = self.preprocessing(model)
 
 
 class _Subset:
