@@ -71,6 +71,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")   # seelike's and pytorch-cka's progr
 import numpy as np
 import torch
 
+from seelike.allocator import retain_freed_memory  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "out"
 
 DATASET_KEY = "synth"
@@ -284,9 +286,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1,
                     help="rounds of (seelike, pytorch-cka); medians reported (one round ~6-9 min in full mode)")
     ap.add_argument("--workdir", type=Path, default=None, help="where cards and shards go (default: a temp dir)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc thresholds as they are (extraction jobs raise them; see seelike.allocator)")
     ap.add_argument("--out", type=Path, default=OUT / "bench_pipeline.json")
     args = ap.parse_args(argv)
 
+    # seelike's extraction jobs keep freed memory for reuse (seelike.allocator); this process runs
+    # both sides, so pytorch-cka's forward passes get the same allocator -- the conservative choice.
+    retained = False if args.default_malloc else retain_freed_memory()
     torch.set_num_threads(args.threads)
     if args.quick:
         n, b, k, ft, model_defs = 256, 64, 2, 8, QUICK_MODELS
@@ -364,7 +371,7 @@ def main(argv=None):
     summary["goal_met"] = summary["scope"]["wall"]["6 cross pairs + 4 within"]["speedup"] >= 3.0
 
     print_table(summary, names, layer_counts, n, b, len(rounds))
-    meta = dict(host_meta(args.threads), quick=args.quick, n_examples=n, minibatch_size=b,
+    meta = dict(host_meta(args.threads), quick=args.quick, n_examples=n, minibatch_size=b, retain_freed_memory=retained,
                 minibatches_per_shard=k, full_tokens=ft, repeats=len(rounds),
                 models={nm: {"arch": a, "kwargs": kw, "layers": layer_counts[nm]} for nm, (a, kw) in model_defs.items()},
                 estimator=("pytorch-cka: unbiased HSIC (Song et al. 2012) summed over minibatches, CKA clipped to "

@@ -9,11 +9,11 @@ Measured: the demo models of config/demo.yaml (architectures and kwargs read fro
 per distinct architecture, randomly initialised; the demo's extraction settings: `minibatches_per_shard` 4, `full_tokens` 8) are
 extracted through `seelike.extract.extract_shard` on n = 512 synthetic images, once at the demo's
 `cka.minibatch_size` (64) and once at the paper's 256. Every HDF5 dataset's bytes on disk are read
-with h5py (`Dataset.id.get_storage_size()`, i.e. after gzip where the store compresses) and summed
+with h5py (`Dataset.id.get_storage_size()`; the store writes them uncompressed) and summed
 per kind over all shards:
     grams     /layers/<l>/gram                 (m, b, b) float64, uncompressed
-    pooled    /layers/<l>/pooled_cls + _mean   (n, d) float32 each, gzip
-    tokens    /layers/<l>/tokens               (k, t, d) float32, gzip, k = full_tokens examples
+    pooled    /layers/<l>/pooled_cls + _mean   (n, d) float32 each, not compressed
+    tokens    /layers/<l>/tokens               (k, t, d) float32, not compressed, k = full_tokens examples
     rest      logits, labels, plan arrays and HDF5 metadata (file size - the above)
 "per example per layer" = bytes / (n * L) for grams and pooled; tokens are reported per stored
 example per layer (bytes / (k * L)) and as a total, because only the plan's first k examples keep
@@ -29,7 +29,7 @@ d 1024) at 224 px (t = 1 + 14*14 = 197 tokens), minibatch b = 256:
     tokens  k * t * d * 4 bytes per layer for the whole plan (k = full_tokens = 64)
     per run (n = 10240, the paper config): n * L * (8 b + 8 d) + L * k * t * d * 4
 The measured rows check the formula: measured grams are exactly 8 b bytes / example / layer and
-pooled at most 8 d (less after gzip).
+pooled exactly 8 d (CLS + mean) or 4 d (spatial mean only).
 """
 from __future__ import annotations
 
@@ -113,8 +113,8 @@ def measure_shards(files: list[Path]) -> dict:
 
 
 def rewrite_whatif(shard: Path, tmp: Path) -> dict:
-    """Write the arrays of one real shard again through write_shard with gzip (the default) and with
-    compression=None; bytes and seconds of each (write_shard fsyncs, as extraction does)."""
+    """Write the arrays of one real shard again through write_shard with compression="gzip" and with
+    compression=None (the default); bytes and seconds of each (write_shard fsyncs, as extraction does)."""
     import h5py
     from seelike.store import write_shard
 
@@ -233,9 +233,9 @@ def print_tables(measured, paper):
               f"{r['raw_fp16_B_per_ex_layer']:>9.0f} {r['raw_fp32_B_per_ex_layer']:>9.0f} "
               f"{r['raw_fp16_over_reduced']:>7.1f}x {r['raw_fp32_over_reduced']:>7.1f}x "
               f"{(tok or 0):>11.0f} {r['bytes']['tokens'] / 1e6:>8.2f}MB {r['bytes']['file'] / r['n_examples']:>8.0f}")
-    print("(bytes per example per layer unless noted; tokens/ex/L: gzip'd float32 full tokens per stored example\n"
+    print("(bytes per example per layer unless noted; tokens/ex/L: float32 full tokens per stored example\n"
           " per layer, only the plan's first full_tokens examples; file/ex: whole shard files / n, all layers)")
-    print("\nWhat-if: shard 0 of each model written again with write_shard(compression=None) instead of gzip")
+    print("\nWhat-if: shard 0 of each model written again with write_shard(compression="gzip") and without (the default)")
     print(f"{'model':<13} {'b':>4} {'gzip bytes':>11} {'none bytes':>11} {'gzip s':>7} {'none s':>7}")
     for r in measured:
         w = r.get("compression_whatif_shard0")

@@ -301,10 +301,17 @@ def test_gram_tokens_equal_sum_of_per_token_grams_and_flattened():
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("n,d,chunk", [(600, 4200, 1 << 16), (521, 8300, 8192), (300, 1000, 97), (40, 2000, 300)])
-def test_gram_panels_and_chunks(n, d, chunk):
-    """n >= 512 and chunks of >= 4096 features take the lower-block-triangle path on CPU (4 or 8
-    row panels; the last, partial chunk too); small chunks sum in float64."""
+@pytest.mark.parametrize("n,d,chunk,panels", [
+    (600, 4200, 1 << 16, 4), (521, 8300, 8192, 4), (1030, 800, 1 << 16, 8), (257, 700, 1 << 16, 2),
+    (300, 1000, 97, 0), (40, 2000, 300, 0)])
+def test_gram_panels_and_chunks(n, d, chunk, panels):
+    """From n = 256 and chunks of >= 512 features the Gram takes the lower-block-triangle path on CPU
+    (2, 4 or 8 row panels, the last one partial; the last, partial chunk too); small chunks sum in
+    float64."""
+    from seelike.cka import _panels
+
+    b = _panels(n, min(d, chunk), torch.device("cpu"))
+    assert (b and -(-n // b)) == panels            # the path this case is meant to exercise
     g = torch.Generator().manual_seed(n + d)
     x = torch.randn(n, d, generator=g) * 2 + 1
     want = ref_gram(x)

@@ -95,17 +95,18 @@ def _full_fp32_matmul():
 def _panels(n: int, d: int, device: torch.device) -> int:
     """Row-panel height for the lower-block-triangle Gram on CPU, 0 for one plain matmul.
 
-    Row panel [p, q) is ``X[p:q] @ X[:q].T``, written straight into the output: with 8 panels
-    9/16 of the multiply-adds of ``X X^T`` are done (4 panels: 10/16), in matmuls still large
-    enough to run at full BLAS speed; one ``where`` then mirrors the lower triangle. Measured for
-    n = 1024, d = 38400 (MKL, 2 threads, idle machine): 0.26 s instead of 0.41 s. Below
-    d = 4096 per chunk the gain is a few ms per Gram and one plain matmul is used: on a busy
-    machine every extra multi-threaded operation can wait milliseconds for a thread that another
-    process has descheduled.
+    Row panel [p, q) is ``X[p:q] @ X[:q].T``, written straight into the output: with k panels
+    (k + 1) / 2k of the multiply-adds of ``X X^T`` are done (2: 3/4, 4: 5/8, 8: 9/16), in matmuls
+    still large enough to run at full BLAS speed; one ``where`` then mirrors the lower triangle.
+    Measured with MKL, 2 threads, on the idle 2-core machine (ms, plain matmul -> panels):
+    n = 256, d = 8192..65536 (ResNet-50 units at b = 256): 7.1 -> 6.0 .. 56.8 -> 46.7 with 2 panels
+    (4 or 8 are no faster at this n); n = 512, d = 768: 2.5 -> 1.8 (4 panels); n = 1024, d = 768:
+    10.8 -> 6.4 (8 panels), d = 2048: 28.1 -> 18.3; d = 38400: 410 -> 260. Below n = 256 or
+    d = 512 a Gram takes well under a millisecond and one matmul is used.
     """
-    if device.type != "cpu" or n < 512 or d < 4096:
+    if device.type != "cpu" or n < 256 or d < 512:
         return 0
-    return -(-n // (8 if d >= 8192 else 4))
+    return -(-n // (2 if n < 512 else 4 if n < 1024 else 8))
 
 
 @functools.lru_cache(maxsize=4)

@@ -47,6 +47,9 @@ class Step:
         self.target, self.kwargs, self.threads = target, kwargs, threads
 
     def __call__(self):
+        from .allocator import retain_freed_memory
+
+        retain_freed_memory()   # this process is the job's own (local or SLURM): keep freed memory for reuse
         return call_target(self.target, self.kwargs, self.threads)
 
     def checkpoint(self, *args, **kwargs):

@@ -1,0 +1,40 @@
+"""Keep freed memory in the process for reuse instead of handing it back to the kernel (glibc).
+
+With glibc's defaults, every tensor above the malloc mmap threshold (128 KiB, rising to at most
+32 MiB) is a fresh mmap that is unmapped again when freed, and the top of the heap is trimmed when
+more than twice that is free. A forward pass allocates and frees its activations once per
+minibatch, so every minibatch pays again for zero-filling page faults on the same hundreds of
+megabytes: on the 2-core development machine a ResNet-50 forward at 64 px and b = 256 took 2.17 s
+with the defaults and 1.12 s with this setting, a ViT-Tiny at 32 px 1.9-2.1 s against 1.3-1.4 s
+(benchmarks/README.md). Jobs (extraction, training, CKA) call ``retain_freed_memory()`` once at
+start: the process keeps its peak heap until it exits, which is what a batch job's memory request
+(`resources.mem_gb`) is sized for anyway.
+
+The Snakemake process and inline steps are left alone (their memory is not a job's to keep).
+Other C libraries (musl, macOS) have no such switch; the call then does nothing and says so.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+# mallopt parameter numbers from glibc's malloc.h
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MAX_INT = 2 ** 31 - 1
+
+
+@functools.lru_cache(maxsize=1)
+def retain_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds to their maximum; True when the C library accepted
+    both, False where there is no glibc (nothing changed then)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    # mallopt returns 1 on success, 0 when it refuses the value
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MAX_INT)) & bool(mallopt(_M_TRIM_THRESHOLD, _MAX_INT))
