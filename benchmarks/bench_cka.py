@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seelike.allocator import retain_freed_memory
 from seelike.cka import cka_from_minibatch_hsic, gram, hsic_all_pairs
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -226,8 +227,13 @@ def main(argv=None):
     ap.add_argument("--torch-cka-all", action="store_true", help="also run torch-cka 24x24 at d=38400 (~5 min)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", type=Path, default=OUT / "bench_cka.json")
+    ap.add_argument("--dims", default=None, help="comma-separated subset of the feature sizes (768,38400)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc thresholds as they are (seelike's jobs raise them; see seelike.allocator)")
     args = ap.parse_args(argv)
 
+    # As in seelike's job processes; every method runs in this process and gets the same allocator.
+    retained = False if args.default_malloc else retain_freed_memory()
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
@@ -237,6 +243,9 @@ def main(argv=None):
         n, dims, reps = 128, [(64, 1), (640, 1)], None
     else:
         n, dims = args.n, [(768, args.repeats), (38400, args.repeats_large)]
+        if args.dims:
+            keep = {int(v) for v in args.dims.split(",")}
+            dims = [(d, r) for d, r in dims if d in keep]
 
     records = []
     t_start = time.perf_counter()
@@ -295,7 +304,7 @@ def main(argv=None):
     print(f"threads {args.threads}; load average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
           f"(other processes on the machine slow every method, multi-threaded ones most)")
     meta = {
-        "n_examples": n, "threads": args.threads, "quick": args.quick,
+        "n_examples": n, "threads": args.threads, "quick": args.quick, "retain_freed_memory": retained,
         "estimator": "unbiased HSIC (Song et al. 2012), one batch of all n examples, for every method",
         "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),

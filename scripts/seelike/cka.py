@@ -158,10 +158,10 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool = False) -
         chunk = min(chunk, max(512, (1 << 24) // n))
         stage = torch.empty(n, min(chunk, d), dtype=torch.float32, device=x.device)
     b = _panels(n, min(d, chunk), x.device)
-    # With panels a float32 buffer receives the lower block triangle of each chunk's Gram (the
-    # rest stays 0 and is never used) and is added to the float64 sum as a whole; the sum is
-    # mirrored at the end.
-    buf = torch.zeros(n, n, dtype=torch.float32, device=x.device) if b else None
+    # With panels a float32 buffer receives the lower block triangle of each chunk's Gram and is
+    # added to the float64 sum as a whole; the sum's upper triangle (never written: whatever the
+    # buffer held) is overwritten by the mirror of the lower one at the end.
+    buf = torch.empty(n, n, dtype=torch.float32, device=x.device) if b else None
     out = None
     with torch.no_grad(), _full_fp32_matmul():
         for s in range(0, d, chunk):
@@ -191,9 +191,21 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool = False) -
             else:
                 out += part
         if b:
-            # lower triangle (diagonal included) as computed, upper = its mirror: exactly symmetric
-            out = torch.where(_lower_mask(n), out, out.T)
+            _mirror_lower(out, b)
     return out
+
+
+def _mirror_lower(k: torch.Tensor, b: int) -> None:
+    """Overwrite the strict upper triangle of the square ``k`` with its lower one, in place: exactly
+    symmetric. Block by block (a transposed copy per off-diagonal panel, a ``where`` on each
+    diagonal block) instead of one ``where`` over the whole matrix, whose transposed read of all
+    n^2 values cost a quarter of a 1024 x 768 Gram."""
+    n = k.shape[0]
+    for p in range(0, n, b):
+        q = min(n, p + b)
+        k[:p, p:q].copy_(k[p:q, :p].T)
+        d = k[p:q, p:q]
+        d.copy_(torch.where(_lower_mask(b)[:q - p, :q - p], d, d.T))
 
 
 # --------------------------------------------------------------------------------------------
