@@ -235,7 +235,7 @@ def print_tables(measured, paper):
               f"{(tok or 0):>11.0f} {r['bytes']['tokens'] / 1e6:>8.2f}MB {r['bytes']['file'] / r['n_examples']:>8.0f}")
     print("(bytes per example per layer unless noted; tokens/ex/L: float32 full tokens per stored example\n"
           " per layer, only the plan's first full_tokens examples; file/ex: whole shard files / n, all layers)")
-    print("\nWhat-if: shard 0 of each model written again with write_shard(compression="gzip") and without (the default)")
+    print("\nWhat-if: shard 0 of each model written again with write_shard(compression='gzip') and without (the default)")
     print(f"{'model':<13} {'b':>4} {'gzip bytes':>11} {'none bytes':>11} {'gzip s':>7} {'none s':>7}")
     for r in measured:
         w = r.get("compression_whatif_shard0")

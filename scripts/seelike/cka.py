@@ -97,7 +97,7 @@ def _panels(n: int, d: int, device: torch.device) -> int:
 
     Row panel [p, q) is ``X[p:q] @ X[:q].T``, written straight into the output: with k panels
     (k + 1) / 2k of the multiply-adds of ``X X^T`` are done (2: 3/4, 4: 5/8, 8: 9/16), in matmuls
-    still large enough to run at full BLAS speed; one ``where`` then mirrors the lower triangle.
+    still large enough to run at full BLAS speed; the lower triangle is then mirrored block by block.
     Measured with MKL, 2 threads, on the idle 2-core machine (ms, plain matmul -> panels):
     n = 256, d = 8192..65536 (ResNet-50 units at b = 256): 7.1 -> 6.0 .. 56.8 -> 46.7 with 2 panels
     (4 or 8 are no faster at this n); n = 512, d = 768: 2.5 -> 1.8 (4 panels); n = 1024, d = 768:
@@ -198,8 +198,8 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool = False) -
 def _mirror_lower(k: torch.Tensor, b: int) -> None:
     """Overwrite the strict upper triangle of the square ``k`` with its lower one, in place: exactly
     symmetric. Block by block (a transposed copy per off-diagonal panel, a ``where`` on each
-    diagonal block) instead of one ``where`` over the whole matrix, whose transposed read of all
-    n^2 values cost a quarter of a 1024 x 768 Gram."""
+    diagonal block) instead of one ``where`` over the whole matrix: 1.5 ms instead of 2.0 ms for
+    n = 1024, whose Gram at d = 768 takes ~8 ms in all."""
     n = k.shape[0]
     for p in range(0, n, b):
         q = min(n, p + b)
