@@ -294,6 +294,37 @@ def test_card_round_trip_and_build(tmp_path, vit):
     assert tuple(cfg["input_size"]) == (3, 32, 32)
 
 
+def test_build_skips_random_init_only_where_the_checkpoint_supplies_every_tensor(tmp_path, vit, resnet18, mixer):
+    """build_model builds on the meta device and takes the checkpoint's tensors (no random init);
+    the result equals the model that was saved -- BatchNorm statistics and a removed skip included.
+    An architecture with buffers outside its state_dict (Swin's relative position index) is built
+    the ordinary way."""
+    from types import SimpleNamespace
+    from seelike.models.modify import apply
+
+    _seed(5)
+    no_skip = apply(timm.create_model("vit_tiny_patch16_224", pretrained=False, **VIT_KW).eval(),
+                    {"remove_skip": {"block": 1, "branch": "both"}})
+    cases = [(vit, "vit_tiny_patch16_224", VIT_KW, None), (resnet18, "resnet18", {"num_classes": 10}, None),
+             (mixer, "mixer_s16_224", MIXER_KW, None),
+             (no_skip, "vit_tiny_patch16_224", VIT_KW, {"remove_skip": {"block": 1, "branch": "both"}})]
+    x = _img()
+    for i, (model, arch, kw, mods) in enumerate(cases):
+        card, d = _registered(tmp_path, model, arch, kw, name=f"m{i}", modifications=mods,
+                              input_size=[3, 32, 32])
+        bare = build_mod._create_uninitialised(card)
+        assert bare is not None and all(p.is_meta for p in bare.parameters()), arch
+        built = build_model(card, d)
+        assert not any(t.is_meta for t in (*built.parameters(), *built.buffers()))
+        for (k, a), (k2, b) in zip(model.state_dict().items(), built.state_dict().items()):
+            assert k == k2 and a.dtype == b.dtype and torch.equal(a, b), (arch, k)
+        with torch.no_grad():
+            assert torch.equal(built(x), model(x)), arch
+    swin = SimpleNamespace(arch="swin_tiny_patch4_window7_224", modifications=None,
+                           kwargs=dict(img_size=56, embed_dim=32, depths=(1, 1), num_heads=(1, 2), num_classes=10))
+    assert build_mod._create_uninitialised(swin) is None
+
+
 def test_card_cnn_input_size_and_gap_vit(tmp_path, resnet26):
     card, d = _registered(tmp_path, resnet26, "resnet26", {"num_classes": 10}, input_size=[3, 32, 32])
     assert card.family == "cnn" and card.num_prefix_tokens == 0 and card.input_size == [3, 32, 32]
