@@ -325,6 +325,22 @@ def test_build_skips_random_init_only_where_the_checkpoint_supplies_every_tensor
     assert build_mod._create_uninitialised(swin) is None
 
 
+def test_build_takes_the_ordinary_path_for_plain_tensor_attributes(monkeypatch):
+    """A module holding a tensor that is neither parameter nor buffer would keep a meta tensor."""
+    from types import SimpleNamespace
+
+    class WithTable(torch.nn.Linear):
+        def __init__(self):
+            super().__init__(2, 2)
+            self.table = torch.arange(4.0)
+
+    monkeypatch.setattr(build_mod, "create_timm_model", lambda *a, **k: WithTable())
+    card = SimpleNamespace(arch="x", kwargs={}, modifications=None)
+    assert build_mod._create_uninitialised(card) is None
+    monkeypatch.setattr(build_mod, "create_timm_model", lambda *a, **k: torch.nn.Linear(2, 2))
+    assert build_mod._create_uninitialised(card).weight.is_meta
+
+
 def test_card_cnn_input_size_and_gap_vit(tmp_path, resnet26):
     card, d = _registered(tmp_path, resnet26, "resnet26", {"num_classes": 10}, input_size=[3, 32, 32])
     assert card.family == "cnn" and card.num_prefix_tokens == 0 and card.input_size == [3, 32, 32]

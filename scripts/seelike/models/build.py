@@ -215,8 +215,8 @@ def build_model(card: ModelCard, card_dir: PathLike, device: str = "cpu") -> nn.
 def _create_uninitialised(card: ModelCard) -> Optional[nn.Module]:
     """The card's model built on the meta device (no memory, no random initialisation), or None when
     that is not safe: the architecture cannot be built there, or it has buffers outside its
-    state_dict (non-persistent ones computed at construction, e.g. Swin's relative position index),
-    which a checkpoint cannot supply. timm's random initialisation, overwritten at once by the
+    state_dict (non-persistent ones computed at construction, e.g. Swin's relative position index)
+    or plain tensor attributes, which a checkpoint cannot supply. timm's random initialisation, overwritten at once by the
     checkpoint, was 75% of building a model: 0.79 of 1.07 s for ViT-B/16, once per extraction shard."""
     try:
         with torch.device("meta"):
@@ -225,6 +225,9 @@ def _create_uninitialised(card: ModelCard) -> Optional[nn.Module]:
         return None
     persistent = set(model.state_dict())
     if any(name not in persistent for name, _ in model.named_buffers()):
+        return None
+    # plain tensor attributes (neither parameter nor buffer) set at construction would stay meta
+    if any(isinstance(v, torch.Tensor) for m in model.modules() for v in vars(m).values()):
         return None
     return model
 
