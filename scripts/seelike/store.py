@@ -37,12 +37,6 @@ import numpy as np
 FORMAT = "seelike-shard"
 SCHEMA_VERSION = 1
 
-# Shards are written without compression by default: Grams (most of a shard) do not compress, and
-# gzip bought ~30% on pooled features and ~45% on full token maps for more CPU than the Grams
-# themselves -- 2.4 s per 8-minibatch ResNet-50 shard at 64 px for its pooled features, 26% of
-# the forward passes stored (lzf: 0.81 of the size in 1.4 s; plain: 0.08 s). `compression` still
-# applies to arrays of >= 4096 values other than Grams when a caller asks for it.
-
 
 class ShardError(ValueError):
     """A shard that must not be used, with the file named."""
@@ -84,7 +78,14 @@ def write_shard(path: str | os.PathLike, *, model: str, dataset: str, shard_inde
                 plan: dict, plan_digest: str, layers: list[str], example_indices: np.ndarray,
                 minibatch_ids: np.ndarray, arrays: Mapping[str, np.ndarray], provenance: dict,
                 compression: str | None = None) -> Path:
-    """Write a complete shard atomically. `arrays` maps store paths (see layout) to arrays."""
+    """Write a complete shard atomically. `arrays` maps store paths (see layout) to arrays.
+
+    Uncompressed by default: Grams (most of a shard) do not compress, and gzip bought ~30% on pooled
+    features and ~45% on full token maps for more CPU than the Grams themselves -- 2.4 s per
+    8-minibatch ResNet-50 shard at 64 px for its pooled features, 26% of the forward passes stored
+    (lzf: 0.81 of the size in 1.4 s; plain: 0.08 s). `compression` applies to arrays of >= 4096
+    values other than Grams.
+    """
     import h5py
     from .fileio import atomic_write
 

@@ -57,7 +57,6 @@ class ArraySource:
     def keep(self, positions: np.ndarray) -> None:
         self.x_train, self.labels = self.x_train[positions], self.labels[positions]
 
-
     def inputs(self) -> dict:
         return {f"dataset:{self.dataset_name}/train ({len(self.labels)} images as trained on)":
                 array_digest(self.x_train, self.labels)}

@@ -201,10 +201,7 @@ def build_model(card: ModelCard, card_dir: PathLike, device: str = "cpu") -> nn.
     state_dict = _read_safetensors(ckpt)
     model = _create_uninitialised(card)
     if model is not None:
-        _load_strict(model, state_dict, ckpt, assign=True)
-        left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
-        if left:  # cannot happen after a strict load of a model whose every tensor is in its state_dict
-            raise RuntimeError(f"building {card.name}: tensors not loaded from {ckpt}: {left[:5]}")
+        _load_strict(model, state_dict, ckpt, assign=True)   # strict: every tensor replaced
     else:
         model = create_timm_model(card.arch, card.kwargs, card.modifications, pretrained=False)
         _load_strict(model, state_dict, ckpt)
