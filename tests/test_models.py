@@ -341,6 +341,32 @@ def test_build_takes_the_ordinary_path_for_plain_tensor_attributes(monkeypatch):
     assert build_mod._create_uninitialised(card).weight.is_meta
 
 
+def test_meta_build_skips_value_initialisers_but_not_shape_changes():
+    """Under the meta build, initialisers return their tensor untouched; ops that change shape still run,
+    and tensors off the meta device are initialised as usual."""
+    class Passed(torch.overrides.TorchFunctionMode):   # sees what the mode under test lets through
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", ""))
+            return func(*args, **(kwargs or {}))
+
+    with torch.device("meta"), Passed() as passed, build_mod._MetaInitIsFree():
+        w = torch.empty(3, 5)
+        assert torch.nn.init.trunc_normal_(w, std=0.02) is w and w.is_meta and w.shape == (3, 5)
+        assert w.clamp_(-1, 1).mul_(2) is w
+        w.unsqueeze_(0)
+        assert w.shape == (1, 3, 5)
+    assert "unsqueeze_" in passed.names
+    assert not {"uniform_", "erfinv_", "clamp_", "mul_"} & set(passed.names), passed.names
+    with build_mod._MetaInitIsFree():
+        real = torch.zeros(4)
+        torch.nn.init.ones_(real)
+        assert real.tolist() == [1.0] * 4
+
+
 def test_card_cnn_input_size_and_gap_vit(tmp_path, resnet26):
     card, d = _registered(tmp_path, resnet26, "resnet26", {"num_classes": 10}, input_size=[3, 32, 32])
     assert card.family == "cnn" and card.num_prefix_tokens == 0 and card.input_size == [3, 32, 32]
