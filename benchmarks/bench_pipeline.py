@@ -10,7 +10,9 @@ Compared, on the same 4 models (randomly initialised timm models, weights fixed 
 as seelike model cards), the same images (the synthetic 32 px dataset of seelike.data, rendered on
 the fly by both) in the same order and the same minibatches:
 
-(a) seelike: `make_plan`, then per model every shard through `seelike.extract.extract_shard` (real
+(a) seelike: `make_plan`, the split's images rendered once into a file (the `render` rule; each
+    pytorch-cka pair renders them again through its DataLoader, as a user's loop would), then per
+    model every shard through `seelike.extract.extract_shard` (real
     HDF5 shards: Grams, pooled CLS/mean features, logits, `full_tokens` full token maps) and
     `seelike.manifest.write_manifest` (validates every shard, sha256), then
     `seelike.cka_tables.cka_table` for the 6 cross-model pairs and the 4 within-model tables, all
@@ -123,11 +125,14 @@ def make_model_dir(out_dir: Path, name: str, arch: str, kwargs: dict, seed: int,
     return card.save(out_dir / CARD_FILENAME)
 
 
-def extract_spec(name: str, card_path: Path, ds_cfg: dict, plan, out_dir: Path, full_tokens: int) -> dict:
+def extract_spec(name: str, card_path: Path, ds_cfg: dict, plan, out_dir: Path, full_tokens: int,
+                 rendered: Path | None = None) -> dict:
     """The spec the extract rule hands to extract_shard (see seelike.specs.extract_spec / cli.step_extract)."""
     spec = {"model": name, "dataset_key": DATASET_KEY, "dataset": ds_cfg, "split": "analysis", "device": "cpu",
             "precision": "fp32", "sublayers": False, "full_tokens": int(full_tokens), "num_workers": 0,
             "card": str(card_path), "plan": plan.to_dict(), "out": str(out_dir / "shard-{shard:05d}.h5")}
+    if rendered is not None:
+        spec["rendered"] = str(rendered)
     spec["provenance_config"] = {k: spec[k] for k in ("model", "dataset_key", "dataset", "split", "precision",
                                                        "sublayers", "full_tokens")}
     return spec
@@ -182,7 +187,7 @@ def table_matrix(table) -> np.ndarray:
 def run_seelike(names, cards, ds_cfg, n, b, k, full_tokens, work: Path, estimators=("unbiased", "biased")):
     """Returns (timings dict, {estimator: {(x, y): matrix}}, bytes on disk)."""
     from seelike.cka_tables import cka_table
-    from seelike.data import dataset_fingerprint, dataset_size
+    from seelike.data import dataset_fingerprint, dataset_size, rendered_split_name, write_rendered_split
     from seelike.manifest import load_manifest
     from seelike.plan import make_plan
 
@@ -193,10 +198,13 @@ def run_seelike(names, cards, ds_cfg, n, b, k, full_tokens, work: Path, estimato
     plan = make_plan(f"{DATASET_KEY}:{dataset_fingerprint(ds_cfg)}", np.arange(dataset_size(ds_cfg, "analysis")),
                      n, b, k, 0)
     t["plan_s"] = time.perf_counter() - t0
+    # the render rule: the split's images, rendered once for every model's extraction
+    rendered = write_rendered_split(ds_cfg, "analysis", work / "data" / rendered_split_name(ds_cfg, "analysis"))
+    t["render_s"] = time.perf_counter() - t0 - t["plan_s"]
     manifests = {}
     for name in names:
         t1, c1 = time.perf_counter(), time.process_time()
-        spec = extract_spec(name, cards[name], ds_cfg, plan, work / "extract" / name, full_tokens)
+        spec = extract_spec(name, cards[name], ds_cfg, plan, work / "extract" / name, full_tokens, rendered)
         manifests[name] = seelike_extract_model(spec, plan)
         t["extract_s"][name] = time.perf_counter() - t1
         t["extract_cpu_s"][name] = time.process_time() - c1
@@ -354,6 +362,7 @@ def main(argv=None):
                                    "speedup": p_cross / (s_ex + s_cross)},
         }
         summary[f"seelike_extract{w}_s"] = s_ex
+        summary["seelike_render_s"] = med([r["seelike"]["render_s"] for r in rounds])
         summary[f"seelike_extract_per_model{w}_s"] = {nm: med([r["seelike"][f"extract{w}_s"][nm] for r in rounds])
                                                      for nm in names}
         summary[f"seelike_cka_tables_unbiased{w}_s"] = s_all
@@ -393,7 +402,7 @@ def print_table(s, names, layer_counts, n, b, repeats):
         for scope, v in s["scope"][clock].items():
             print(f"{scope:<26} {clock:<5} {v['seelike_s']:>10.1f} {v['pytorch_cka_s']:>14.1f} {v['speedup']:>7.2f}x")
     print("(cpu: process CPU time, all threads -- less sensitive than wall time to other processes on the machine)")
-    print(f"\nseelike: extraction {s['seelike_extract_s']:.1f} s wall ("
+    print(f"\nseelike: plan, render ({s['seelike_render_s']:.1f} s) and extraction {s['seelike_extract_s']:.1f} s wall ("
           + ", ".join(f"{m} {t:.1f}" for m, t in s["seelike_extract_per_model_s"].items())
           + f"); 10 CKA tables from stored Grams: unbiased {s['seelike_cka_tables_unbiased_s']:.1f} s, "
             f"biased {s['seelike_cka_tables_biased_s']:.1f} s")

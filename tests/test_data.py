@@ -19,13 +19,16 @@ from seelike.data import (
     load_rgb,
     load_split_arrays,
     open_dataset,
+    open_rendered_split,
     render,
     render_masks,
     render_meta,
+    rendered_split_name,
     scan_image_folder,
     split_indices,
     timm_data_config,
     timm_eval_transform,
+    write_rendered_split,
 )
 
 SPLITS = {"train": 300, "test": 100, "analysis": 64}
@@ -208,6 +211,39 @@ def test_load_split_arrays_cache(tmp_path, monkeypatch):
     assert ds.arrays is not None and torch.equal(ds[3][0], open_dataset(CFG, "analysis")[3][0])
     with pytest.raises(ValueError, match="synthetic datasets only"):
         load_split_arrays({"kind": "imagefolder", "root": str(tmp_path)}, "analysis")
+
+
+def test_rendered_split_is_the_split_and_is_checked_before_use(tmp_path):
+    out = tmp_path / "synth" / rendered_split_name(CFG, "test")
+    write_rendered_split(CFG, "test", out, block=7)          # blocks that do not divide the split
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]   # no temporary file left behind
+    ref, ref_labels, _ = render(SPEC, split_indices(SPEC, "test"))
+    images, labels = open_rendered_split(CFG, "test", out)
+    assert isinstance(images, np.memmap) and np.array_equal(images, ref) and np.array_equal(labels, ref_labels)
+    ds, fresh = open_dataset(CFG, "test", rendered=out), open_dataset(CFG, "test")
+    for i in (0, 5, len(ds) - 1):
+        x, y, idx = ds[i]
+        fx, fy, fidx = fresh[i]
+        assert torch.equal(x, fx) and (y, idx) == (fy, fidx)
+    # another split's or another config's file is refused by name, before it is read
+    with pytest.raises(ValueError, match=r"is not this dataset's split 'analysis'"):
+        open_rendered_split(CFG, "analysis", out)
+    other = dict(CFG, seed=CFG["seed"] + 1)
+    with pytest.raises(ValueError, match="must be named"):
+        write_rendered_split(other, "test", out)
+    # a changed pixel in a checked image, a wrong shape, a truncated file: each named
+    bad = np.array(images)
+    bad[-1, 0, 0, 0] ^= 1
+    np.save(out, bad)
+    with pytest.raises(ValueError, match="differs from a fresh rendering"):
+        open_rendered_split(CFG, "test", out)
+    np.save(out, ref[:-1])
+    with pytest.raises(ValueError, match=r"holds uint8 \(\d+, 32, 32, 3\), expected uint8"):
+        open_rendered_split(CFG, "test", out)
+    np.save(out, ref)
+    out.write_bytes(out.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"rendered split '{out}' is unreadable"):
+        open_rendered_split(CFG, "test", out)
 
 
 # ------------------------------------------------------------------- imagefolder

@@ -47,10 +47,30 @@ def test_demo_dag_builds(tmp_path):
     jobs = planned_jobs(proc)
     # 10 models (4 base + 6 from the retraining sweeps); 10 within + 4 configured pairs + 2 data-scale pairs
     assert jobs["model"] == 10 and jobs["extract"] == 10 and jobs["plan"] == 1
+    # each synthetic split read is rendered once: synth train/test/analysis, synth_small train/test
+    assert jobs["render"] == 5
     assert jobs["cka"] == 16 and jobs["figure_f1"] == 10 and jobs["figure_f2"] == 4 and jobs["figure_f14"] == 1
     for fig in ("f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12", "f13", "v1", "v2", "v3", "v4", "v5"):
         assert jobs.get(f"figure_{fig}", 0) >= 1, fig
-    assert sum(jobs.values()) == 102, jobs
+    assert sum(jobs.values()) == 107, jobs
+
+
+def test_rendered_split_names_match_what_the_render_step_checks():
+    """The DAG names each rendered split from the config; the step, from its spec as JSON with sorted
+    keys. Synthetic splits are laid out in mapping order, so both must see the same order."""
+    from seelike import specs
+    from seelike.data import rendered_split_name
+
+    cfg = sc.load(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()), check_timm=False)
+    assert list(cfg["datasets"]["synth"]["splits"]) != sorted(cfg["datasets"]["synth"]["splits"])  # the trap is live
+    for name in cfg["models"]:
+        for split, path in specs._model_rendered(cfg, name).items():
+            ds = cfg["models"][name]["recipe"].get("test_dataset") if split == "test" else None
+            spec = json.loads(json.dumps(specs.render_spec(cfg, ds or cfg["models"][name]["recipe"]["dataset"], split),
+                                         sort_keys=True))
+            assert spec["out"] == path and Path(path).name == rendered_split_name(spec["dataset"], split)
+    spec = json.loads(json.dumps(specs.extract_spec(cfg, "vit"), sort_keys=True))
+    assert Path(spec["rendered"]).name == rendered_split_name(spec["dataset"], spec["split"])
 
 
 def test_paper_dag_builds(tmp_path):

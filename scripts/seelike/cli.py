@@ -35,6 +35,12 @@ def step_plan(spec: dict) -> None:
     provenance.write_sidecar(spec["out"], provenance.collect({k: v for k, v in spec.items() if k != "out"}))
 
 
+def step_render(spec: dict) -> None:
+    from .data import write_rendered_split
+
+    write_rendered_split(spec["dataset"], spec["split"], spec["out"])
+
+
 def _add_provenance(card, out_dir: Path, spec: dict) -> None:
     """Cards of fetched or imported weights carry the same provenance record as trained ones."""
     from . import provenance
@@ -201,7 +207,7 @@ def archive_command(args) -> int:
     return 0
 
 
-STEPS = {"plan": step_plan, "model": step_model, "extract": step_extract, "cka": step_cka, "figure": step_figure, "archive": step_archive, "experiment": step_experiment,
+STEPS = {"plan": step_plan, "render": step_render, "model": step_model, "extract": step_extract, "cka": step_cka, "figure": step_figure, "archive": step_archive, "experiment": step_experiment,
          "vision": step_vision, "receptive_field": step_receptive_field, "vision_figure": step_vision_figure}
 
 

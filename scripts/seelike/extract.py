@@ -171,7 +171,8 @@ def select_layers(model, card, sublayers: bool) -> list[dict]:
 
 def extract_shard(spec: dict, shard_index: int) -> str:
     """spec keys: model, card (path), dataset_key, dataset (config entry), split, plan (dict), out (path
-    template with {shard}), device, precision, sublayers, full_tokens, num_workers, provenance_config."""
+    template with {shard}), device, precision, sublayers, full_tokens, num_workers, provenance_config;
+    optional: rendered (the split's file from the render rule, synthetic datasets), taps."""
     import torch
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
@@ -199,7 +200,7 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     native = (card.source.get("kind") == "recipe" and spec["dataset"]["kind"] == "synthetic"
               and spec["dataset"].get("image_size") == card.input_size[-1])
     transform = None if native else timm_eval_transform(card.pretrained_cfg)
-    ds = open_dataset(spec["dataset"], spec["split"], transform=transform)
+    ds = open_dataset(spec["dataset"], spec["split"], transform=transform, rendered=spec.get("rendered"))
     b = plan.minibatch_size
     loader = DataLoader(Subset(ds, [int(i) for i in sp.example_indices]), batch_size=b, shuffle=False,
                         num_workers=int(spec.get("num_workers", 0)))

@@ -5,6 +5,8 @@ settings that do not change results (executor, resources) travel separately.
 """
 from __future__ import annotations
 
+import json
+
 from . import config as sc
 from .analyses import settings as vision
 
@@ -23,6 +25,43 @@ def plan_spec(cfg: dict) -> dict:
             "out": f"{RESULTS}/plans/{d}.json"}
 
 
+def rendered_path(cfg: dict, dataset: str, split: str) -> str | None:
+    """Where the render rule puts a synthetic split (None for image folders, which are read directly)."""
+    from .data import rendered_split_name
+
+    entry = cfg["datasets"][dataset]
+    if entry["kind"] != "synthetic":
+        return None
+    # Steps receive their spec as JSON with sorted keys (spec_json), and a synthetic dataset lays
+    # its splits out in mapping order: name the file from the entry exactly as the steps see it.
+    entry = json.loads(json.dumps(entry, sort_keys=True))
+    return f"{RESULTS}/data/{dataset}/{rendered_split_name(entry, split)}"
+
+
+def render_spec(cfg: dict, dataset: str, split: str) -> dict:
+    return {"dataset_key": dataset, "dataset": cfg["datasets"][dataset], "split": split,
+            "out": rendered_path(cfg, dataset, split)}
+
+
+def _model_rendered(cfg: dict, name: str) -> dict:
+    """The rendered splits a recipe trains and tests on: {split: path}, synthetic datasets only."""
+    r = cfg["models"][name].get("recipe")
+    if cfg["models"][name]["source"]["kind"] != "recipe" or not r:
+        return {}
+    paths = {"train": rendered_path(cfg, r["dataset"], "train"),
+             "test": rendered_path(cfg, r.get("test_dataset") or r["dataset"], "test")}
+    return {k: v for k, v in paths.items() if v}
+
+
+def model_rendered_inputs(cfg: dict, name: str) -> list[str]:
+    return sorted(_model_rendered(cfg, name).values())
+
+
+def extract_rendered_inputs(cfg: dict) -> list[str]:
+    p = rendered_path(cfg, dataset_key(cfg), cfg["analysis"]["split"])
+    return [p] if p else []
+
+
 def model_spec(cfg: dict, name: str) -> dict:
     m = cfg["models"][name]
     spec = {"name": name, "arch": m["arch"], "kwargs": m.get("kwargs", {}), "source": m["source"],
@@ -37,6 +76,9 @@ def model_spec(cfg: dict, name: str) -> dict:
         spec["device"] = cfg["device"]
         spec["precision"] = m["recipe"].get("precision", cfg["precision"])
     spec["spec_hash"] = sc.digest(spec)
+    rendered = _model_rendered(cfg, name)   # where the pixels are read from, not what is trained: outside the hash
+    if rendered:
+        spec["rendered"] = rendered
     return spec
 
 
@@ -48,6 +90,9 @@ def extract_spec(cfg: dict, name: str) -> dict:
             "num_workers": cfg["extraction"]["num_workers"],
             "card": f"{RESULTS}/models/{name}/card.json", "plan_file": f"{RESULTS}/plans/{d}.json",
             "out_dir": f"{RESULTS}/extract/{d}/{name}"}
+    rendered = rendered_path(cfg, d, spec["split"])
+    if rendered:
+        spec["rendered"] = rendered
     spec["provenance_config"] = {k: spec[k] for k in ("model", "dataset_key", "dataset", "split", "precision",
                                                         "sublayers", "full_tokens")}
     taps = vision.extraction_taps(cfg, name)   # what the vision analyses need from this model's pass

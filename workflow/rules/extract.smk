@@ -3,6 +3,7 @@ rule extract:
     input:
         card="results/models/{model}/card.json",
         plan="results/plans/{dataset}.json",
+        rendered=specs.extract_rendered_inputs(CFG),
     output:
         "results/extract/{dataset}/{model}/manifest.json",
     params:

@@ -8,6 +8,7 @@ def _init_card(wc):
 rule model:
     input:
         _init_card,
+        lambda wc: specs.model_rendered_inputs(CFG, wc.model),
     output:
         card="results/models/{model}/card.json",
         weights="results/models/{model}/weights.safetensors",

@@ -1,0 +1,18 @@
+# Each synthetic split that training or extraction reads is rendered once, here, instead of once
+# per job; the file name carries the render key, so a changed dataset config names a new file.
+rule render:
+    output:
+        "results/data/{dataset}/{split}-{key}.npy",
+    params:
+        spec=lambda wc: spec_json(specs.render_spec(CFG, wc.dataset, wc.split)),
+    log:
+        "results/logs/render/{dataset}/{split}-{key}.log",
+    wildcard_constraints:
+        dataset="|".join(CFG["datasets"]),
+        split="[a-z]+",
+        key="[0-9a-f]{16}",
+    localrule: True
+    conda:
+        CONDA_ENV
+    shell:
+        step_shell("render")
