@@ -9,7 +9,7 @@ rule render:
         "results/logs/render/{dataset}/{split}-{key}.log",
     wildcard_constraints:
         dataset="|".join(CFG["datasets"]),
-        split="[a-z]+",
+        split="[A-Za-z0-9_]+",
         key="[0-9a-f]{16}",
     localrule: True
     conda:
