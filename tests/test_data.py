@@ -220,6 +220,8 @@ def test_rendered_split_is_the_split_and_is_checked_before_use(tmp_path):
     ref, ref_labels, _ = render(SPEC, split_indices(SPEC, "test"))
     images, labels = open_rendered_split(CFG, "test", out)
     assert isinstance(images, np.memmap) and np.array_equal(images, ref) and np.array_equal(labels, ref_labels)
+    mem, mem_labels = load_split_arrays(CFG, "test", rendered=out)     # what training reads: in memory
+    assert not isinstance(mem, np.memmap) and np.array_equal(mem, ref) and np.array_equal(mem_labels, ref_labels)
     ds, fresh = open_dataset(CFG, "test", rendered=out), open_dataset(CFG, "test")
     for i in (0, 5, len(ds) - 1):
         x, y, idx = ds[i]

@@ -64,7 +64,7 @@ def test_rendered_split_names_match_what_the_render_step_checks():
     cfg = sc.load(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()), check_timm=False)
     assert list(cfg["datasets"]["synth"]["splits"]) != sorted(cfg["datasets"]["synth"]["splits"])  # the trap is live
     for name in cfg["models"]:
-        for split, path in specs._model_rendered(cfg, name).items():
+        for split, path in specs.model_rendered(cfg, name).items():
             ds = cfg["models"][name]["recipe"].get("test_dataset") if split == "test" else None
             spec = json.loads(json.dumps(specs.render_spec(cfg, ds or cfg["models"][name]["recipe"]["dataset"], split),
                                          sort_keys=True))

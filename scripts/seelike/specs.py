@@ -39,11 +39,10 @@ def rendered_path(cfg: dict, dataset: str, split: str) -> str | None:
 
 
 def render_spec(cfg: dict, dataset: str, split: str) -> dict:
-    return {"dataset_key": dataset, "dataset": cfg["datasets"][dataset], "split": split,
-            "out": rendered_path(cfg, dataset, split)}
+    return {"dataset": cfg["datasets"][dataset], "split": split, "out": rendered_path(cfg, dataset, split)}
 
 
-def _model_rendered(cfg: dict, name: str) -> dict:
+def model_rendered(cfg: dict, name: str) -> dict:
     """The rendered splits a recipe trains and tests on: {split: path}, synthetic datasets only."""
     r = cfg["models"][name].get("recipe")
     if cfg["models"][name]["source"]["kind"] != "recipe" or not r:
@@ -54,7 +53,7 @@ def _model_rendered(cfg: dict, name: str) -> dict:
 
 
 def model_rendered_inputs(cfg: dict, name: str) -> list[str]:
-    return sorted(_model_rendered(cfg, name).values())
+    return sorted(model_rendered(cfg, name).values())
 
 
 def extract_rendered_inputs(cfg: dict) -> list[str]:
@@ -76,7 +75,7 @@ def model_spec(cfg: dict, name: str) -> dict:
         spec["device"] = cfg["device"]
         spec["precision"] = m["recipe"].get("precision", cfg["precision"])
     spec["spec_hash"] = sc.digest(spec)
-    rendered = _model_rendered(cfg, name)   # where the pixels are read from, not what is trained: outside the hash
+    rendered = model_rendered(cfg, name)   # where the pixels are read from, not what is trained: outside the hash
     if rendered:
         spec["rendered"] = rendered
     return spec

@@ -45,21 +45,14 @@ class ArraySource:
     """A synthetic dataset's train and test splits rendered once into memory."""
 
     def __init__(self, spec: dict):
-        from .data import load_split_arrays, open_rendered_split
-
-        def split_arrays(cfg, split):
-            # the workflow renders each split once for every job (rule `render`); read into memory
-            path = (spec.get("rendered") or {}).get(split)
-            if path is None:
-                return load_split_arrays(cfg, split)
-            images, labels = open_rendered_split(cfg, split, path)
-            return np.array(images), labels
+        from .data import load_split_arrays
 
         r = spec["recipe"]
+        rendered = spec.get("rendered") or {}   # the workflow's render rule: each split rendered once
         self.dataset_name = r["dataset"]
-        self.x_train, self.labels = split_arrays(spec["dataset"], "train")
+        self.x_train, self.labels = load_split_arrays(spec["dataset"], "train", rendered=rendered.get("train"))
         test_cfg = spec.get("test_dataset") or spec["dataset"]
-        self.x_test, self.y_test = split_arrays(test_cfg, "test")
+        self.x_test, self.y_test = load_split_arrays(test_cfg, "test", rendered=rendered.get("test"))
         self.input_hw = (int(self.x_train.shape[1]), int(self.x_train.shape[2]))
 
     def keep(self, positions: np.ndarray) -> None:

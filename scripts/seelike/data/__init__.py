@@ -190,17 +190,22 @@ def _identity(x):
     return x
 
 
-def load_split_arrays(cfg: Mapping, split: str, cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
+def load_split_arrays(cfg: Mapping, split: str, cache_dir=None, rendered=None) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic only: ``(images uint8 (N, H, W, 3), labels int64 (N,))`` of a whole split,
-    in split order. Cached as ``synthetic-<key>.npz`` under ``cache_dir`` (or the
-    ``SEELIKE_CACHE`` environment variable; no caching when neither is set). ``<key>`` is
-    :meth:`SyntheticSpec.render_key`, so splits with identical pixels share a file. The
-    file is written under a temporary name and renamed, so it is never half-written."""
+    in split order, in memory. Read from ``rendered`` (the split's file from
+    :func:`write_rendered_split`) when given; otherwise rendered, and cached as
+    ``synthetic-<key>.npz`` under ``cache_dir`` (or the ``SEELIKE_CACHE`` environment
+    variable; no caching when neither is set). ``<key>`` is :meth:`SyntheticSpec.render_key`,
+    so splits with identical pixels share a file. The file is written under a temporary name
+    and renamed, so it is never half-written."""
     if _kind(cfg) != "synthetic":
         raise ValueError(
             f"load_split_arrays works for synthetic datasets only (got kind {cfg.get('kind')!r}); "
             f"use open_dataset for image folders"
         )
+    if rendered is not None:
+        images, labels = open_rendered_split(cfg, split, rendered)
+        return np.array(images), labels
     spec = SyntheticSpec.from_config(cfg)
     key = spec.render_key(split)
     cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or None
