@@ -21,6 +21,7 @@ from seelike.data import (
     open_dataset,
     open_rendered_split,
     render,
+    render_labels,
     render_masks,
     render_meta,
     rendered_split_name,
@@ -79,6 +80,12 @@ def test_render_meta_matches_render():
     cheap = render_meta(SPEC, idx)
     assert meta.equals(cheap)
     assert list(meta.columns) == ["index", "label", "class_name", "cx", "cy", "size", "rotation"]
+    # labels without any draw (what readers of a rendered split use) agree with the rendering,
+    # for unordered indices too
+    shuffled = np.random.default_rng(3).permutation(np.arange(0, 500))[:37]
+    assert np.array_equal(render_labels(SPEC, idx), meta["label"].to_numpy())
+    assert np.array_equal(render_labels(SPEC, shuffled), render(SPEC, shuffled)[1])
+    assert render_labels(SPEC, idx).dtype == np.int64
 
 
 # ------------------------------------------------------------------- synthetic: geometry

@@ -48,6 +48,7 @@ from .synthetic import (
     SyntheticSpec,
     render,
     render_masks,
+    render_labels,
     render_meta,
     split_indices,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "open_rendered_split",
     "render",
     "render_masks",
+    "render_labels",
     "render_meta",
     "rendered_split_name",
     "scan_image_folder",
@@ -280,7 +282,7 @@ def write_rendered_split(cfg: Mapping, split: str, out, block: int = 2048) -> Pa
 
 def open_rendered_split(cfg: Mapping, split: str, path) -> tuple[np.ndarray, np.ndarray]:
     """``(images, labels)`` of a file from :func:`write_rendered_split`: images memory-mapped
-    read-only, labels from the render parameters. Checked before use: the file's name (render
+    read-only, labels from their indices (:func:`render_labels`). Checked before use: the file's name (render
     key), shape and dtype, and the first and last images re-rendered and compared exactly.
     Raises ValueError naming the file."""
     path = Path(path)
@@ -302,5 +304,4 @@ def open_rendered_split(cfg: Mapping, split: str, path) -> tuple[np.ndarray, np.
         if not np.array_equal(np.asarray(images[ends]), render(spec, idx[ends])[0]):
             raise ValueError(f"rendered split '{path}' differs from a fresh rendering of its first or last image "
                              "(corrupt, or written by another renderer version); delete it and run the workflow again")
-    labels = render_meta(spec, idx)["label"].to_numpy(np.int64, copy=True)
-    return images, labels
+    return images, render_labels(spec, idx)

@@ -45,6 +45,7 @@ __all__ = [
     "render",
     "render_masks",
     "render_meta",
+    "render_labels",
     "split_indices",
     "default_synthetic_transform",
 ]
@@ -240,9 +241,16 @@ def _draw(spec: SyntheticSpec, idx: np.ndarray, with_noise: bool):
     return u, noise
 
 
+def render_labels(spec: SyntheticSpec, indices) -> np.ndarray:
+    """Labels (int64) of the given render indices, without drawing anything: the class of
+    an image depends on its index alone (classes cycle), so reading a split's labels costs
+    nothing next to ``render_meta``, which draws every image's random vector."""
+    return _as_indices(indices) % spec.n_classes
+
+
 def _params(spec: SyntheticSpec, idx: np.ndarray, u: np.ndarray) -> dict:
     s = spec.image_size
-    labels = idx % spec.n_classes
+    labels = render_labels(spec, idx)
     size_frac = SIZE_RANGE[0] + (SIZE_RANGE[1] - SIZE_RANGE[0]) * u[:, _U_SIZE]
     half = size_frac / 2
     cx_frac = half + (1 - 2 * half) * u[:, _U_CX]
