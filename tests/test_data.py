@@ -1,4 +1,5 @@
 """Datasets: the synthetic renderer, the ImageFolder reader and the factory (seelike.data)."""
+import json
 import logging
 import os
 import shutil
@@ -148,8 +149,17 @@ def test_class_balance_and_split_disjointness():
     spec = SyntheticSpec(splits=sizes)
     parts = {s: split_indices(spec, s) for s in sizes}
     assert {s: len(v) for s, v in parts.items()} == sizes
-    allidx = np.concatenate(list(parts.values()))
+    # splits lie in name order whatever the config's order (steps see their config as JSON
+    # with sorted keys; a notebook reading the YAML must get the same images)
+    allidx = np.concatenate([parts[s] for s in sorted(sizes)])
     assert len(np.unique(allidx)) == len(allidx) and list(allidx) == list(range(len(allidx)))
+    reordered = SyntheticSpec(splits=dict(reversed(list(sizes.items()))))
+    assert reordered == spec and reordered.render_key("test") == spec.render_key("test")
+    assert all(np.array_equal(split_indices(reordered, s), parts[s]) for s in sizes)
+    yaml_order = {"kind": "synthetic", "image_size": 16, "splits": sizes}
+    json_order = json.loads(json.dumps(yaml_order, sort_keys=True))
+    assert list(json_order["splits"]) != list(sizes)
+    assert np.array_equal(open_dataset(yaml_order, "train")[5][0], open_dataset(json_order, "train")[5][0])
     for s, v in parts.items():
         counts = np.bincount(v % 10, minlength=10)
         assert counts.max() - counts.min() <= 1, s
@@ -180,8 +190,10 @@ def test_synthetic_dataset_items_and_transforms():
     assert len(ds) == 64 and dataset_size(CFG, "analysis") == 64
     x, y, i = ds[7]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
-    assert (y, i) == (int((300 + 100 + 7) % 10), 7)
-    raw = render(SPEC, [300 + 100 + 7])[0][0]
+    start = SPEC.split_range("analysis")[0]
+    assert start == 0  # 'analysis' sorts before 'test' and 'train'
+    assert (y, i) == (int((start + 7) % 10), 7)
+    raw = render(SPEC, [start + 7])[0][0]
     expected = torch.from_numpy(raw).permute(2, 0, 1).float() / 255 * 2 - 1
     assert torch.allclose(x, expected)
     batch = ds.__getitems__([7, 2])

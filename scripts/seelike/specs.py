@@ -5,7 +5,6 @@ settings that do not change results (executor, resources) travel separately.
 """
 from __future__ import annotations
 
-import json
 
 from . import config as sc
 from .analyses import settings as vision
@@ -32,9 +31,6 @@ def rendered_path(cfg: dict, dataset: str, split: str) -> str | None:
     entry = cfg["datasets"][dataset]
     if entry["kind"] != "synthetic":
         return None
-    # Steps receive their spec as JSON with sorted keys (spec_json), and a synthetic dataset lays
-    # its splits out in mapping order: name the file from the entry exactly as the steps see it.
-    entry = json.loads(json.dumps(entry, sort_keys=True))
     return f"{RESULTS}/data/{dataset}/{rendered_split_name(entry, split)}"
 
 

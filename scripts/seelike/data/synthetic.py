@@ -105,10 +105,13 @@ _CHUNK_PIXELS = 1 << 20
 class SyntheticSpec:
     """What fully determines the synthetic dataset.
 
-    ``splits`` is an ordered tuple of ``(name, size)`` pairs (a mapping is accepted and
-    converted, so the spec stays frozen and hashable). Split ``k`` holds the global
-    indices ``[sum(sizes[:k]), sum(sizes[:k+1]))`` in the order given; note that changing
-    the size of an earlier split therefore shifts the images of later ones.
+    ``splits`` is a tuple of ``(name, size)`` pairs sorted by name (a mapping or any
+    sequence of pairs is accepted and sorted, so the spec stays frozen and hashable).
+    Split ``k`` in name order holds the global indices ``[sum(sizes[:k]), sum(sizes[:k+1]))``.
+    The order is canonical, not the order of the config file, because a config reaches
+    the workflow's steps as JSON with sorted keys: a layout in mapping order would give a
+    notebook other images for the same split than the workflow used. Changing the size of
+    a split therefore shifts the images of the splits whose names sort after it.
     """
 
     n_classes: int = 10
@@ -124,10 +127,10 @@ class SyntheticSpec:
             splits = tuple((str(k), int(v)) for k, v in splits)
         except (TypeError, ValueError) as e:
             raise ValueError(f"synthetic dataset: splits must map split names to sizes, got {self.splits!r}") from e
-        object.__setattr__(self, "splits", splits)
         names = [k for k, _ in splits]
         if len(set(names)) != len(names):
             raise ValueError(f"synthetic dataset: duplicate split names in {names}")
+        object.__setattr__(self, "splits", tuple(sorted(splits)))
         for k, v in splits:
             if v < 0:
                 raise ValueError(f"synthetic dataset: split {k!r} has negative size {v}")
