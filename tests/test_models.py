@@ -89,11 +89,35 @@ def test_atomic_write_success_and_failure(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.txt"]  # temp removed
 
 
+def test_cpu_budget_follows_the_jobs_threads(monkeypatch):
+    allowed = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert fileio.cpu_budget() == allowed
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert fileio.cpu_budget() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(allowed + 5))   # never more than the CPUs it may use
+    assert fileio.cpu_budget() == allowed
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert fileio.cpu_budget() == allowed
+
+
 def test_sha256_and_json(tmp_path):
     import hashlib
     p = tmp_path / "x.bin"
     p.write_bytes(b"abc" * 1000)
     assert fileio.sha256_file(p) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    # several files at once, in order, whatever the number of threads (sizes straddle the 1 MiB chunk)
+    blobs = [os.urandom(n) for n in (0, 1, (1 << 20) - 1, (1 << 20) + 7, 3 << 20)]
+    paths = []
+    for i, blob in enumerate(blobs):
+        paths.append(tmp_path / f"f{i}.bin")
+        paths[-1].write_bytes(blob)
+    want = [hashlib.sha256(b).hexdigest() for b in blobs]
+    for workers in (1, 2, 7, None):
+        assert fileio.sha256_files(paths, workers=workers) == want
+    assert fileio.sha256_files([]) == []
+    with pytest.raises(FileNotFoundError):
+        fileio.sha256_files(paths + [tmp_path / "missing.bin"], workers=2)
     fileio.write_json_atomic(tmp_path / "a.json", {"t": (1, 2), "p": tmp_path})
     assert json.loads((tmp_path / "a.json").read_text()) == {"t": [1, 2], "p": str(tmp_path)}
     with pytest.raises(ValueError, match="b.json"):

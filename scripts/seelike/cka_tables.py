@@ -27,9 +27,19 @@ def _check_same_plan(a: dict, b: dict) -> None:
                            f"example plans (differing keys: {', '.join(diff)}); re-extract both with the same config")
 
 
-def checked_shard(manifest: dict, entry: dict, expected_plan: dict):
+def shard_digests(manifests: list[dict]) -> dict[Path, str]:
+    """sha256 of every shard file the manifests list (those that exist), hashed on all the job's cores."""
+    from .fileio import sha256_files
+
+    paths = [Path(m["dir"]) / e["file"] for m in manifests for e in m["shards"]]
+    paths = [p for p in dict.fromkeys(paths) if p.is_file()]
+    return dict(zip(paths, sha256_files(paths)))
+
+
+def checked_shard(manifest: dict, entry: dict, expected_plan: dict, digests: dict | None = None):
     """A shard of a manifest that is exactly what extraction wrote (sha256) and still valid.
 
+    ``digests``: the shards' sha256 already computed (:func:`shard_digests`), else hashed here.
     A shard that fails is removed together with its extraction's manifest, so the next run of the
     workflow re-extracts it (only it: the other shards validate and are reused)."""
     from .fileio import sha256_file
@@ -39,7 +49,7 @@ def checked_shard(manifest: dict, entry: dict, expected_plan: dict):
     try:
         if not path.is_file():
             raise ShardError(f"shard '{path}' listed in the extraction manifest is missing")
-        digest = sha256_file(path)
+        digest = (digests or {}).get(path) or sha256_file(path)
         if digest != entry["sha256"]:
             raise ShardError(f"shard '{path}' changed since extraction: sha256 {digest[:16]}..., the manifest "
                              f"recorded {entry['sha256'][:16]}... (bit flip or overwrite)")
@@ -63,11 +73,12 @@ def minibatch_hsic(manifests: list[dict], estimator: str) -> tuple[np.ndarray, l
     for other in manifests[1:]:
         _check_same_plan(base, other)
     rows = [(m["model"], i, l) for m in manifests for i, l in enumerate(m["layers"])]
+    digests = shard_digests(manifests)
     per_batch, n_examples = [], 0
     for s in range(len(base["shards"])):
         grams = []
         for m in manifests:
-            path = checked_shard(m, m["shards"][s], base["plan"])
+            path = checked_shard(m, m["shards"][s], base["plan"], digests)
             grams.append(read_grams(path, m["layers"]))  # (mb, L, b, b)
         stacked = np.concatenate(grams, axis=1)
         for mb in range(stacked.shape[0]):

@@ -77,6 +77,35 @@ def sha256_file(path: PathLike) -> str:
     return h.hexdigest()
 
 
+def cpu_budget() -> int:
+    """Cores this process may use: the job's thread count (``OMP_NUM_THREADS``, which the submission
+    sets from the rule's threads) when set, else the CPUs it is allowed to run on."""
+    try:
+        env = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        env = 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(env, cpus) if env > 0 else cpus)
+
+
+def sha256_files(paths: list[PathLike], workers: int | None = None) -> list[str]:
+    """:func:`sha256_file` of several files, ``workers`` (default: :func:`cpu_budget`) at a time.
+
+    Threads suffice: hashlib releases the GIL while it hashes a chunk, so a job's shards are
+    hashed on all of its cores instead of one (one file is inherently sequential)."""
+    paths = list(paths)
+    workers = min(len(paths), workers or cpu_budget())
+    if workers <= 1:
+        return [sha256_file(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(sha256_file, paths))
+
+
 def to_jsonable(obj: Any) -> Any:
     """Recursively convert tuples, paths, numpy/torch scalars to plain JSON types."""
     if isinstance(obj, dict):

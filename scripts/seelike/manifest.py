@@ -38,7 +38,7 @@ def reusable(path: Path, plan: dict, config_hash: str, checkpoint_sha256: str) -
 def write_manifest(manifest: str | os.PathLike, *, model: str, dataset: str, plan: dict, plan_digest: str,
                    shard_files: list[Path], provenance: dict) -> dict:
     """Validate every shard, then write the manifest with their sha256 and sizes."""
-    from .fileio import sha256_file, write_json_atomic
+    from .fileio import sha256_files, write_json_atomic
     from .store import validate_shard
 
     shards, layers = [], None
@@ -48,8 +48,10 @@ def write_manifest(manifest: str | os.PathLike, *, model: str, dataset: str, pla
             layers = info.layers
         elif info.layers != layers:
             raise ValueError(f"shard '{p}' has layers {info.layers}, shard 0 has {layers}")
-        shards.append({"file": p.name, "shard_index": info.shard_index, "sha256": sha256_file(p),
+        shards.append({"file": p.name, "shard_index": info.shard_index, "sha256": None,
                        "bytes": p.stat().st_size, "n_examples": int(len(info.example_indices))})
+    for entry, digest in zip(shards, sha256_files(shard_files)):
+        entry["sha256"] = digest
     doc = {"model": model, "dataset": dataset, "plan_digest": plan_digest, "plan": plan, "layers": layers,
            "shards": shards, "provenance": provenance}
     write_json_atomic(manifest, doc)
