@@ -36,6 +36,18 @@ def test_round_trip(tmp_path):
     g = read_grams(p, ["block0", "block1"])
     assert g.shape == (2, 2, 4, 4) and g.dtype == np.float64
     np.testing.assert_array_equal(g[:, 1], grams["block1"])
+    # read into a slot of a larger stack (a CKA table stacks several models' layers): only that slot is written
+    big = np.full((2, 5, 4, 4), -7.0)
+    assert read_grams(p, ["block1", "block0"], out=big, at=2) is big
+    np.testing.assert_array_equal(big[:, 2], grams["block1"])
+    np.testing.assert_array_equal(big[:, 3], grams["block0"])
+    assert (big[:, [0, 1, 4]] == -7.0).all()
+    with pytest.raises(ValueError, match="C-contiguous float64"):
+        read_grams(p, ["block0", "block1"], out=big, at=4)           # does not fit
+    with pytest.raises(ValueError, match="C-contiguous float64"):
+        read_grams(p, ["block0"], out=big[:, 1:], at=0)               # a view with gaps
+    with pytest.raises(ShardError, match="block0/gram has shape"):
+        read_grams(p, ["block0"], out=np.empty((3, 1, 4, 4)))         # other minibatch count
     assert read_array(p, "labels").tolist() == list(range(8))
     assert not list(tmp_path.glob("*.tmp*")), "temporary file left behind"
 

@@ -37,7 +37,8 @@ def shard_digests(manifests: list[dict]) -> dict[Path, str]:
 
 
 def checked_shard(manifest: dict, entry: dict, expected_plan: dict, digests: dict | None = None):
-    """A shard of a manifest that is exactly what extraction wrote (sha256) and still valid.
+    """The :class:`~seelike.store.ShardInfo` of a shard of a manifest that is exactly what extraction
+    wrote (sha256) and still valid.
 
     ``digests``: the shards' sha256 already computed (:func:`shard_digests`), else hashed here.
     A shard that fails is removed together with its extraction's manifest, so the next run of the
@@ -55,13 +56,14 @@ def checked_shard(manifest: dict, entry: dict, expected_plan: dict, digests: dic
                              f"recorded {entry['sha256'][:16]}... (bit flip or overwrite)")
         # The manifest records a shard's sha256 only after validating its values, so matching bytes are
         # validated bytes: only the structure and plan are checked again, not every value.
-        validate_shard(path, expected_plan=expected_plan, expected_layers=manifest["layers"], check_values=False)
+        info = validate_shard(path, expected_plan=expected_plan, expected_layers=manifest["layers"],
+                              check_values=False)
     except ShardError as e:
         manifest_path = Path(manifest["dir"]) / "manifest.json"
         path.unlink(missing_ok=True)
         manifest_path.unlink(missing_ok=True)
         raise ShardError(f"{e}; removed it and '{manifest_path}': run the workflow again to re-extract it") from None
-    return path
+    return info
 
 
 def minibatch_hsic(manifests: list[dict], estimator: str) -> tuple[np.ndarray, list[tuple[str, int, str]], int]:
@@ -75,12 +77,15 @@ def minibatch_hsic(manifests: list[dict], estimator: str) -> tuple[np.ndarray, l
     rows = [(m["model"], i, l) for m in manifests for i, l in enumerate(m["layers"])]
     digests = shard_digests(manifests)
     per_batch, n_examples = [], 0
+    plan, b = base["plan"], base["plan"]["minibatch_size"]
+    buf = np.empty((plan["minibatches_per_shard"], len(rows), b, b))
     for s in range(len(base["shards"])):
-        grams = []
-        for m in manifests:
-            path = checked_shard(m, m["shards"][s], base["plan"], digests)
-            grams.append(read_grams(path, m["layers"]))  # (mb, L, b, b)
-        stacked = np.concatenate(grams, axis=1)
+        infos = [checked_shard(m, m["shards"][s], plan, digests) for m in manifests]
+        stacked = buf[:len(infos[0].example_indices) // b]   # the last shard may hold fewer minibatches
+        at = 0
+        for m, info in zip(manifests, infos):
+            read_grams(info.path, m["layers"], out=stacked, at=at)   # (mb, L, b, b), each model's layers in turn
+            at += len(m["layers"])
         for mb in range(stacked.shape[0]):
             per_batch.append(hsic_all_pairs(stacked[mb], estimator=estimator))
             n_examples += stacked.shape[-1]
