@@ -135,6 +135,28 @@ def data_only(ds_cfg, plan):
         pass
 
 
+def arithmetic(model, x, acts) -> dict:
+    """Floating-point operations of one minibatch: the forward's matmuls and convolutions (torch's
+    FlopCounterMode) and the Grams as seelike.cka.gram computes them (2 b^2 D for a plain product;
+    with row panels only the lower block triangle, the panels chosen exactly as gram chooses them).
+    Their ratio is the Gram cost a forward pass cannot hide: the floor of the goal's reading if both
+    ran at the same flop rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from seelike.cka import _panels
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    n, chunk = x.shape[0], 1 << 16                      # gram's default chunk_features
+    gram_flops = 0
+    for a in acts.values():
+        d = a[0].numel()
+        p = _panels(n, min(d, chunk), torch.device("cpu"))
+        entries = sum((min(n, s + p) - s) * min(n, s + p) for s in range(0, n, p)) if p else n * n
+        gram_flops += 2 * d * entries
+    fwd = int(fc.get_total_flops())
+    return {"forward_flops": fwd, "gram_flops": int(gram_flops), "gram_flops_pct_of_forward": 100.0 * gram_flops / fwd}
+
+
 def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
     """extract_shard's per-minibatch steps on one minibatch x, each timed `reps` times with the
     package's own pieces (fresh reducers each time); min and median per step. The bare forward and
@@ -176,6 +198,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
                 taps.clear()
     batch = Batch(minibatch_id=0, positions=pos, example_indices=idx, activations=acts,
                   num_prefix_tokens=card.num_prefix_tokens)
+    flops = arithmetic(model, x, acts)
     cont = {l: (a.mT if not a.is_contiguous() and a.mT.is_contiguous() else a) for l, a in acts.items()}
     for _ in range(reps + 1):                              # first round: warm-up, dropped below
         clock("check_finite", lambda: check_finite(acts, idx))
@@ -208,7 +231,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
     kw["arrays"] = {d: a for d, a in kw["arrays"].items() if not d.endswith("/tokens")}
     writes_nt = [timed(lambda: write_shard(tmp_out, **kw))[1] for _ in range(2)]
     tmp_out.unlink()
-    return {"per_minibatch_min_s": {k: min(v) for k, v in t.items()},
+    return {**flops, "per_minibatch_min_s": {k: min(v) for k, v in t.items()},
             "per_minibatch_median_s": {k: statistics.median(v) for k, v in t.items()},
             "per_minibatch_min_cpu_s": {k: min(v) for k, v in tc.items()},
             "reps": reps, "build_model_s": t_build, "hdf5_write_s": min(writes),
@@ -277,6 +300,7 @@ def bench_config(name, arch, kwargs, size, k, repeats, b, full_tokens, tmp: Path
         "per_minibatch_overhead_excl_data_pct": 100.0 * ((steady - rec["data_loading_s"] / k) / m["bare"] - 1.0),
         "hooks_pct_of_bare": 100.0 * (m["forward_with_taps"] / m["bare"] - 1.0),
         "gram_pct_of_bare": 100.0 * m["gram"] / m["bare"],
+        "gram_flops_pct_of_forward": bd["gram_flops_pct_of_forward"],
         "check_finite_pct_of_bare": 100.0 * m["check_finite"] / m["bare"],
         "pooled_pct_of_bare": 100.0 * m["pooled"] / m["bare"],
         "fixed_per_shard_s": bd["build_model_s"] + bd["hdf5_write_s"],
@@ -341,7 +365,7 @@ def main(argv=None):
 def print_table(records):
     hdr = (f"{'config':<14} {'b':>4} {'k':>2} {'bare img/s':>10} {'extract img/s':>13} {'overhead':>9} "
            f"{'cpu ovh':>8} {'steady/mb':>9} {'excl data':>9} {'at k=8':>7} {'hooks':>6} {'Gram':>6} {'NaN chk':>7} "
-           f"{'pooled':>6} {'data':>6} {'GOAL':>6}  goal <=25%")
+           f"{'pooled':>6} {'data':>6} {'GOAL':>6}  goal <=25%  {'Gram flops':>10}")
     print(hdr)
     print("-" * len(hdr))
     for r in records:
@@ -351,7 +375,8 @@ def print_table(records):
               f"{r['per_minibatch_overhead_excl_data_pct']:>8.1f}% "
               f"{r['overhead_at_8_per_shard_pct']:>6.1f}% {r['hooks_pct_of_bare']:>5.1f}% {r['gram_pct_of_bare']:>5.1f}% "
               f"{r['check_finite_pct_of_bare']:>6.1f}% {r['pooled_pct_of_bare']:>5.1f}% "
-              f"{r['data_loading_pct_of_bare']:>5.1f}% {r['goal_pct']:>5.1f}%  {ok}")
+              f"{r['data_loading_pct_of_bare']:>5.1f}% {r['goal_pct']:>5.1f}%  {ok:<10} "
+              f"{r['gram_flops_pct_of_forward']:>9.1f}%")
     print("overhead: extract_shard of a k-minibatch shard (model build, data, hooks, reductions, HDF5 write) / bare\n"
           "  forward of the same k minibatches - 1, medians over repeats (wall; cpu ovh: process CPU time);\n"
           "steady/mb: per minibatch, min over repeats: (forward with taps + NaN check + Gram + pooled + logits + data\n"
@@ -360,7 +385,10 @@ def print_table(records):
           "  spread over the paper config's 8 minibatches per shard;\n"
           "hooks, Gram, NaN chk, pooled, data: each step's time as % of the bare forward (per minibatch, min);\n"
           "GOAL: what the goal names -- taps, Grams, HDF5 writes (+ model build) -- over the bare forward of an\n"
-          "  8-minibatch shard: 'at k=8' without data loading, which the in-memory bare forward does not do")
+          "  8-minibatch shard: 'at k=8' without data loading, which the in-memory bare forward does not do;\n"
+          "Gram flops: the Grams' floating-point operations as % of the forward's (matmuls and convolutions):\n"
+          "  the Grams' share at the forward's flop rate (seelike's panels do 3/4 of the plain 2 b^2 D at b = 256;\n"
+          "  an ideal symmetric product would do 1/2)")
     print("\nper-minibatch steps, seconds (min over repeats), and fixed costs per shard:")
     keys = ["bare", "forward_with_taps", "check_finite", "gram", "pooled", "tokens", "logits",
             "whatif_check_finite_contiguous", "whatif_gram_contiguous"]
