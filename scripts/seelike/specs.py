@@ -5,7 +5,6 @@ settings that do not change results (executor, resources) travel separately.
 """
 from __future__ import annotations
 
-
 from . import config as sc
 from .analyses import settings as vision
 
