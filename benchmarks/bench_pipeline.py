@@ -303,6 +303,8 @@ def main(argv=None):
     # both sides, so pytorch-cka's forward passes get the same allocator -- the conservative choice.
     retained = False if args.default_malloc else retain_freed_memory()
     torch.set_num_threads(args.threads)
+    # as a job's submission does: seelike's own thread pools (shard hashing) follow the job's threads
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.quick:
         n, b, k, ft, model_defs = 256, 64, 2, 8, QUICK_MODELS
     else:
