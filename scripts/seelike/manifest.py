@@ -41,17 +41,15 @@ def write_manifest(manifest: str | os.PathLike, *, model: str, dataset: str, pla
     from .fileio import sha256_files, write_json_atomic
     from .store import validate_shard
 
-    shards, layers = [], None
-    for i, p in enumerate(shard_files):
-        info = validate_shard(p, expected_plan=plan)
-        if layers is None:
-            layers = info.layers
-        elif info.layers != layers:
+    shard_files = list(shard_files)
+    infos = [validate_shard(p, expected_plan=plan) for p in shard_files]
+    layers = infos[0].layers if infos else None
+    for p, info in zip(shard_files, infos):
+        if info.layers != layers:
             raise ValueError(f"shard '{p}' has layers {info.layers}, shard 0 has {layers}")
-        shards.append({"file": p.name, "shard_index": info.shard_index, "sha256": None,
-                       "bytes": p.stat().st_size, "n_examples": int(len(info.example_indices))})
-    for entry, digest in zip(shards, sha256_files(shard_files)):
-        entry["sha256"] = digest
+    shards = [{"file": p.name, "shard_index": info.shard_index, "sha256": digest, "bytes": p.stat().st_size,
+               "n_examples": int(len(info.example_indices))}
+              for p, info, digest in zip(shard_files, infos, sha256_files(shard_files))]
     doc = {"model": model, "dataset": dataset, "plan_digest": plan_digest, "plan": plan, "layers": layers,
            "shards": shards, "provenance": provenance}
     write_json_atomic(manifest, doc)
