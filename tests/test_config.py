@@ -86,6 +86,17 @@ def test_minibatch_too_small_for_unbiased():
     assert "cka.minibatch_size" in msg and "at least 4" in msg
 
 
+def test_minibatch_too_small_for_the_plan_with_the_biased_estimator():
+    """The biased estimator works from b = 2, but the plan (shared with the unbiased one) does not:
+    a config accepted here must not fail later at the plan step."""
+    def m(c):
+        c["cka"]["estimator"] = "biased"
+        c["cka"]["minibatch_size"] = 2
+        c["analysis"]["n_examples"] = 8
+    msg = bad(m)
+    assert "cka.minibatch_size" in msg and "at least 4" in msg
+
+
 def test_n_examples_not_multiple_of_minibatch():
     def m(c):
         c["analysis"]["n_examples"] = 500
