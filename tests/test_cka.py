@@ -350,6 +350,102 @@ def test_gram_bfloat16():
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
 
 
+def _centred_ref(x) -> np.ndarray:
+    a = np.asarray(torch.as_tensor(x).double().numpy()).reshape(len(x), -1)
+    a = a - a.mean(axis=0)
+    return a @ a.T
+
+
+@pytest.mark.parametrize("n,d", [(48, 3000), (300, 2048)])          # plain and panel paths
+def test_gram_auto_centres_in_float64_unless_the_offset_dominates(n, d):
+    """center="auto" returns H K H: from the float64 K when the features' mean is small next to
+    their spread (bitwise the float64 centring of center=False's K, no second pass), and from
+    centred features when the mean dominates, where centring K afterwards has lost the signal."""
+    from seelike.cka import OFFSET_LIMIT, _centre
+
+    g = torch.Generator().manual_seed(n)
+    z = torch.randn(n, d, generator=g)
+    ordinary = torch.relu(z)                                     # mean^2 / spread ~ 0.5
+    got = gram(ordinary, center="auto")
+    assert torch.equal(got, _centre(gram(ordinary)))            # no recompute
+    assert torch.equal(got, got.T)
+    want = _centred_ref(ordinary)           # as accurate as K itself: float32 products of ||x_i|| ||x_j||
+    assert np.abs(got.numpy() - want).max() <= 1e-6 * np.abs(ref_gram(ordinary)).max()
+
+    offset = z + 300.0 * torch.randn(d, generator=g)            # mean^2 / spread ~ 9e4 >> OFFSET_LIMIT
+    want = _centred_ref(offset)
+    late = _centre(gram(offset)).numpy()                         # premise: centring K afterwards is too late
+    assert np.abs(late - want).max() > 1e-3 * np.abs(want).max()
+    got = gram(offset, center="auto")
+    assert torch.equal(got, got.T)
+    assert np.abs(got.numpy() - want).max() <= 1e-6 * np.abs(want).max()
+    assert torch.equal(got, gram(offset, center=True))          # recomputed from centred features
+
+    # the switch sits at OFFSET_LIMIT: just below it K is centred, just above it recomputed
+    u = torch.randn(n, d, generator=g, dtype=torch.float64)
+    u = (u - u.mean(0)) / u.norm() * np.sqrt(n)                  # sum_i ||u_i||^2 = n, mean exactly ~0
+    mu = torch.randn(d, generator=g, dtype=torch.float64)
+    for ratio, recomputed in ((OFFSET_LIMIT * 0.9, False), (OFFSET_LIMIT * 1.1, True)):
+        x = (u + mu / mu.norm() * np.sqrt(ratio)).float()       # n ||mean||^2 / sum ||x_i - mean||^2 = ratio
+        got = gram(x, center="auto")
+        assert torch.equal(got, gram(x, center=True)) == recomputed
+
+
+def test_gram_auto_keeps_cka_accurate_for_offset_activations():
+    """End to end through the estimator: activations with a large common offset (as in some
+    transformer residual streams) give CKA within 1e-6 of float64 with center="auto", not with
+    uncentred Grams."""
+    rng = np.random.default_rng(3)
+    n, d = 256, 4096
+    z = rng.standard_normal((n, d))
+    w = z @ rng.standard_normal((d, 32)) @ rng.standard_normal((32, d)) / 32 + rng.standard_normal((n, d))
+    mu = 100.0 * rng.standard_normal(d)
+    feats = [(z + mu).astype(np.float32), (w + 0.5 * mu).astype(np.float32)]
+    want = ref_all_pairs([_centred_ref(f) for f in feats], ref_hsic_unbiased)
+    want = want[0, 1] / np.sqrt(want[0, 0] * want[1, 1])
+    errors = {}
+    for center in (False, "auto"):
+        grams = np.stack([gram(torch.from_numpy(f), center=center).numpy() for f in feats])
+        errors[center] = abs(cka_from_minibatch_hsic(hsic_all_pairs(grams)[None]).cka[0, 1] - want)
+    assert errors[False] > 1e-5                                  # premise: the offset costs accuracy
+    assert errors["auto"] <= 1e-6
+
+
+def test_extraction_stores_the_centred_gram():
+    """The shard's Gram is H K H of the layer's activations (float64 reference), for ordinary
+    activations and for a transformer-like residual stream with a large common offset."""
+    from types import SimpleNamespace
+    from seelike.extract import GramReducer
+
+    g = torch.Generator().manual_seed(11)
+    acts = {"relu": torch.relu(torch.randn(32, 4, 5, 5, generator=g)),
+            "stream": torch.randn(32, 9, 16, generator=g) + 200.0 * torch.randn(9, 16, generator=g)}
+    r = GramReducer(list(acts))
+    r.update(SimpleNamespace(activations=acts))
+    r.update(SimpleNamespace(activations={k: v.flip(0) for k, v in acts.items()}))
+    out = r.result()
+    for name, x in acts.items():
+        stored = out[f"layers/{name}/gram"]
+        assert stored.shape == (2, 32, 32) and stored.dtype == np.float64
+        for got, feats in zip(stored, (x, x.flip(0))):
+            want = _centred_ref(feats)
+            assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max(), name
+
+
+def test_gram_ignores_autocast():
+    """Grams stay float32 products under an enclosing autocast (the forward's mixed precision),
+    on the plain path (n < 256) and the panel path alike."""
+    g = torch.Generator().manual_seed(5)
+    for n in (64, 256):
+        x = torch.randn(n, 3000, generator=g) + 1.0
+        outside = {c: gram(x, center=c) for c in (False, True, "auto")}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert (x @ x.T).dtype == torch.bfloat16             # premise: autocast reaches matmuls
+            inside = {c: gram(x, center=c) for c in (False, True, "auto")}
+        for c in outside:
+            assert inside[c].dtype == torch.float64 and torch.equal(inside[c], outside[c]), (n, c)
+
+
 def test_gram_rejects_bad_input():
     with pytest.raises(TypeError, match="torch.Tensor"):
         gram(np.ones((4, 3)))
@@ -357,6 +453,8 @@ def test_gram_rejects_bad_input():
         gram(torch.ones(4, 0))
     with pytest.raises(ValueError, match="chunk_features"):
         gram(torch.ones(4, 3), chunk_features=0)
+    with pytest.raises(ValueError, match="center must be True, False or 'auto'"):
+        gram(torch.ones(4, 3), center="yes")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -393,6 +393,25 @@ def test_per_head_grams_give_the_cka_of_the_heads_outputs():
     np.testing.assert_allclose(res.cka, ref.cka, atol=1e-6)
 
 
+def test_per_head_grams_are_float32_products_inside_the_forwards_autocast():
+    """The head reducer runs in a forward hook, inside extraction's autocast: its Grams must still be
+    float32 products (bf16 ones are ~1e-3 off), as for every other Gram."""
+    from seelike.analyses.reducers import HeadGramReducer
+
+    vit = _vit(img=32, patch=8)
+    attn = attention_modules(vit, "v")[:1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 17, 2, 8, generator=g) + 0.5               # (b, t, heads, head_dim)
+    outside, inside = HeadGramReducer(attn), HeadGramReducer(attn)
+    outside._consume(attn[0]["name"], "head_outputs", x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside._consume(attn[0]["name"], "head_outputs", x)
+    want = np.einsum("bthd,cthd->hbc", x.double().numpy(), x.double().numpy())
+    for r in (outside, inside):
+        got = r.grams[attn[0]["name"]][0]
+        assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
 def test_norm_ratio_refuses_a_stream_modified_in_place():
     class Block(nn.Module):
         def __init__(self):

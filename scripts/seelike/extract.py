@@ -69,7 +69,7 @@ class GramReducer(Reducer):
         from .cka import gram
 
         for l in self.layers:
-            self.grams[l].append(gram(batch.activations[l]).cpu().numpy())
+            self.grams[l].append(gram(batch.activations[l], center="auto").cpu().numpy())
 
     def result(self):
         from .store import layer_path

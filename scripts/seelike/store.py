@@ -11,7 +11,8 @@ Layout (schema version 1):
     /plan/minibatch_ids       (n,)   global CKA minibatch of every example
     /labels                   (n,)
     /logits                   (n, C)
-    /layers/<layer>/gram      (m, b, b) float64   one Gram per CKA minibatch of the shard
+    /layers/<layer>/gram      (m, b, b) float64   one Gram per CKA minibatch of the shard, of the features
+                                                centred over the minibatch (H X X^T H; cka.gram center="auto")
     /layers/<layer>/pooled_cls  (n, d)            CLS token (models with prefix tokens)
     /layers/<layer>/pooled_mean (n, d)            mean over spatial tokens (CNN: spatial mean)
     /layers/<layer>/tokens    (k, t, d)           full tokens of the first k examples only

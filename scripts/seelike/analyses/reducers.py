@@ -314,7 +314,7 @@ class PositionGramReducer(Reducer):
             self.layer_grams.append((s @ s.transpose(1, 2)).double().cpu().numpy())
         x = batch.inputs
         cells = [x[:, :, self.rows[r]:self.rows[r + 1], self.cols[c]:self.cols[c + 1]] for r, c in self.positions]
-        self.input_grams.append(np.stack([gram(c).cpu().numpy() for c in cells]))
+        self.input_grams.append(np.stack([gram(c, center="auto").cpu().numpy() for c in cells]))
         self.minibatch_ids.append(batch.minibatch_id)
 
     def result(self):
