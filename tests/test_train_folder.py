@@ -145,3 +145,136 @@ def test_training_refuses_more_classes_than_outputs(folders, tmp_path):
     cfg["models"]["vit"]["kwargs"]["num_classes"] = 3
     with pytest.raises(ValueError, match=r"4 classes but the model has 3 outputs.*models\.vit\.kwargs\.num_classes"):
         train.train_model(_spec(cfg, tmp_path / "m"))
+
+
+def _tiny_vit(num_classes: int, seed: int = 0):
+    import torch
+    from seelike.models.build import create_timm_model
+
+    torch.manual_seed(seed)
+    return create_timm_model("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
+                                                      "num_heads": 2, "num_classes": num_classes}, pretrained=False)
+
+
+def test_resume_restores_the_rng_states_from_cpu_tensors_whatever_the_device(tmp_path):
+    """A requeued GPU job must restart: torch.set_rng_state takes only a CPU ByteTensor, so the saved state may
+    not follow the training device. The meta device stands in for CUDA here: it is not the CPU either."""
+    import warnings
+
+    import torch
+    from seelike import train
+
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    model = _tiny_vit(4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    rng = np.random.default_rng(3)
+    rng.random(5)
+    path = tmp_path / train.STATE_FILE
+    torch.save(train.training_state(model, opt, 7, [{"step": 7}], rng, "h", cpu), path)
+    saved = torch.load(path, weights_only=False)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)   # anything but the saved state
+        gpu_model = _tiny_vit(4).to(meta)
+        gpu_opt = torch.optim.AdamW(gpu_model.parameters(), lr=1e-3)
+        gpu_rng = np.random.default_rng(0)
+        assert train.resume_training_state(path, "another recipe", gpu_model, gpu_opt, gpu_rng, meta) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # copying into meta parameters is a no-op, and torch says so
+            resumed = train.resume_training_state(path, "h", gpu_model, gpu_opt, gpu_rng, meta)
+        assert resumed == (7, [{"step": 7}])
+        assert torch.equal(torch.get_rng_state(), saved["torch_rng"])
+        assert gpu_rng.bit_generator.state == rng.bit_generator.state
+    moments = [s["exp_avg"] for s in gpu_opt.state.values()]
+    assert moments and all(m.device == meta for m in moments)   # the optimizer state follows its parameters
+
+    # Resuming on the CPU puts back the very weights and moments.
+    cpu_model = _tiny_vit(4, seed=5)
+    cpu_opt = torch.optim.AdamW(cpu_model.parameters(), lr=1e-3)
+    with torch.random.fork_rng(devices=[]):
+        train.resume_training_state(path, "h", cpu_model, cpu_opt, np.random.default_rng(0), cpu)
+    for (k, a), b in zip(model.state_dict().items(), cpu_model.state_dict().values()):
+        assert torch.equal(a, b), k
+    for p, q in zip(model.parameters(), cpu_model.parameters()):
+        assert torch.equal(opt.state[p]["exp_avg_sq"], cpu_opt.state[q]["exp_avg_sq"])
+
+
+def test_resume_on_cuda_restores_its_generator_from_a_cpu_tensor(tmp_path, monkeypatch):
+    """The CUDA generator's state travels with the rest (dropout on the GPU draws from it) and is handed back
+    to torch.cuda.set_rng_state as the CPU ByteTensor it takes. No GPU here: the CUDA RNG calls are stood in for."""
+    import torch
+    from seelike import train
+
+    cuda, given = torch.device("cuda"), {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.arange(16, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": given.update(state=state, device=device))
+    model = _tiny_vit(4)
+    opt = torch.optim.AdamW(model.parameters())
+    torch.save(train.training_state(model, opt, 3, [], np.random.default_rng(0), "h", cuda), tmp_path / "s.pt")
+    with torch.random.fork_rng(devices=[]):
+        train.resume_training_state(tmp_path / "s.pt", "h", model, opt, np.random.default_rng(0), cuda)
+    assert given["device"] == cuda and given["state"].device.type == "cpu" and given["state"].dtype == torch.uint8
+    assert torch.equal(given["state"], torch.arange(16, dtype=torch.uint8))
+
+
+def test_init_from_loads_the_tensors_that_fit_and_keeps_the_new_head():
+    import torch
+    from seelike import train
+
+    source, model = _tiny_vit(10, seed=1), _tiny_vit(4, seed=2)
+    with torch.no_grad():   # as after training: no tensor of the source equals its initialisation (norms are ones)
+        for p in source.parameters():
+            p.add_(torch.rand_like(p))
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    skipped = train.load_matching(model, source.state_dict())
+    assert skipped == {"shape": ["head.weight [10, 32] -> [4, 32]", "head.bias [10] -> [4]"],
+                       "missing": [], "unexpected": []}
+    src = source.state_dict()
+    for k, v in model.state_dict().items():
+        if k.startswith("head."):
+            assert torch.equal(v, fresh[k]), k
+        else:
+            assert torch.equal(v, src[k]) and not torch.equal(v, fresh[k]), k
+    note = train.describe_not_loaded(skipped)
+    assert "shape differs, left at initialisation: head.weight [10, 32] -> [4, 32], head.bias [10] -> [4]" in note
+
+    # Names on one side only are reported as such, and the rest still loads.
+    extra = {**src, "extra.weight": torch.zeros(1)}
+    del extra["norm.bias"]
+    skipped = train.load_matching(_tiny_vit(10), extra)
+    assert skipped["missing"] == ["norm.bias"] and skipped["unexpected"] == ["extra.weight"] and not skipped["shape"]
+    assert train.describe_not_loaded({"shape": [], "missing": [], "unexpected": []}) == ""
+
+
+def test_fine_tuning_into_fewer_classes(folders, tmp_path, capsys):
+    """recipe.init_from a 10-class model into a 4-class one: the head is left at its initialisation (the
+    documented behaviour) instead of stopping the run on the size mismatch."""
+    from seelike import train
+
+    cfg = folder_config(*folders)
+    recipe = cfg["models"]["vit"]["recipe"]
+    recipe.update(steps=2, checkpoint_every_steps=100)
+    source_cfg = json.loads(json.dumps(cfg))
+    source_cfg["models"]["vit"]["kwargs"]["num_classes"] = 10
+    train.train_model(_spec(source_cfg, tmp_path / "source"))
+
+    def still(out_dir, **extra):   # lr 0: the run's final weights are the ones it started from
+        spec = {**_spec(cfg, out_dir), **extra}
+        spec["recipe"] = {**spec["recipe"], "lr": 0.0}
+        train.train_model(spec)
+        return load_safetensors(out_dir / "weights.safetensors")
+
+    capsys.readouterr()
+    tuned = still(tmp_path / "tuned", init_card=str(tmp_path / "source" / "card.json"))
+    log = capsys.readouterr().out
+    assert "fine-tuning 'vit' from 'source' (shape differs, left at initialisation: head.weight [10, 32] -> [4, 32], " \
+           "head.bias [10] -> [4])" in log
+    scratch = still(tmp_path / "scratch")
+    source = load_safetensors(tmp_path / "source" / "weights.safetensors")
+    assert tuned.keys() == scratch.keys()
+    for k in tuned:
+        expected = scratch[k] if k.startswith("head.") else source[k]
+        np.testing.assert_array_equal(tuned[k].numpy(), expected.numpy(), err_msg=k)

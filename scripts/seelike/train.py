@@ -62,6 +62,56 @@ def init_card_name(spec: dict) -> str:
     return Path(spec["init_card"]).parent.name
 
 
+def load_matching(model, source: dict) -> dict:
+    """Copy the tensors of `source` whose name and shape match `model`'s (fine-tuning into another head, say);
+    the rest keep their initialisation. Returns what was not copied, by reason: shape, missing, unexpected."""
+    own = model.state_dict()
+    fits = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    # strict=False alone still raises on a shape mismatch.
+    model.load_state_dict(fits, strict=False)
+    return {"shape": [f"{k} {list(source[k].shape)} -> {list(own[k].shape)}"
+                      for k in source if k in own and k not in fits],
+            "missing": [k for k in own if k not in source],
+            "unexpected": [k for k in source if k not in own]}
+
+
+def describe_not_loaded(skipped: dict) -> str:
+    parts = [f"{what}: {', '.join(skipped[key])}" for key, what in
+             (("shape", "shape differs, left at initialisation"), ("missing", "not in the checkpoint"),
+              ("unexpected", "not in the model")) if skipped[key]]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def training_state(model, opt, step: int, rows: list, rng, spec_hash, device) -> dict:
+    import torch
+
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rows": rows,
+             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "spec_hash": spec_hash}
+    if device.type == "cuda":
+        # Dropout and drop-path on the GPU draw from the device's generator, not the CPU one.
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def resume_training_state(path, spec_hash, model, opt, rng, device):
+    """Restore the state saved at `path` into model, opt and the generators: (step, rows), or None when it
+    belongs to another recipe."""
+    import torch
+
+    # Loaded on the CPU whatever the training device: the RNG setters take only CPU ByteTensors, and
+    # load_state_dict puts weights and optimizer moments on their parameters' device anyway.
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    if st.get("spec_hash") != spec_hash:
+        return None
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["opt"])
+    rng.bit_generator.state = st["rng"]
+    torch.set_rng_state(st["torch_rng"])
+    if device.type == "cuda" and st.get("cuda_rng") is not None:  # absent from states saved on the CPU
+        torch.cuda.set_rng_state(st["cuda_rng"], device)
+    return st["step"], st["rows"]
+
+
 class _StopRequested(Exception):
     pass
 
@@ -128,9 +178,9 @@ def train_model(spec: dict) -> dict:
         init_card = ModelCard.load(spec["init_card"])
         init = build_model(init_card, Path(spec["init_card"]).parent)
         inputs[str(Path(spec["init_card"]).parent / init_card.checkpoint)] = init_card.sha256
-        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        print(f"seelike: fine-tuning '{spec['name']}' from '{init_card_name(spec)}'"
-              + (f" (not loaded: {', '.join(missing)})" if missing else ""), flush=True)
+        skipped = load_matching(model, init.state_dict())
+        print(f"seelike: fine-tuning '{spec['name']}' from '{init_card_name(spec)}'" + describe_not_loaded(skipped),
+              flush=True)
     if r.get("optimizer", "adamw") == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9, weight_decay=r["weight_decay"], nesterov=True)
     else:
@@ -140,22 +190,16 @@ def train_model(spec: dict) -> dict:
     state_path = out_dir / STATE_FILE
     step, rows = 0, []
     if state_path.is_file():
-        st = torch.load(state_path, map_location=device, weights_only=False)
-        if st.get("spec_hash") == spec.get("spec_hash"):
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["opt"])
-            step, rows = st["step"], st["rows"]
-            rng.bit_generator.state = st["rng"]
-            torch.set_rng_state(st["torch_rng"])
+        resumed = resume_training_state(state_path, spec.get("spec_hash"), model, opt, rng, device)
+        if resumed is not None:
+            step, rows = resumed
             print(f"seelike: resuming '{spec['name']}' from {state_path} at step {step}/{total}", flush=True)
         else:
             print(f"seelike: ignoring {state_path}: it belongs to a different recipe", flush=True)
 
     def save_state():
         with atomic_write(state_path) as tmp:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rows": rows,
-                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                        "spec_hash": spec.get("spec_hash")}, tmp)
+            torch.save(training_state(model, opt, step, rows, rng, spec.get("spec_hash"), device), tmp)
 
     # SLURM (through submitit) sends USR2 before a time limit or preemption: stop at the next
     # step boundary with a consistent checkpoint, then let the job be requeued.
