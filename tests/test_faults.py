@@ -17,6 +17,7 @@ import yaml
 from conftest import snakemake, write_config
 from seelike.cka_tables import PlanMismatch, cka_table
 from seelike.manifest import load_manifest, reusable
+from seelike.plan import Plan
 from seelike.store import ShardError, layer_path, validate_shard, write_shard
 from test_workflow import planned_jobs
 
@@ -25,14 +26,18 @@ PLAN = {"version": 1, "dataset": "synth:abc", "n_examples": 8, "minibatch_size":
 
 
 def small_shard(path, plan=PLAN, big=0):
+    """Shard 0 of ``plan`` (minibatches of 4)."""
     rng = np.random.default_rng(0)
-    arrays = {layer_path("block0", "gram"): np.stack([np.eye(4), np.eye(4)]) + 0.1,
-              "labels": np.arange(8), "logits": rng.normal(size=(8, 3)).astype(np.float32)}
+    p = Plan.from_dict(plan)
+    sp = p.shard(0)
+    n, m = sp.n_examples, len(sp.minibatches)
+    arrays = {layer_path("block0", "gram"): np.stack([np.eye(4)] * m) + 0.1,
+              "labels": np.arange(n), "logits": rng.normal(size=(n, 3)).astype(np.float32)}
     if big:
         arrays[layer_path("block0", "tokens")] = rng.normal(size=(big, 1024, 64)).astype(np.float32)
-    write_shard(path, model="m", dataset="synth", shard_index=0, n_shards=1, plan=plan, plan_digest="d",
-                layers=["block0"], example_indices=np.arange(8), minibatch_ids=np.repeat([0, 1], 4),
-                arrays=arrays, provenance={"config_hash": "h", "inputs": {"w": "sha"}})
+    write_shard(path, model="m", dataset="synth", shard_index=0, n_shards=p.n_shards, plan=plan, plan_digest=p.digest(),
+                layers=["block0"], example_indices=sp.example_indices, minibatch_ids=sp.minibatch_ids,
+                arrays=arrays, provenance={"config_hash": "h", "inputs": {"w": "sha", "card.json": "card"}})
 
 
 def test_sigkill_mid_write_leaves_nothing_acceptable(tmp_path):
@@ -50,11 +55,27 @@ def test_sigkill_mid_write_leaves_nothing_acceptable(tmp_path):
     assert not target.exists()
     with pytest.raises(ShardError):
         validate_shard(target)
-    assert not reusable(target, PLAN, "h", "sha")
+    assert not reusable(target, 0, PLAN, "h", "sha", "card")
     # The rerun of that step writes the shard and clears the dead writer's temporary.
     small_shard(target)
     validate_shard(target, expected_plan=PLAN)
     assert not list(tmp_path.glob(".shard-00000.*.tmp.h5"))
+
+
+def test_reuse_needs_the_same_card_checkpoint_settings_and_shard(tmp_path, capsys):
+    """A rerun reuses a shard only if nothing it was made from changed: a new card with the same
+    weights (other layers or preprocessing) redoes it, as does a file holding another shard."""
+    target = tmp_path / "shard-00000.h5"
+    small_shard(target)
+    assert reusable(target, 0, PLAN, "h", "sha", "card")
+    assert not reusable(target, 0, PLAN, "h", "sha", "card-with-other-layers")
+    assert not reusable(target, 0, PLAN, "h", "other-weights", "card")
+    assert not reusable(target, 0, PLAN, "other-settings", "sha", "card")
+    assert "made from other inputs or settings" in capsys.readouterr().out
+    two = dict(PLAN, minibatches_per_shard=1)
+    small_shard(target, plan=two)                     # shard 0 of a 2-shard plan, asked for as shard 1
+    assert not reusable(target, 1, two, "h", "sha", "card")
+    assert "holds shard 0, expected shard 1" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs to fill needs root")
@@ -92,6 +113,53 @@ def test_shards_of_different_plans_are_never_combined(tmp_path):
     with pytest.raises(PlanMismatch) as e:
         cka_table(load_manifest(tmp_path / "a" / "manifest.json"), load_manifest(tmp_path / "b" / "manifest.json"), "unbiased")
     assert "'a' and 'b'" in str(e.value) and "minibatch_size" in str(e.value) and "minibatches_per_shard" in str(e.value)
+
+
+def test_jobs_left_running_are_adopted_only_for_the_same_work(tmp_path, capsys):
+    """Snakemake killed while SLURM jobs run, config changed, rerun: the job record beside the output
+    must not hand the old config's jobs (and their shards) to the new request; the same request re-attaches."""
+    from seelike.submit import _reattach, _record_path, _recorded_jobs_for, _write_record
+
+    target = "seelike.extract:extract_shard"
+    settings = {"executor": "slurm", "step": "extract"}
+    marker = tmp_path / "extract" / "vit" / "manifest.json"
+    marker.parent.mkdir(parents=True)
+
+    def tasks(plan, shards):
+        spec = {"model": "vit", "plan": plan, "out": str(marker.parent / "shard-{shard:05d}.h5")}
+        return [{"spec": spec, "shard_index": s} for s in shards]
+
+    ids = ["999991_0", "999991_1", "999991_2"]
+    _write_record(marker, settings, tmp_path / "jobs" / "%j", ids, target, tasks(PLAN, [0, 1, 2]))
+
+    def recorded():
+        return json.loads(_record_path(marker).read_text())
+
+    # The next run rebuilds the same request (other key order, a tuple where JSON has a list): re-attach.
+    same = [{"shard_index": s, "spec": {"out": str(marker.parent / "shard-{shard:05d}.h5"),
+                                        "plan": dict(reversed(list(PLAN.items())), indices=tuple(PLAN["indices"])),
+                                        "model": "vit"}} for s in (0, 1, 2)]
+    assert _recorded_jobs_for(recorded(), target, same) == ids
+    # Shards finished meanwhile are not asked for again; the rest are still the recorded jobs' tasks.
+    assert _recorded_jobs_for(recorded(), target, tasks(PLAN, [2, 0])) == ["999991_2", "999991_0"]
+    # Other work is never adopted: a changed plan, a task the jobs do not run, another function.
+    changed = dict(PLAN, minibatch_size=8, minibatches_per_shard=1)
+    assert _recorded_jobs_for(recorded(), target, tasks(changed, [0, 1, 2])) is None
+    assert _recorded_jobs_for(recorded(), target, tasks(changed, [0])) is None
+    assert _recorded_jobs_for(recorded(), target, tasks(PLAN, [0, 1, 2, 3])) is None
+    assert _recorded_jobs_for(recorded(), "seelike.extract:other", tasks(PLAN, [0, 1, 2])) is None
+    # The whole path: the changed request is refused, whatever state SLURM reports for those ids, and said so.
+    assert _reattach(marker, settings, target, tasks(changed, [0, 1, 2])) is None
+    out = capsys.readouterr().out
+    assert "not re-attaching to SLURM job(s) 999991_0, 999991_1, 999991_2" in out and "different work" in out
+    assert _record_path(marker).is_file()   # left for the user; the new submission's record replaces it
+
+    # A record from before records said what their jobs compute is never adopted either.
+    legacy = {k: v for k, v in recorded().items() if k in ("executor", "step", "folder", "job_ids", "submitted")}
+    _record_path(marker).write_text(json.dumps(legacy))
+    assert _recorded_jobs_for(recorded(), target, tasks(PLAN, [0, 1, 2])) is None
+    assert _reattach(marker, settings, target, tasks(PLAN, [0, 1, 2])) is None
+    assert "older seelike" in capsys.readouterr().out
 
 
 def test_nan_activations_reject_the_shard_naming_layer_and_example(tiny_local_run, tmp_path):

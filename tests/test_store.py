@@ -6,13 +6,15 @@ import h5py
 import numpy as np
 import pytest
 
+from seelike.plan import Plan
 from seelike.store import ShardError, layer_path, read_array, read_grams, validate_shard, write_shard
 
 PLAN = {"dataset": "synth:abc", "n_examples": 8, "minibatch_size": 4, "minibatches_per_shard": 2, "seed": 0,
         "indices": list(range(10, 18))}
 
 
-def make_shard(path, grams=None, pooled=None, plan=PLAN):
+def make_shard(path, grams=None, pooled=None, plan=PLAN, **override):
+    """Shard 0 of a 1-shard plan; ``override`` replaces write_shard arguments or arrays (by path)."""
     rng = np.random.default_rng(0)
     layers = ["block0", "block1"]
     x = rng.normal(size=(2, 8, 5))
@@ -21,9 +23,12 @@ def make_shard(path, grams=None, pooled=None, plan=PLAN):
     arrays.update({layer_path(l, "pooled_mean"): (pooled if pooled is not None else x[i]).astype(np.float32) for i, l in enumerate(layers)})
     arrays["labels"] = np.arange(8)
     arrays["logits"] = rng.normal(size=(8, 3)).astype(np.float32)
-    write_shard(path, model="m", dataset="synth", shard_index=0, n_shards=1, plan=plan, plan_digest="d",
+    arrays.update({k: v for k, v in override.items() if "/" in k or k in ("labels", "logits")})
+    args = dict(model="m", dataset="synth", shard_index=0, n_shards=1, plan=plan, plan_digest=Plan.from_dict(plan).digest(),
                 layers=layers, example_indices=np.arange(10, 18), minibatch_ids=np.repeat([0, 1], 4),
                 arrays=arrays, provenance={"config_hash": "h"})
+    args.update({k: v for k, v in override.items() if k in args})
+    write_shard(path, **args)
     return grams
 
 
@@ -89,6 +94,35 @@ def test_plan_mismatch_names_keys(tmp_path):
     with pytest.raises(ShardError) as e:
         validate_shard(p, expected_plan=other)
     assert "minibatch_size" in str(e.value)
+
+
+TWO_SHARDS = dict(PLAN, minibatches_per_shard=1)       # shard 0: examples 10-13, shard 1: 14-17
+
+
+@pytest.mark.parametrize("case,override,match", [
+    ("shard 1 saved as shard 0", dict(plan=TWO_SHARDS, n_shards=2, shard_index=1, example_indices=np.arange(14, 18),
+                                      minibatch_ids=np.repeat([1], 4), **{layer_path(l, "gram"): np.eye(4)[None] for l in ("block0", "block1")},
+                                      labels=np.arange(4), logits=np.zeros((4, 3), np.float32),
+                                      **{layer_path(l, "pooled_mean"): np.zeros((4, 5), np.float32) for l in ("block0", "block1")}),
+     "holds shard 1, expected shard 0"),
+    ("a Gram short of a minibatch", {layer_path("block1", "gram"): np.eye(4)[None]}, r"'layers/block1/gram' has shape \(1, 4, 4\), expected \(2, 4, 4\)"),
+    ("Grams of another minibatch size", {layer_path("block0", "gram"): np.stack([np.eye(8)] * 2)}, "expected \\(2, 4, 4\\)"),
+    ("labels of 3 examples", {"labels": np.arange(3)}, r"'labels' has shape \(3,\), expected \(8,\)"),
+    ("logits of 5 examples", {"logits": np.zeros((5, 3), np.float32)}, "'logits' has shape .*expected 8 rows"),
+    ("pooled rows missing", {layer_path("block1", "pooled_mean"): np.zeros((5, 5), np.float32)}, "pooled_mean' has shape .*expected 8 rows"),
+    ("a forged plan digest", {"plan_digest": "x"}, "plan_digest attribute does not match"),
+    ("examples not the plan's", {"example_indices": np.arange(8)}, "example indices or minibatch ids are not those of shard 0"),
+    ("minibatches not the plan's", {"minibatch_ids": np.repeat([1, 0], 4)}, "example indices or minibatch ids are not those of shard 0"),
+    ("a shard index past the plan", {"shard_index": 3}, "says shard 3 of 1"),
+])
+def test_shard_inconsistent_with_its_own_plan_rejected(tmp_path, case, override, match):
+    """Each of these shards is complete, finite and carries the expected plan, and used to pass:
+    CKA would have counted a minibatch twice or paired Grams with the wrong examples."""
+    p = tmp_path / "shard-00000.h5"
+    make_shard(p, **override)
+    plan = override.get("plan", PLAN)
+    with pytest.raises(ShardError, match=match):
+        validate_shard(p, expected_plan=plan, expected_shard=0)
 
 
 def test_missing_layer_rejected(tmp_path):

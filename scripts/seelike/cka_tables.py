@@ -57,7 +57,7 @@ def checked_shard(manifest: dict, entry: dict, expected_plan: dict, digests: dic
         # The manifest records a shard's sha256 only after validating its values, so matching bytes are
         # validated bytes: only the structure and plan are checked again, not every value.
         info = validate_shard(path, expected_plan=expected_plan, expected_layers=manifest["layers"],
-                              check_values=False)
+                              expected_shard=entry["shard_index"], check_values=False)
     except ShardError as e:
         manifest_path = Path(manifest["dir"]) / "manifest.json"
         path.unlink(missing_ok=True)

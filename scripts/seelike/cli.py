@@ -98,6 +98,7 @@ def check_checkpoint(card, card_path: Path) -> None:
 def step_extract(spec: dict) -> None:
     from . import provenance
     from .config import digest
+    from .fileio import sha256_file
     from .manifest import reusable, shard_path, write_manifest
     from .models import ModelCard
     from .plan import Plan
@@ -111,7 +112,8 @@ def step_extract(spec: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     n_shards = -(-plan["n_examples"] // (plan["minibatch_size"] * plan["minibatches_per_shard"]))
     files = [shard_path(out_dir, s) for s in range(n_shards)]
-    todo = [s for s in range(n_shards) if not reusable(files[s], plan, config_hash, card.sha256)]
+    card_sha256 = sha256_file(spec["card"])
+    todo = [s for s in range(n_shards) if not reusable(files[s], s, plan, config_hash, card.sha256, card_sha256)]
     job_spec = dict(spec, plan=plan, out=str(out_dir / "shard-{shard:05d}.h5"))
     if todo:
         print(f"seelike: extracting {len(todo)} of {n_shards} shard(s) of '{spec['model']}'", flush=True)

@@ -247,7 +247,9 @@ def extract_shard(spec: dict, shard_index: int) -> str:
         arrays.update(r.result())
     out_path = Path(spec["out"].format(shard=shard_index))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    prov = provenance.collect(spec.get("provenance_config"), input_digests={str(card_path.parent / card.checkpoint): card.sha256})
+    # the card's own digest too: a rerun reuses a shard only if its card (layers, preprocessing) is unchanged
+    prov = provenance.collect(spec.get("provenance_config"), inputs=[card_path],
+                              input_digests={str(card_path.parent / card.checkpoint): card.sha256})
     prov["seconds"] = round(time.time() - t_start, 3)
     write_shard(out_path, model=spec["model"], dataset=spec["dataset_key"], shard_index=shard_index,
                 n_shards=plan.n_shards, plan=plan.to_dict(), plan_digest=plan.digest(), layers=layers,

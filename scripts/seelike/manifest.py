@@ -1,8 +1,8 @@
 """The extraction manifest: the list of validated shards of one (model, dataset) and their checksums.
 
 The manifest is the only output Snakemake tracks for an extraction; shard files live beside it.
-A shard already on disk is reused when it validates and was made from the same model checkpoint,
-plan and extraction settings, so a rerun after a failure redoes only the missing shards.
+A shard already on disk is reused when it validates and was made from the same model card and
+checkpoint, plan and extraction settings, so a rerun after a failure redoes only the missing shards.
 """
 from __future__ import annotations
 
@@ -17,19 +17,22 @@ def shard_path(out_dir: str | os.PathLike, shard: int) -> Path:
     return Path(out_dir) / SHARD_NAME.format(shard=shard)
 
 
-def reusable(path: Path, plan: dict, config_hash: str, checkpoint_sha256: str) -> bool:
-    """A shard that validates and came from the same inputs and settings."""
+def reusable(path: Path, shard: int, plan: dict, config_hash: str, checkpoint_sha256: str, card_sha256: str) -> bool:
+    """Shard ``shard`` on disk at ``path`` validates and came from the same inputs and settings: the
+    card as well as the checkpoint, since the card alone says which layers are tapped and how images
+    are preprocessed."""
     from .store import ShardError, validate_shard
 
     if not path.is_file():
         return False
     try:
-        info = validate_shard(path, expected_plan=plan)
+        info = validate_shard(path, expected_plan=plan, expected_shard=shard)
     except ShardError as e:
         print(f"seelike: will redo {path}: {e}", flush=True)
         return False
     prov = info.provenance
-    same = prov.get("config_hash") == config_hash and checkpoint_sha256 in prov.get("inputs", {}).values()
+    inputs = set(prov.get("inputs", {}).values())
+    same = prov.get("config_hash") == config_hash and {checkpoint_sha256, card_sha256} <= inputs
     if not same:
         print(f"seelike: will redo {path}: made from other inputs or settings", flush=True)
     return same
@@ -37,12 +40,13 @@ def reusable(path: Path, plan: dict, config_hash: str, checkpoint_sha256: str) -
 
 def write_manifest(manifest: str | os.PathLike, *, model: str, dataset: str, plan: dict, plan_digest: str,
                    shard_files: list[Path], provenance: dict) -> dict:
-    """Validate every shard, then write the manifest with their sha256 and sizes."""
+    """Validate every shard (``shard_files[i]`` must hold shard i), then write the manifest with their
+    sha256 and sizes."""
     from .fileio import sha256_files, write_json_atomic
     from .store import validate_shard
 
     shard_files = list(shard_files)
-    infos = [validate_shard(p, expected_plan=plan) for p in shard_files]
+    infos = [validate_shard(p, expected_plan=plan, expected_shard=i) for i, p in enumerate(shard_files)]
     layers = infos[0].layers if infos else None
     for p, info in zip(shard_files, infos):
         if info.layers != layers:

@@ -145,9 +145,12 @@ def describe_nonfinite(key: str, where: tuple[int, ...], example_indices: np.nda
 
 
 def validate_shard(path: str | os.PathLike, *, expected_plan: dict | None = None,
-                   expected_layers: Iterable[str] | None = None, check_values: bool = True) -> ShardInfo:
+                   expected_layers: Iterable[str] | None = None, expected_shard: int | None = None,
+                   check_values: bool = True) -> ShardInfo:
     """Open a shard and check it is usable: complete, every layer and dataset present, values finite,
-    plan as expected. Raises ShardError naming the file and the problem."""
+    plan as expected, and the shard consistent with its own plan: its index (``expected_shard`` when
+    given), examples and minibatches are the plan's, and every Gram, label, logit and pooled row is
+    there for them. Raises ShardError naming the file and the problem."""
     import h5py
     from .plan import plan_differences
 
@@ -182,6 +185,7 @@ def validate_shard(path: str | os.PathLike, *, expected_plan: dict | None = None
                 diff = plan_differences(plan, expected_plan)
                 if diff:
                     raise ShardError(f"shard '{path}' was extracted with a different plan; differing keys: {', '.join(diff)}")
+            _check_against_own_plan(path, f, plan, ex, mb, layers, expected_shard)
             if check_values:
                 for key in datasets:
                     ds = f[key]
@@ -199,6 +203,39 @@ def validate_shard(path: str | os.PathLike, *, expected_plan: dict | None = None
         raise
     except (OSError, KeyError, ValueError) as e:
         raise ShardError(f"shard '{path}' is damaged: {e}") from None
+
+
+def _check_against_own_plan(path: Path, f, plan: dict, ex: np.ndarray, mb: np.ndarray, layers: list[str],
+                            expected_shard: int | None) -> None:
+    """A shard copied under another shard's name, or with a short array, would otherwise pass: CKA
+    would count some minibatches twice or pair Grams with the wrong examples."""
+    from .plan import Plan
+
+    a = f.attrs
+    try:
+        p = Plan.from_dict(plan)
+    except (TypeError, ValueError) as e:
+        raise ShardError(f"shard '{path}' holds an invalid plan: {e}") from None
+    if str(a["plan_digest"]) != p.digest():
+        raise ShardError(f"shard '{path}': its plan_digest attribute does not match the plan it holds")
+    index, n_shards = int(a["shard_index"]), int(a["n_shards"])
+    if n_shards != p.n_shards or not 0 <= index < n_shards:
+        raise ShardError(f"shard '{path}' says shard {index} of {n_shards}; its plan has {p.n_shards} shard(s)")
+    if expected_shard is not None and index != expected_shard:
+        raise ShardError(f"shard '{path}' holds shard {index}, expected shard {expected_shard} (a copied or renamed file?)")
+    sp = p.shard(index)
+    if not (np.array_equal(ex, sp.example_indices) and np.array_equal(mb, sp.minibatch_ids)):
+        raise ShardError(f"shard '{path}': its example indices or minibatch ids are not those of shard {index} of its plan")
+    n, m, b = sp.n_examples, len(sp.minibatches), p.minibatch_size
+    want = {"labels": (n,)}
+    want.update({layer_path(l, "gram"): (m, b, b) for l in layers})
+    for key, shape in want.items():
+        if key in f and f[key].shape != shape:
+            raise ShardError(f"shard '{path}': '{key}' has shape {f[key].shape}, expected {shape}")
+    rows = ["logits"] + [layer_path(l, k) for l in layers for k in ("pooled_cls", "pooled_mean")]
+    for key in rows:
+        if key in f and (f[key].ndim < 1 or f[key].shape[0] != n):
+            raise ShardError(f"shard '{path}': '{key}' has shape {f[key].shape}, expected {n} rows (one per example)")
 
 
 def read_grams(path: str | os.PathLike, layers: list[str], out: np.ndarray | None = None, at: int = 0) -> np.ndarray:

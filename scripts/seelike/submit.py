@@ -2,12 +2,14 @@
 
 The waiting side only handles strings ("module:function") and JSON-able kwargs, so it never
 imports torch or holds model data; the job imports the target when it starts.
-A record of the submitted job ids sits beside the step's output (`<output>.job.json`), so a
-restarted Snakemake re-attaches to SLURM jobs that are still queued or running.
+A record of the submitted job ids and of what each computes (a digest of the function's name and its
+kwargs) sits beside the step's output (`<output>.job.json`), so a restarted Snakemake re-attaches to SLURM
+jobs that are still queued or running, but only when they were submitted for the very tasks it asks for.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib
 import json
 import os
@@ -148,16 +150,55 @@ def _record_path(marker: str | os.PathLike) -> Path:
     return Path(str(marker) + ".job.json")
 
 
-def _write_record(marker, settings: dict, folder: Path, job_ids: list[str]) -> None:
+def _task_digest(target: str, kwargs: dict) -> str:
+    """What one task computes, as a sha256 of the function's name and its kwargs in canonical JSON
+    (sorted keys; tuples and paths as JSON lists and strings, as the job record writes them)."""
+    from .fileio import to_jsonable
+
+    text = json.dumps(to_jsonable({"target": target, "kwargs": kwargs}), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _write_record(marker, settings: dict, folder: Path, job_ids: list[str], target: str,
+                  kwargs_list: Sequence[dict]) -> None:
     from .fileio import write_json_atomic
 
     write_json_atomic(_record_path(marker), {
         "executor": settings["executor"], "step": settings["step"], "folder": str(folder),
-        "job_ids": job_ids, "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        "job_ids": job_ids, "target": target, "n_tasks": len(kwargs_list),
+        "task_digests": [_task_digest(target, kw) for kw in kwargs_list],
+        "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
 
-def _reattach(marker, settings: dict) -> list | None:
-    """SLURM jobs recorded beside the output that are still queued or running, else None."""
+def _recorded_jobs_for(rec: dict, target: str, kwargs_list: Sequence[dict]) -> list[str] | None:
+    """The recorded job ids that compute exactly the requested tasks, in the order asked, or None when
+    any requested task is not one the record's jobs were submitted for (the config changed since), or
+    the record does not say what its jobs compute (written before records carried task digests).
+    A request for fewer of the same tasks (an array whose other tasks have finished) matches."""
+    ids, digests = rec.get("job_ids"), rec.get("task_digests")
+    if (not isinstance(ids, list) or not isinstance(digests, list) or not ids or len(ids) != len(digests)
+            or rec.get("n_tasks") != len(ids) or rec.get("target") != target or not kwargs_list):
+        return None
+    job_of = dict(zip(digests, (str(i) for i in ids)))
+    wanted = [_task_digest(target, kw) for kw in kwargs_list]
+    if any(d not in job_of for d in wanted):
+        return None
+    return [job_of[d] for d in wanted]
+
+
+def _slurm_jobs(folder: str, job_ids: Sequence[str]) -> tuple[list, list[str]]:
+    """submitit handles for recorded SLURM jobs and their current states (first word of sacct's)."""
+    from submitit.slurm.slurm import SlurmJob
+
+    jobs = [SlurmJob(folder=folder, job_id=jid) for jid in job_ids]
+    return jobs, [j.state.split()[0] if j.state else "UNKNOWN" for j in jobs]
+
+
+def _reattach(marker, settings: dict, target: str, kwargs_list: Sequence[dict]) -> list | None:
+    """SLURM jobs recorded beside the output that are still queued or running and were submitted for
+    the very tasks requested now, else None. Jobs recorded for other work are never adopted (nor
+    cancelled: they are the user's); the caller then submits the requested tasks anew."""
     if marker is None or settings["executor"] != "slurm":
         return None
     path = _record_path(marker)
@@ -167,14 +208,24 @@ def _reattach(marker, settings: dict) -> list | None:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if rec.get("executor") != "slurm":
+    if not isinstance(rec, dict) or rec.get("executor") != "slurm":
         return None
-    from submitit.slurm.slurm import SlurmJob
-
-    jobs = [SlurmJob(folder=rec["folder"], job_id=jid) for jid in rec["job_ids"]]
-    states = [j.state.split()[0] if j.state else "UNKNOWN" for j in jobs]
+    job_ids = _recorded_jobs_for(rec, target, kwargs_list)
+    if job_ids is None:
+        recorded = [str(i) for i in rec.get("job_ids") or []] if isinstance(rec.get("job_ids"), list) else []
+        _, states = _slurm_jobs(rec.get("folder", "."), recorded) if recorded else ([], [])
+        running = [j for j, s in zip(recorded, states) if s in ACTIVE_SLURM_STATES]
+        why = ("the record does not say what they compute (written by an older seelike)" if "task_digests" not in rec
+               else "they were submitted for different work than requested now (the config changed since)")
+        print(f"seelike: not re-attaching to SLURM job(s) {', '.join(recorded) or '(none)'} of step "
+              f"'{settings['step']}' recorded in {path}: {why}; submitting the step anew"
+              + (f". Job(s) {', '.join(running)} are still queued or running and may still write their old "
+                 f"results; cancel them (scancel {' '.join(running)}) if they are no longer wanted" if running else ""),
+              flush=True)
+        return None
+    jobs, states = _slurm_jobs(rec["folder"], job_ids)
     if all(s in ACTIVE_SLURM_STATES or s == "COMPLETED" for s in states) and any(s in ACTIVE_SLURM_STATES for s in states):
-        print(f"seelike: re-attaching to SLURM job(s) {', '.join(rec['job_ids'])} of step '{settings['step']}' "
+        print(f"seelike: re-attaching to SLURM job(s) {', '.join(job_ids)} of step '{settings['step']}' "
               f"(recorded in {path})", flush=True)
         return jobs
     return None
@@ -240,7 +291,7 @@ def run_array(settings: dict, target: str, kwargs_list: list[dict], name: str,
     if settings["executor"] == "inline":
         return [call_target(target, kw, threads) for kw in kwargs_list]
     folder = Path(settings["log_dir"]) / step / name / "%j"
-    jobs = _reattach(marker, settings)
+    jobs = _reattach(marker, settings, target, kwargs_list)
     if jobs is None:
         if settings["executor"] == "local":
             # Local processes share this machine: run them one wave at a time.
@@ -264,5 +315,5 @@ def run_array(settings: dict, target: str, kwargs_list: list[dict], name: str,
         ids = [str(j.job_id) for j in jobs]
         print(f"seelike: step '{step}' ({name}) submitted as SLURM job(s) {', '.join(ids)}; logs in {folder}", flush=True)
         if marker is not None:
-            _write_record(marker, settings, folder, ids)
+            _write_record(marker, settings, folder, ids, target, kwargs_list)
     return _wait(jobs, step, name, settings, marker)

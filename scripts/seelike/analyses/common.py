@@ -18,7 +18,7 @@ def shard_paths(manifest: dict) -> list[Path]:
     paths = []
     for entry in manifest["shards"]:
         p = Path(manifest["dir"]) / entry["file"]
-        validate_shard(p, expected_plan=manifest["plan"], check_values=False)
+        validate_shard(p, expected_plan=manifest["plan"], expected_shard=entry["shard_index"], check_values=False)
         paths.append(p)
     return paths
 
