@@ -537,6 +537,27 @@ def test_fetch_from_local_hub_cache(tmp_path, hub_model, fmt):
         assert torch.equal(got[k], v), k
 
 
+def test_model_step_takes_the_configured_layers_for_every_source(tmp_path, vit, hub_model):
+    """`models.<name>.layers` chooses the layers of fetched and imported models too, not only of
+    trained ones (the step used to drop it for these two sources)."""
+    from safetensors.torch import save_file
+    from seelike.cli import step_model
+
+    src = tmp_path / "src.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(src))
+    cfg = timm.models.get_pretrained_cfg(HUB_NAME)
+    cache = _fake_hub_cache(tmp_path / "hub", cfg.hf_hub_id, {"model.safetensors": lambda p: save_file(
+        {k: v.contiguous().clone() for k, v in hub_model.state_dict().items()}, str(p))})
+    sources = {"local": ({"kind": "local_file", "path": str(src)}, VIT_KW),
+               "hub": ({"kind": "timm_hub", "timm_name": HUB_NAME, "cache_dir": str(cache)}, HUB_KW)}
+    for name, (source, kwargs) in sources.items():
+        out = tmp_path / name
+        step_model({"name": name, "arch": "vit_tiny_patch16_224", "kwargs": kwargs, "source": source,
+                    "layers": ["blocks.0", "blocks.2"], "out_dir": str(out)})
+        card = ModelCard.load(out)
+        assert [l["module"] for l in card.layers] == ["blocks.0", "blocks.2"], name
+
+
 def test_fetch_missing_from_cache_and_unknown_names(tmp_path):
     with pytest.raises(HubError, match=r"timm/vit_tiny_patch16_224\.augreg_in21k.*cache"):
         fetch_from_hub("x", HUB_NAME, tmp_path / "reg", cache_dir=tmp_path / "empty", local_files_only=True,

@@ -87,3 +87,26 @@ def test_changing_plotting_code_reruns_only_figures(finished_run, tmp_path):
     cfgfile = write_config(run / "edited.yaml", cfg)
     proc = snakemake(run, cfgfile, "-n", "--quiet", "rules", snakefile=repo / "workflow" / "Snakefile")
     assert planned_jobs(proc) == {"figure_f1": 3, "figure_f2": 3, "figure_f14": 1, "all": 1}
+
+
+def test_replacing_a_local_weights_file_rebuilds_its_model(finished_run, tmp_path):
+    """A `local_file` model's weights are an input of its model step: a new file at the same path
+    rebuilds the card (and, through it, everything downstream) instead of going unnoticed."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    run, cfg = finished_run
+    weights = tmp_path / "weights.safetensors"
+    shutil.copy(run / "results" / "models" / "vit" / "weights.safetensors", weights)
+    cfg["models"]["vit_file"] = {"arch": cfg["models"]["vit"]["arch"], "kwargs": cfg["models"]["vit"]["kwargs"],
+                                 "source": {"kind": "local_file", "path": str(weights)}}
+    cfgfile = write_config(run / "edited.yaml", cfg)
+    card = "results/models/vit_file/card.json"
+    snakemake(run, cfgfile, "--cores", "1", card)
+    assert planned_jobs(snakemake(run, cfgfile, "--cores", "1", card, "-n", "--quiet", "rules")) == {}
+    sd = load_file(str(weights))
+    save_file({k: v * 1.5 for k, v in sd.items()}, str(weights))     # retrained elsewhere, same path
+    later = (run / card).stat().st_mtime + 10
+    os.utime(weights, (later, later))
+    assert planned_jobs(snakemake(run, cfgfile, "--cores", "1", card, "-n", "--quiet", "rules")) == {"model": 1}

@@ -138,6 +138,31 @@ def test_folder_training_runs_and_resumes_exactly(folders, tmp_path, monkeypatch
         np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)
 
 
+def test_extraction_of_synthetic_images_uses_a_folder_trained_models_own_preprocessing(folders, tmp_path):
+    """The fast path that feeds synthetic tensors straight to a model is for models whose card says
+    exactly that preprocessing (trained on synthetic images); a recipe trained on a folder records
+    timm's resize and crop (and maybe ImageNet's normalisation) and must get them."""
+    from seelike import train
+    from seelike.extract import sees_synthetic_natively
+    from seelike.models import ModelCard
+    from seelike.train_data import synthetic_preprocessing
+
+    cfg = folder_config(*folders)
+    cfg["models"]["vit"]["recipe"]["steps"] = 1
+    train.train_model(_spec(cfg, tmp_path / "m"))
+    card = ModelCard.load(tmp_path / "m" / "card.json")
+    synth = {"kind": "synthetic", "image_size": 32, "n_classes": 4, "seed": 1}
+    assert card.source["kind"] == "recipe" and card.input_size[-1] == 32
+    assert card.pretrained_cfg["crop_pct"] != 1.0                   # timm's eval crop, which the images need
+    assert not sees_synthetic_natively(card, synth)
+    card.pretrained_cfg = dict(card.pretrained_cfg, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], crop_pct=1.0)
+    assert not sees_synthetic_natively(card, synth)                 # ImageNet normalisation
+    card.pretrained_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in synthetic_preprocessing(32).items()}
+    assert sees_synthetic_natively(card, synth)                     # what training on synthetic images records
+    assert not sees_synthetic_natively(card, dict(synth, image_size=64))
+    assert not sees_synthetic_natively(card, {"kind": "imagefolder", "root": str(folders[1])})
+
+
 def test_training_refuses_more_classes_than_outputs(folders, tmp_path):
     from seelike import train
 

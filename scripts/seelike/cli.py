@@ -65,14 +65,14 @@ def step_model(spec: dict) -> None:
 
         src = spec["source"]
         card = fetch_from_hub(spec["name"], src["timm_name"], out_dir, cache_dir=src.get("cache_dir"),
-                              kwargs=spec.get("kwargs") or None)
+                              kwargs=spec.get("kwargs") or None, layer_spec=spec.get("layers", "auto"))
         _add_provenance(card, out_dir, spec)
     elif kind == "local_file":
         from .models import import_local_weights
 
         src = spec["source"]
         card = import_local_weights(spec["name"], spec["arch"], spec.get("kwargs", {}), src["path"], out_dir,
-                                    expected_sha256=src.get("sha256"))
+                                    expected_sha256=src.get("sha256"), layer_spec=spec.get("layers", "auto"))
         _add_provenance(card, out_dir, spec)
     else:
         raise SystemExit(f"seelike: unknown model source kind '{kind}'")

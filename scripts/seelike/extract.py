@@ -169,6 +169,25 @@ def select_layers(model, card, sublayers: bool) -> list[dict]:
     return enumerate_layers(model, card.family, sublayers=True)
 
 
+def sees_synthetic_natively(card, dataset_cfg: dict) -> bool:
+    """Whether the card's preprocessing of a synthetic image is exactly the dataset's own tensor
+    (full image at its size, mean = std = 0.5): decided from the preprocessing, not from how the
+    model was made, since a recipe trained on an image folder records ImageNet's normalisation."""
+    from .train_data import synthetic_preprocessing
+
+    if dataset_cfg["kind"] != "synthetic":
+        return False
+    size = dataset_cfg.get("image_size")
+    own, cfg = synthetic_preprocessing(size), card.pretrained_cfg or {}
+    return all(_same(cfg.get(k), own[k]) for k in ("input_size", "mean", "std", "crop_pct"))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a is not None and b is not None and float(a) == float(b)
+
+
 def extract_shard(spec: dict, shard_index: int) -> str:
     """spec keys: model, card (path), dataset_key, dataset (config entry), split, plan (dict), out (path
     template with {shard}), device, precision, sublayers, full_tokens, num_workers, provenance_config;
@@ -196,10 +215,9 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     layers = [l["name"] for l in layer_specs]
 
     # Each model sees images through its card's preprocessing (timm's for pretrained models, what
-    # training used for recipes); synthetic images for a recipe model take the equivalent fast path.
-    native = (card.source.get("kind") == "recipe" and spec["dataset"]["kind"] == "synthetic"
-              and spec["dataset"].get("image_size") == card.input_size[-1])
-    transform = None if native else timm_eval_transform(card.pretrained_cfg)
+    # training used for recipes); synthetic images take the equivalent fast path when that
+    # preprocessing is the synthetic data's own (a model trained on them).
+    transform = None if sees_synthetic_natively(card, spec["dataset"]) else timm_eval_transform(card.pretrained_cfg)
     ds = open_dataset(spec["dataset"], spec["split"], transform=transform, rendered=spec.get("rendered"))
     b = plan.minibatch_size
     loader = DataLoader(Subset(ds, [int(i) for i in sp.example_indices]), batch_size=b, shuffle=False,

@@ -51,6 +51,12 @@ def model_rendered_inputs(cfg: dict, name: str) -> list[str]:
     return sorted(model_rendered(cfg, name).values())
 
 
+def model_weight_inputs(cfg: dict, name: str) -> list[str]:
+    """A local weights file is an input of its model: replacing it rebuilds the card (and all downstream)."""
+    src = cfg["models"][name]["source"]
+    return [src["path"]] if src["kind"] == "local_file" else []
+
+
 def extract_rendered_inputs(cfg: dict) -> list[str]:
     p = rendered_path(cfg, dataset_key(cfg), cfg["analysis"]["split"])
     return [p] if p else []

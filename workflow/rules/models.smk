@@ -9,6 +9,7 @@ rule model:
     input:
         _init_card,
         lambda wc: specs.model_rendered_inputs(CFG, wc.model),
+        lambda wc: specs.model_weight_inputs(CFG, wc.model),
     output:
         card="results/models/{model}/card.json",
         weights="results/models/{model}/weights.safetensors",
