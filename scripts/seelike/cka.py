@@ -70,6 +70,7 @@ NONPOSITIVE_SELF_HSIC = "nonpositive_self_hsic"
 __all__ = [
     "ESTIMATORS", "MIN_EXAMPLES", "CKAResult", "NegativeHSICWarning", "gram", "u_center",
     "double_center", "hsic_all_pairs", "cka_from_minibatch_hsic", "cka_all_pairs_from_features",
+    "student_t_quantile",
 ]
 
 
@@ -431,6 +432,45 @@ class CKAResult:
     batch_std: np.ndarray
     status: np.ndarray
     n_minibatches: int
+
+    def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Two-sided ``level`` confidence interval ``cka -+ t * se`` with Student's t quantile for
+        ``n_minibatches - 1`` degrees of freedom (the jackknife's): with the demo's 8 minibatches
+        t = 2.36, not the normal 1.96, which would make the interval 17% too narrow."""
+        if self.n_minibatches < 2:
+            nan = np.full_like(self.cka, np.nan)
+            return nan, nan.copy()
+        t = student_t_quantile(0.5 + level / 2, self.n_minibatches - 1)
+        return self.cka - t * self.se, self.cka + t * self.se
+
+
+def student_t_quantile(p: float, dof: int) -> float:
+    """Quantile ``p`` (0.5 <= p < 1) of Student's t distribution with ``dof`` >= 1 degrees of freedom:
+    bisection on the CDF, whose density is integrated by Simpson's rule on the substitution
+    x = tan(u) (a bounded integrand for every dof). Accurate to ~1e-10; no SciPy needed."""
+    if not 0.5 <= p < 1.0:
+        raise ValueError(f"student_t_quantile: p must be in [0.5, 1), got {p}")
+    if int(dof) != dof or dof < 1:
+        raise ValueError(f"student_t_quantile: dof must be a positive integer, got {dof}")
+    nu = float(dof)
+    log_c = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+
+    def cdf_above_half(t: float) -> float:                # P(0 < T < t)
+        u = np.linspace(0.0, math.atan(t), 2049)
+        x = np.tan(u)
+        f = np.exp(log_c - (nu + 1) / 2 * np.log1p(x * x / nu)) * (1.0 + x * x)   # density * dx/du
+        h = u[1] - u[0]
+        return float(h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
+
+    lo, hi = 0.0, 1.0
+    while cdf_above_half(hi) < p - 0.5:
+        lo, hi = hi, hi * 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf_above_half(mid) < p - 0.5 else (lo, mid)
+        if hi - lo < 1e-12 * hi:
+            break
+    return (lo + hi) / 2
 
 
 def _cka_from_mean_hsic(h: np.ndarray) -> np.ndarray:

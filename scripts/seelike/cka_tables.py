@@ -106,6 +106,7 @@ def cka_table(manifest_x: dict, manifest_y: dict | None, estimator: str):
     lx = len(manifest_x["layers"])
     xs = range(lx)
     ys = range(lx) if same else range(lx, len(rows))
+    ci_low, ci_high = res.interval(0.95)
     records = []
     for i in xs:
         for j in ys:
@@ -113,7 +114,7 @@ def cka_table(manifest_x: dict, manifest_y: dict | None, estimator: str):
             records.append({
                 "model_x": rows[i][0], "layer_x": rows[i][2], "index_x": rows[i][1],
                 "model_y": rows[j][0], "layer_y": rows[j][2], "index_y": rows[j][1],
-                "cka": c, "se": se, "ci_low": c - 1.96 * se, "ci_high": c + 1.96 * se,
+                "cka": c, "se": se, "ci_low": ci_low[i, j], "ci_high": ci_high[i, j],
                 "batch_std": res.batch_std[i, j], "n_minibatches": res.n_minibatches, "n_examples": n_examples,
                 "estimator": estimator, "status": str(res.status[i, j])})
     table = pd.DataFrame.from_records(records, columns=COLUMNS)
