@@ -303,3 +303,25 @@ def test_fine_tuning_into_fewer_classes(folders, tmp_path, capsys):
     for k in tuned:
         expected = scratch[k] if k.startswith("head.") else source[k]
         np.testing.assert_array_equal(tuned[k].numpy(), expected.numpy(), err_msg=k)
+
+
+def test_fp32_precision_turns_tf32_off_for_the_forward():
+    """precision "fp32" is float32 on GPUs too: cuDNN's TF32 default and any TF32 matmul setting
+    are off inside the forward's context and restored after it (the flags exist without a GPU)."""
+    import torch
+
+    from seelike.train import autocast
+
+    old = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        with autocast(torch.device("cpu"), "fp32"):
+            assert torch.backends.cudnn.allow_tf32 is False
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.backends.cudnn.allow_tf32 is True and torch.get_float32_matmul_precision() == "high"
+        with autocast(torch.device("cpu"), "bf16"):
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    finally:
+        torch.backends.cudnn.allow_tf32 = old[0]
+        torch.set_float32_matmul_precision(old[1])
