@@ -180,3 +180,152 @@ def test_every_schema_key_is_documented():
     walk(schema, [])
     missing = sorted(path for k, path in keys if not re.search(rf"(^|[\s.`,{{]){re.escape(k)}($|[\s.`,}}=<:])", quoted))
     assert not missing, f"config/README.md does not document: {missing}"
+
+
+# --- sweeps: every expanded model is checked like a hand-written one, errors name the sweep ----
+
+def test_sweep_key_typo_names_the_sweep_key():
+    """A misspelt sweep key used to add an unknown key to every expanded model (F12's models then
+    trained on all the data)."""
+    def m(c):
+        c["models"]["vit5_frac"]["sweep"]["key"] = "recipe.train_fractoin"
+    msg = bad(m)
+    assert msg.startswith("config key models.vit5_frac.sweep.key: 'recipe.train_fractoin' is not a key of a model")
+    assert "did you mean 'recipe.train_fraction'" in msg
+
+
+def test_sweep_key_typo_below_a_created_mapping():
+    def m(c):
+        c["models"]["vit5"]["sweep"]["key"] = "recipe.remove_skip.blok"
+    msg = bad(m)
+    assert msg.startswith("config key models.vit5.sweep.key: 'recipe.remove_skip.blok'")
+    assert "did you mean 'recipe.remove_skip.block'" in msg
+
+
+@pytest.mark.parametrize("key, values, index, words", [
+    ("recipe.lr", [0.001, -0.5], 1, "-0.5 is less than or equal to the minimum of 0"),
+    ("recipe.epochs", [5, "ten"], 1, "'ten' is not of type number"),
+    ("recipe.train_fraction", [0.1, 3.0], 1, "3.0 is greater than the maximum of 1"),
+    ("recipe.train_fraction", [0.1, "thirty"], 1, "'thirty' is not of type number"),
+])
+def test_bad_sweep_values_name_the_value(key, values, index, words):
+    def m(c):
+        c["models"]["vit5_frac"]["sweep"] = {"key": key, "values": values}
+    msg = bad(m)
+    assert msg.startswith(f"config key models.vit5_frac.sweep.values[{index}]: {words}"), msg
+    assert key in msg and "\n" not in msg
+
+
+def test_sweep_value_that_breaks_the_model_is_a_schema_error_not_a_crash():
+    """Sweeping source.kind to timm_hub used to crash with KeyError 'timm_name'."""
+    def m(c):
+        c["models"]["vit5_frac"]["sweep"] = {"key": "source.kind", "values": ["timm_hub"]}
+    msg = bad(m)
+    assert msg.startswith("config key models.vit5_frac.sweep.values[0]: with source.kind = 'timm_hub'")
+    assert "source.timm_name: required" in msg
+
+
+def test_sweep_over_a_free_form_key_and_created_mapping_defaults():
+    cfg = demo()
+    cfg["models"]["vit5_frac"]["sweep"] = {"key": "kwargs.depth", "values": [4, 6]}
+    del cfg["models"]["vit5"]["recipe"]["remove_skip"]          # the sweep creates it: defaults filled
+    cfg = sc.load(cfg, check_timm=False)
+    assert cfg["models"]["vit5_frac_4"]["kwargs"]["depth"] == 4
+    assert cfg["models"]["vit5_1"]["recipe"]["remove_skip"] == {"block": 1, "branch": "both"}
+
+
+# --- datasets, seeds -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset", ["synth", "synth_small"])   # the analysis dataset, a training-only one
+def test_synthetic_splits_are_required(dataset):
+    def m(c):
+        del c["datasets"][dataset]["splits"]
+    assert bad(m) == f"config key datasets.{dataset}.splits: required, but not given"
+
+
+@pytest.mark.parametrize("where", [("datasets", "synth", "seed"), ("models", "vit", "recipe", "seed"),
+                                   ("models", "vit", "recipe", "subset_seed"), ("analysis", "seed")])
+def test_negative_seeds(where):
+    def m(c):
+        node = c
+        for k in where[:-1]:
+            node = node[k]
+        node[where[-1]] = -1
+    assert bad(m) == f"config key {'.'.join(where)}: -1 is less than the minimum of 0"
+
+
+# --- config files: empty, duplicate keys -------------------------------------------------------
+
+def test_empty_config_file_is_an_error_not_the_demo(tmp_path):
+    from conftest import snakemake
+
+    cfgfile = tmp_path / "empty.yaml"
+    cfgfile.write_text("{}\n")
+    proc = snakemake(tmp_path / "wd", cfgfile, "-n", "--cores", "1", check=False, timeout=300)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert f"seelike: config file '{cfgfile}' holds no keys" in out
+    assert "Traceback" not in out and not (tmp_path / "wd" / "results").exists()
+
+
+DUPLICATE_CKA = """
+datasets: {synth: {kind: synthetic, splits: {train: 8, test: 8, analysis: 8}}}
+cka:
+  minibatch_size: 4
+models:
+  vit: {source: {kind: recipe}}
+cka:
+  estimator: biased
+"""
+
+
+def test_duplicate_keys_are_named_with_their_line(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text(DUPLICATE_CKA)
+    with pytest.raises(sc.ConfigError) as e:
+        sc.check_duplicate_keys(f)
+    assert str(e.value).startswith(f"config file '{f}' line 7: duplicate key 'cka' (first given at line 3)")
+    text = (ROOT / "config" / "demo.yaml").read_text()
+    f.write_text(text.replace("  resnet:\n", "  vit:\n    source: {kind: recipe}\n  resnet:\n", 1))
+    with pytest.raises(sc.ConfigError, match=r"duplicate key 'models\.vit'"):
+        sc.load_file(f, check_timm=False)
+
+
+def test_merge_keys_are_not_duplicates():
+    """config.yaml overrides keys it merges in with `<<: *vitb32_recipe`: overrides, not duplicates."""
+    for name in ("config.yaml", "demo.yaml"):
+        sc.check_duplicate_keys(ROOT / "config" / name)
+
+
+# --- cross-section checks ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mutate, role, words", [
+    (lambda c: c["analyses"].pop("localization"), "cls", "there is no analyses.localization section"),
+    (lambda c: c["analyses"]["localization"].update(enabled=False), "cls", "switched off"),
+    (lambda c: c["analyses"]["localization"].update(models=["vit", "vit5_none"]), "gap", "does not list it"),
+])
+def test_gap_vs_cls_needs_localization_of_both(mutate, role, words):
+    msg = bad(mutate)
+    assert msg.startswith(f"config key experiments.gap_vs_cls.{role}: F10 compares the localization maps") and words in msg
+
+
+def test_init_from_cycle_names_the_models():
+    def m(c):
+        c["models"]["vit"]["recipe"]["init_from"] = "vit_less_data"
+        c["models"]["vit_less_data"]["recipe"]["init_from"] = "vit"
+    msg = bad(m)
+    assert msg.startswith("config key models.vit.recipe.init_from: models vit -> vit_less_data -> vit")
+
+
+def test_n_examples_below_one_minibatch_suggests_one_size():
+    def m(c):
+        c["analysis"]["n_examples"] = 4
+    assert bad(m).endswith("is not a multiple of cka.minibatch_size (64); use 64")
+
+
+def test_fetch_is_not_a_step():
+    def m(c):
+        c["executor"]["steps"]["fetch"] = {"executor": "inline"}
+    msg = bad(m)
+    assert msg.startswith("config key executor.steps.fetch: there is no fetch step")
+    assert "fetch" not in sc.STEPS and sc.step_executor(sc.load(demo(), check_timm=False), "probe")["step"] == "probe"

@@ -1,4 +1,5 @@
-"""The conda environment for `--sdm conda` lists the same packages, at the same versions, as the pins."""
+"""The environment files agree: the conda environment for `--sdm conda` pins its packages (the top-level
+requirements and a few more) at the versions of requirements.txt; the bench pins cover the bench extra."""
 import re
 from pathlib import Path
 
@@ -31,3 +32,18 @@ def test_conda_env_matches_requirements():
         assert name in req, f"top-level requirement {name} not pinned in requirements.txt"
     python = [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")]
     assert python == ["python=3.11"]
+
+
+def test_bench_requirements_pin_the_bench_extra():
+    """`make bench` installs requirements-bench.txt: it must pin every package of pyproject's `bench`
+    extra (benchmarks/bench_cka.py imports both public CKA packages)."""
+    import tomllib
+
+    project = tomllib.loads((ENVS.parent / "pyproject.toml").read_text())["project"]
+    extra = {re.split(r"[<>=!~ \[]", spec)[0].lower().replace("_", "-")
+             for spec in project["optional-dependencies"]["bench"]}
+    bench = pins((ENVS / "requirements-bench.txt").read_text().splitlines())
+    assert extra and extra <= set(bench), f"not pinned in requirements-bench.txt: {sorted(extra - set(bench))}"
+    req = pins((ENVS / "requirements.txt").read_text().splitlines())
+    for name, version in bench.items():
+        assert req.get(name, version) == version, f"{name}: bench pins {version}, requirements.txt pins {req[name]}"

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,7 +20,9 @@ import yaml
 from .plan import MIN_MINIBATCH_SIZE
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-STEPS = ("fetch", "train", "extract", "cka", "vision", "receptive_field", "probe")
+# Steps whose jobs executor.steps can place. Fetching from the hub is not one: it always runs on the host
+# running Snakemake (compute nodes often have no internet).
+STEPS = ("train", "extract", "cka", "vision", "receptive_field", "probe")
 
 
 class ConfigError(ValueError):
@@ -60,12 +63,13 @@ def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
             _fill_defaults(instance, clause["then"], root)
 
 
-def _schema_error_message(err) -> str:
+def _schema_error_parts(err) -> tuple[list, str]:
+    """(path, what is wrong) of a schema error, the path as a list of keys and indices."""
     import jsonschema  # local: keeps `import seelike.config` cheap
 
     # oneOf/anyOf errors are vague; the deepest, most specific context error reads better.
     best = jsonschema.exceptions.best_match([err])
-    where = _key(best.absolute_path)
+    path = list(best.absolute_path)
     if best.validator == "additionalProperties":
         allowed = sorted(best.schema.get("properties", {}))
         extra = [k for k in best.instance if k not in allowed] if isinstance(best.instance, dict) else []
@@ -73,29 +77,94 @@ def _schema_error_message(err) -> str:
         for k in extra:
             close = difflib.get_close_matches(k, allowed, n=1)
             hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        return f"config key {where}: unknown key {', '.join(hints)}; allowed keys: {', '.join(allowed)}"
-    if best.validator == "required":
-        return f"config key {where}: {best.message}"
+        return path, f"unknown key {', '.join(hints)}; allowed keys: {', '.join(allowed)}"
+    if best.validator == "enum" and path == ["executor", "steps"] and best.instance == "fetch":
+        return path + ["fetch"], ("there is no fetch step to place: pretrained weights are always fetched on the host "
+                                  "running Snakemake (compute nodes often have no internet); remove this entry")
+    if best.validator == "required" and isinstance(best.instance, dict):
+        missing = [k for k in best.validator_value if k not in best.instance]
+        if missing:
+            return path + [missing[0]], "required, but not given"
     if best.validator == "type":
-        return f"config key {where}: {best.instance!r} is not of type {best.validator_value}"
+        return path, f"{best.instance!r} is not of type {best.validator_value}"
     if best.validator in ("enum", "const"):
         options = best.validator_value if best.validator == "enum" else [best.validator_value]
-        return f"config key {where}: {best.instance!r} is not one of {options}"
-    return f"config key {where}: {best.message}"
+        return path, f"{best.instance!r} is not one of {options}"
+    return path, best.message
+
+
+def _schema_error_message(err) -> str:
+    path, text = _schema_error_parts(err)
+    return f"config key {_key(path)}: {text}"
+
+
+def _schema_errors(cfg: dict, schema: dict) -> list:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    return sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
 
 
 def validate_schema(config: dict) -> dict:
-    """Schema check plus defaults. Returns a new, defaults-filled dict."""
-    import jsonschema
-
+    """Schema check plus defaults (sweeps not expanded). Returns a new, defaults-filled dict."""
     schema = load_schema()
     cfg = copy.deepcopy(config)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    errors = _schema_errors(cfg, schema)
     if errors:
         raise ConfigError(_schema_error_message(errors[0]))
     _fill_defaults(cfg, schema, schema)
     return cfg
+
+
+# --- config files ----------------------------------------------------------------------------
+
+def check_duplicate_keys(path: str | os.PathLike) -> None:
+    """Raise ConfigError naming the file, line and key of a key given twice in one mapping.
+
+    YAML loaders (and Snakemake's) keep the last of two equal keys and drop the first without a
+    word: a second `cka:` block or a model defined twice would silently replace the first. Keys
+    merged in with `<<: *anchor` are overrides, not duplicates. A file that is not YAML (or JSON)
+    is left to the loader that reads it.
+    """
+    try:
+        root = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+    done: set[int] = set()
+
+    def walk(node, where):
+        if id(node) in done:          # an anchor's node, already checked where it was defined
+            return
+        done.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if isinstance(key_node, yaml.ScalarNode):
+                    ident = (key_node.tag, key_node.value)
+                    line = key_node.start_mark.line + 1
+                    if ident in seen:
+                        dotted = ".".join(where + [key_node.value])
+                        raise ConfigError(f"config file '{path}' line {line}: duplicate key '{dotted}' (first given "
+                                          f"at line {seen[ident]}); YAML keeps only the last one, so remove or "
+                                          "rename one of them")
+                    seen[ident] = line
+                    walk(value_node, where + [key_node.value])
+                else:
+                    walk(value_node, where)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, where[:-1] + [f"{where[-1]}[{i}]"] if where else [f"[{i}]"])
+
+    if root is not None:
+        walk(root, [])
+
+
+def check_config_files(paths: Iterable[str | os.PathLike]) -> None:
+    """Checks of the config files as written (before Snakemake merges them): duplicate keys."""
+    for path in paths:
+        check_duplicate_keys(path)
 
 
 # --- model families -------------------------------------------------------------------------
@@ -136,16 +205,76 @@ def _slug(value) -> str:
     return "none" if value is None else str(value).replace(".", "p").replace("-", "m")
 
 
-def expand_sweeps(cfg: dict) -> None:
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _deref(node: dict, root: dict) -> dict:
+    if isinstance(node, dict) and "$ref" in node:
+        return root["$defs"][node["$ref"].split("/")[-1]]
+    return node
+
+
+def _keys_of(node: dict, root: dict) -> dict | None:
+    """The keys a schema node's mapping allows (its own and its if/then branches'), {} for a value
+    that is not a mapping, None for a free-form mapping (any key, e.g. `kwargs`)."""
+    node = _deref(node, root)
+    props = dict(node.get("properties", {}))
+    for clause in node.get("allOf", []):
+        props.update(_deref(clause.get("then", {}), root).get("properties", {}))
+    if not props and node.get("type") == "object" and node.get("additionalProperties", True) is not False:
+        return None
+    return props
+
+
+def _model_key_paths(node: dict, root: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, sub in (_keys_of(node, root) or {}).items():
+        out.append(prefix + k)
+        out += _model_key_paths(sub, root, prefix + k + ".")
+    return out
+
+
+def check_sweep_keys(cfg: dict, schema: dict | None = None) -> None:
+    """Each `models.<name>.sweep.key` must be a key a model can have (checked before expansion, so
+    that a misspelt key is named as the user wrote it, not as an unknown key of an expanded model)."""
+    schema = schema or load_schema()
+    model_schema = schema["properties"]["models"]["additionalProperties"]
+    for name, m in cfg["models"].items():
+        sweep = m.get("sweep")
+        if not sweep:
+            continue
+        where = f"config key models.{name}.sweep.key"
+        key, parts = sweep["key"], sweep["key"].split(".")
+        if parts[0] in ("sweep", "sweep_of"):
+            raise ConfigError(f"{where}: '{key}' names the sweep itself; sweep over a key of the model")
+        if "" in parts:
+            raise ConfigError(f"{where}: '{key}' is not a dotted key path (e.g. recipe.lr)")
+        node = model_schema
+        for part in parts:
+            keys = _keys_of(node, schema)
+            if keys is None:          # a free-form mapping (kwargs): any key below it
+                break
+            if part not in keys:
+                known = [p for p in _model_key_paths(model_schema, schema) if p.split(".")[0] != "sweep"]
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f"; a model's keys: {', '.join(known)}"
+                raise ConfigError(f"{where}: '{key}' is not a key of a model{hint}")
+            node = keys[part]
+
+
+def expand_sweeps(cfg: dict) -> dict[str, dict]:
     """`sweep: {key: recipe.remove_skip.block, values: [0, 1, 2]}` on model `m` becomes models
-    m_0, m_1, m_2, each with that key set: one registry model per value, no special path."""
-    models = {}
+    m_0, m_1, m_2, each with that key set: one registry model per value, no special path.
+
+    Returns where each expanded model came from: {name: {"model", "key", "value", "index"}}.
+    """
+    models, origins = {}, {}
     for name, m in cfg["models"].items():
         sweep = m.pop("sweep", None)
         if not sweep:
             models[name] = m
             continue
-        for value in sweep["values"]:
+        for i, value in enumerate(sweep["values"]):
             mm = copy.deepcopy(m)
             node, parts = mm, sweep["key"].split(".")
             for part in parts[:-1]:
@@ -157,10 +286,37 @@ def expand_sweeps(cfg: dict) -> None:
             node[parts[-1]] = value
             mm["sweep_of"] = {"model": name, "key": sweep["key"], "value": value}
             new = f"{name}_{_slug(value)}"
+            if not _MODEL_NAME.match(new):
+                raise ConfigError(f"config key models.{name}.sweep.values[{i}]: {value!r} would make the model name "
+                                  f"'{new}'; sweep values must be numbers, null or names (letters, digits, _ and -)")
             if new in cfg["models"] or new in models:
                 raise ConfigError(f"config key models.{name}.sweep: the expanded model name '{new}' is already used")
             models[new] = mm
+            origins[new] = {"model": name, "key": sweep["key"], "value": value, "index": i}
     cfg["models"] = models
+    return origins
+
+
+def _sweep_message(name: str, origin: dict, rest: list, text: str, semantic: bool = False) -> str:
+    """A problem of expanded model `name` at key path `rest`, named by the sweep that made the model."""
+    base, key, i = origin["model"], origin["key"], origin["index"]
+    rest_key = ".".join(str(p) for p in rest)
+    if rest[:len(key.split("."))] == key.split("."):
+        return f"config key models.{base}.sweep.values[{i}]: {text} (this value sets models.{name}.{rest_key})"
+    if semantic:   # a key the user wrote in the swept model; the sweep only made the model it failed in
+        return (f"config key models.{base}{'.' + rest_key if rest_key else ''}: {text} (in models.{name}, made by "
+                f"models.{base}.sweep with {key} = {origin['value']!r})")
+    return (f"config key models.{base}.sweep.values[{i}]: with {key} = {origin['value']!r}, "
+            f"models.{name}{'.' + rest_key if rest_key else ''}: {text}")
+
+
+def _name_sweeps_in(err: ConfigError, origins: dict) -> ConfigError:
+    """A semantic error about an expanded model, renamed to the sweep entry the user wrote."""
+    m = re.match(r"config key models\.([A-Za-z0-9_-]+)((?:\.[^:\s]+)?): (.*)$", str(err), re.S)
+    if not m or m.group(1) not in origins:
+        return err
+    rest = [p for p in m.group(2).lstrip(".").split(".") if p]
+    return ConfigError(_sweep_message(m.group(1), origins[m.group(1)], rest, m.group(3), semantic=True))
 
 
 def _check_semantics(cfg: dict, check_timm: bool) -> None:
@@ -233,6 +389,8 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
         m.setdefault("layers", "auto")
         m.setdefault("family", family_of_arch(m["arch"]))
 
+    _check_init_from_cycles(cfg["models"])
+
     a = cfg["analysis"]
     if a["dataset"] not in datasets:
         raise ConfigError(f"config key analysis.dataset: unknown dataset '{a['dataset']}'; configured: {', '.join(datasets)}")
@@ -254,9 +412,9 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
                           f"{MIN_MINIBATCH_SIZE} examples per minibatch (the unbiased HSIC estimator divides by b - 3)")
     n = a["n_examples"]
     if n % b:
-        lo, hi = (n // b) * b, (n // b + 1) * b
+        options = [m for m in ((n // b) * b, (n // b + 1) * b) if m]   # the multiples either side; never 0
         raise ConfigError(f"config key analysis.n_examples: {n} is not a multiple of cka.minibatch_size ({b}); "
-                          f"use {lo or hi} or {hi}")
+                          f"use {' or '.join(map(str, options))}")
     if c["pairs"] != "all":
         for i, pair in enumerate(c["pairs"]):
             for name in pair:
@@ -278,12 +436,65 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
     except vision.AnalysisConfigError as e:
         raise ConfigError(str(e)) from None
 
+    gap_vs_cls = (cfg.get("experiments") or {}).get("gap_vs_cls")
+    if gap_vs_cls:   # F10 draws both models' localization (F9) tables: check now, not after training them
+        covered = vision.models_for(cfg, "localization")
+        for role in ("cls", "gap"):
+            name = gap_vs_cls[role]
+            if name in covered:
+                continue
+            if "localization" not in cfg.get("analyses", {}):
+                why = "there is no analyses.localization section (add `localization: {}` under analyses)"
+            elif not vision.enabled(cfg, "localization"):
+                why = "analyses.localization is switched off (enabled: false)"
+            else:
+                why = f"analyses.localization.models does not list it (it covers: {', '.join(covered) or 'none'})"
+            raise ConfigError(f"config key experiments.gap_vs_cls.{role}: F10 compares the localization maps of "
+                              f"'{gap_vs_cls['cls']}' and '{gap_vs_cls['gap']}', but {why}")
+
+
+def _check_init_from_cycles(models: dict) -> None:
+    """`init_from` chains must end in a model trained from its own initialisation."""
+    for start in models:
+        chain, name = [], start
+        while name in models and name not in chain:
+            chain.append(name)
+            name = (models[name].get("recipe") or {}).get("init_from")
+        if name in chain and name == start:
+            cycle = chain + [start]
+            raise ConfigError(f"config key models.{start}.recipe.init_from: models {' -> '.join(cycle)} start from "
+                              "each other in a cycle; one of them must train without init_from")
+
 
 def load(config: dict, check_timm: bool = True) -> dict:
-    """Validate a raw config (as Snakemake merged it) and return the normalised copy."""
-    cfg = validate_schema(config)
-    expand_sweeps(cfg)
-    _check_semantics(cfg, check_timm=check_timm)
+    """Validate a raw config (as Snakemake merged it) and return the normalised copy.
+
+    The config as written is checked against the schema first, then its sweeps are expanded and
+    every expanded model is checked again, like a hand-written one: a swept value is as valid as
+    the key it sets. Problems of an expanded model are named by the sweep entry that made it.
+    """
+    schema = load_schema()
+    cfg = copy.deepcopy(config)
+    errors = _schema_errors(cfg, schema)
+    if errors:
+        raise ConfigError(_schema_error_message(errors[0]))
+    check_sweep_keys(cfg, schema)
+    _fill_defaults(cfg, schema, schema)
+    origins = expand_sweeps(cfg)
+    marks = {name: cfg["models"][name].pop("sweep_of") for name in origins}
+    errors = _schema_errors(cfg, schema)
+    if errors:
+        path, text = _schema_error_parts(errors[0])
+        if len(path) >= 2 and path[0] == "models" and path[1] in origins:
+            raise ConfigError(_sweep_message(path[1], origins[path[1]], path[2:], text))
+        raise ConfigError(f"config key {_key(path)}: {text}")
+    _fill_defaults(cfg, schema, schema)   # again: the defaults of mappings a sweep created (remove_skip.branch)
+    for name, mark in marks.items():
+        cfg["models"][name]["sweep_of"] = mark
+    try:
+        _check_semantics(cfg, check_timm=check_timm)
+    except ConfigError as e:
+        raise _name_sweeps_in(e, origins) from None
     return cfg
 
 
@@ -295,6 +506,7 @@ def load_file(path: str | os.PathLike, check_timm: bool = True) -> dict:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    check_duplicate_keys(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys")
     return load(raw, check_timm=check_timm)
