@@ -165,29 +165,27 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
         raise ValueError(f"gram: center must be True, False or 'auto', got {center!r}")
     if center == "auto":
         k = _gram(x, chunk_features, False)
-        if not _offset_dominated(k):
-            return _centre(k)
+        rows = k.sum(dim=1)
+        # sum(K) = ||sum_i x_i||^2 = n^2 ||mean||^2 and trace(K) = sum_i ||x_i||^2; compared without
+        # their difference, which cancels exactly when the offset dominates
+        offset = float(rows.sum()) / k.shape[0]
+        if offset * (1.0 + OFFSET_LIMIT) <= OFFSET_LIMIT * float(k.diagonal().sum()):
+            return _centre_(k, rows)
     elif not center:
         return _gram(x, chunk_features, False)
     # the float32 mean leaves a residual offset (terms a_i + a_j in the Gram): centring in float64
     # removes it, so that True and "auto" both return H K H
-    return _centre(_gram(x, chunk_features, True))
+    k = _gram(x, chunk_features, True)
+    return _centre_(k, k.sum(dim=1))
 
 
-def _offset_dominated(k: torch.Tensor) -> bool:
-    """Whether the mean of the features behind the uncentred Gram ``k`` outweighs their spread by
-    more than OFFSET_LIMIT: sum(K) = ||sum_i x_i||^2 = n^2 ||mean||^2 and trace(K) = sum_i ||x_i||^2.
-    Written without the difference trace - sum/n, which cancels exactly when the offset dominates."""
-    offset = float(k.sum()) / k.shape[0]
-    return offset * (1.0 + OFFSET_LIMIT) > OFFSET_LIMIT * float(k.diagonal().sum())
-
-
-def _centre(k: torch.Tensor) -> torch.Tensor:
-    """``H K H`` of a symmetric float64 ``K`` as ``K_ij - (a_i + a_j)`` with ``a = rowmean - mean / 2``:
-    exactly symmetric, as the HSIC functions require."""
-    r = k.mean(dim=1)
-    a = r - r.mean() / 2
-    return k - (a[:, None] + a[None, :])
+def _centre_(k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``H K H`` of a symmetric float64 ``K`` with row sums ``rows``, in place, as
+    ``K_ij - (a_i + a_j)`` with ``a = rowmean - mean / 2``: exactly symmetric, as the HSIC functions
+    require."""
+    n = k.shape[0]
+    a = rows / n - rows.sum() / (2 * n * n)
+    return k.sub_(a[:, None] + a[None, :])
 
 
 def _gram(x: torch.Tensor, chunk_features: int, center: bool) -> torch.Tensor:
