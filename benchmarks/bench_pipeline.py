@@ -112,16 +112,18 @@ def make_model_dir(out_dir: Path, name: str, arch: str, kwargs: dict, seed: int,
     """A randomly initialised timm model saved as a seelike model card + checkpoint. Returns the card path."""
     import seelike.models.archs  # noqa: F401  (registers seelike_mixer)
     from seelike.models import CARD_FILENAME, CHECKPOINT_FILENAME, create_timm_model, make_card, save_checkpoint
+    from seelike.train_data import synthetic_preprocessing
 
     torch.manual_seed(seed)
     model = create_timm_model(arch, dict(kwargs), pretrained=False).eval()
     out_dir = Path(out_dir) / name
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = save_checkpoint(model, out_dir / CHECKPOINT_FILENAME)
-    # source "recipe": the model reads the dataset's own preprocessing (32 px, mean = std = 0.5),
-    # exactly as a model trained by the workflow does; here the "recipe" is a random initialisation.
+    # The card records the preprocessing training on synthetic images records (full image, mean = std
+    # = 0.5), so extraction reads the dataset's own tensors, exactly as for a model the workflow
+    # trained, and pytorch-cka gets the same pixels; here the "recipe" is a random initialisation.
     card = make_card(name, arch, kwargs, {"kind": "recipe", "recipe": {"benchmark": "random init", "seed": seed}},
-                     model, ckpt, input_size=list(input_size))
+                     model, ckpt, input_size=list(input_size), pretrained_cfg=synthetic_preprocessing(input_size[-1]))
     return card.save(out_dir / CARD_FILENAME)
 
 
