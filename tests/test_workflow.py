@@ -126,8 +126,8 @@ def test_end_to_end_tiny_workflow(tiny_local_run):
         np.testing.assert_allclose(diag.cka, 1.0, atol=1e-9)
         assert (table.status == "ok").all() and table.se.notna().all()
         t = student_t_quantile(0.975, int(table.n_minibatches.iloc[0]) - 1)   # the jackknife's t interval
-        np.testing.assert_allclose(table.cka - table.ci_low, t * table.se, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(table.ci_high - table.cka, t * table.se, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(table.cka - table.ci_low, t * table.se, rtol=1e-5, atol=1e-9)   # CSV precision
+        np.testing.assert_allclose(table.ci_high - table.cka, t * table.se, rtol=1e-5, atol=1e-9)
         for fmt in ("pdf", "png"):
             assert (res / "figures" / "F1" / f"{name}.{fmt}").stat().st_size > 1000
     cross = pd.read_csv(res / "cka" / "synth" / "vit__resnet.csv")
