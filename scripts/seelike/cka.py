@@ -70,7 +70,7 @@ NONPOSITIVE_SELF_HSIC = "nonpositive_self_hsic"
 __all__ = [
     "ESTIMATORS", "MIN_EXAMPLES", "CKAResult", "NegativeHSICWarning", "gram", "u_center",
     "double_center", "hsic_all_pairs", "cka_from_minibatch_hsic", "cka_all_pairs_from_features",
-    "student_t_quantile",
+    "student_t_quantile", "full_fp32",
 ]
 
 
@@ -83,23 +83,23 @@ class NegativeHSICWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _full_fp32_matmul():
-    """Float32 matmuls at full float32 precision, whatever a caller set: TF32 / bf16 passes, and an
-    enclosing autocast (a forward hook runs inside the forward's mixed precision), which would turn
-    ``a @ b`` into a bf16 / fp16 product (``mm(out=)`` ignores it, ``@`` does not)."""
-    old = torch.get_float32_matmul_precision()
+def full_fp32():
+    """Float32 arithmetic at full float32 precision, whatever a caller set: TF32 matmuls, cuDNN's
+    TF32 convolutions (on by default on Ampere and later), and an enclosing autocast (a forward hook
+    runs inside the forward's mixed precision), which would turn ``a @ b`` into a bf16 / fp16
+    product (``mm(out=)`` ignores it, ``@`` does not). Used by every Gram and by the "fp32" forward."""
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     with contextlib.ExitStack() as stack:
         for device_type in ("cpu", "cuda"):
             if torch.amp.is_autocast_available(device_type):
                 stack.enter_context(torch.autocast(device_type, enabled=False))
-        if old == "highest":
-            yield
-            return
         torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = False
         try:
             yield
         finally:
-            torch.set_float32_matmul_precision(old)
+            torch.set_float32_matmul_precision(matmul)
+            torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def _panels(n: int, d: int, device: torch.device) -> int:
@@ -215,7 +215,7 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool) -> torch.Tensor:
     # buffer held) is overwritten by the mirror of the lower one at the end.
     buf = torch.empty(n, n, dtype=torch.float32, device=x.device) if b else None
     out = None
-    with torch.no_grad(), _full_fp32_matmul():
+    with torch.no_grad(), full_fp32():
         for s in range(0, d, chunk):
             c = flat[:, s:s + chunk]
             if staged:

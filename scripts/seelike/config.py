@@ -105,9 +105,9 @@ def _schema_errors(cfg: dict, schema: dict) -> list:
     return sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
 
 
-def validate_schema(config: dict) -> dict:
+def validate_schema(config: dict, schema: dict | None = None) -> dict:
     """Schema check plus defaults (sweeps not expanded). Returns a new, defaults-filled dict."""
-    schema = load_schema()
+    schema = schema or load_schema()
     cfg = copy.deepcopy(config)
     errors = _schema_errors(cfg, schema)
     if errors:
@@ -474,12 +474,8 @@ def load(config: dict, check_timm: bool = True) -> dict:
     the key it sets. Problems of an expanded model are named by the sweep entry that made it.
     """
     schema = load_schema()
-    cfg = copy.deepcopy(config)
-    errors = _schema_errors(cfg, schema)
-    if errors:
-        raise ConfigError(_schema_error_message(errors[0]))
+    cfg = validate_schema(config, schema)
     check_sweep_keys(cfg, schema)
-    _fill_defaults(cfg, schema, schema)
     origins = expand_sweeps(cfg)
     marks = {name: cfg["models"][name].pop("sweep_of") for name in origins}
     errors = _schema_errors(cfg, schema)

@@ -7,7 +7,6 @@ run continues from it to the same number of steps.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
@@ -36,28 +35,14 @@ def autocast(device, precision: str):
     import torch
 
     if precision == "fp32":
-        return _full_fp32()
+        from .cka import full_fp32
+
+        return full_fp32()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if device.type == "cpu" and precision == "fp16":
         # CPU autocast supports fp16 only in recent torch builds; bf16 is the CPU mixed type.
         dtype = torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def _full_fp32():
-    """"fp32" means float32 on a GPU too: cuDNN convolutions default to TF32 (10-bit mantissa) on
-    Ampere and later, and a caller may have allowed TF32 matmuls."""
-    import torch
-
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = cudnn
-        torch.set_float32_matmul_precision(matmul)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:

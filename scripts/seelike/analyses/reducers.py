@@ -175,12 +175,12 @@ class HeadGramReducer(Reducer):
 
     def _consume(self, name, role, x):
         import torch
-        from ..cka import _full_fp32_matmul
+        from ..cka import full_fp32
 
         # x: (b, t, heads, head_dim); one Gram per head over all tokens, like the layer Grams: float32
         # products (at full float32 precision) of each head's flattened output, in one batched product.
         h = x.permute(2, 0, 1, 3).reshape(x.shape[2], x.shape[0], -1).float()    # (heads, b, t * head_dim)
-        with torch.no_grad(), _full_fp32_matmul():
+        with torch.no_grad(), full_fp32():
             self.grams[name].append((h @ h.transpose(1, 2)).double().cpu().numpy())
 
     def update(self, batch):
@@ -298,7 +298,7 @@ class PositionGramReducer(Reducer):
 
     def update(self, batch):
         import torch
-        from ..cka import _full_fp32_matmul, gram
+        from ..cka import full_fp32, gram
 
         if self.resolve is not None:
             self._set(*self.resolve())
@@ -310,7 +310,7 @@ class PositionGramReducer(Reducer):
         if spatial.shape[1] != self.grid[0] * self.grid[1]:
             raise ValueError(f"localization layer {self.layer}: {spatial.shape[1]} positions, expected grid {self.grid}")
         s = spatial.transpose(0, 1).float()                            # (Q, b, d)
-        with torch.no_grad(), _full_fp32_matmul():
+        with torch.no_grad(), full_fp32():
             self.layer_grams.append((s @ s.transpose(1, 2)).double().cpu().numpy())
         x = batch.inputs
         cells = [x[:, :, self.rows[r]:self.rows[r + 1], self.cols[c]:self.cols[c + 1]] for r, c in self.positions]
