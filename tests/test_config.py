@@ -329,3 +329,24 @@ def test_fetch_is_not_a_step():
     msg = bad(m)
     assert msg.startswith("config key executor.steps.fetch: there is no fetch step")
     assert "fetch" not in sc.STEPS and sc.step_executor(sc.load(demo(), check_timm=False), "probe")["step"] == "probe"
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda c: c["extraction"].update(full_tokens=16), "extraction.full_tokens is 16"),
+    (lambda c: c["extraction"].pop("full_tokens"), "extraction.full_tokens is 16"),   # the default
+])
+def test_token_probes_need_stored_tokens(mutate, words):
+    msg = bad(mutate)
+    assert msg.startswith("config key experiments.probes.tokens: per-token probes (F11)") and words in msg
+    # switching the token probes off is the other way out
+    cfg = demo()
+    mutate(cfg)
+    cfg["experiments"]["probes"]["tokens"] = False
+    sc.load(cfg, check_timm=False)
+
+
+def test_invalid_layer_regex_is_named_before_the_run():
+    def m(c):
+        c["models"]["resnet"]["layers"] = {"regex": "layer[1-4"}
+    msg = bad(m)
+    assert msg.startswith("config key models.resnet.layers.regex: 'layer[1-4' is not a valid regular expression")

@@ -337,6 +337,12 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
     for mname, m in cfg["models"].items():
         where = f"models.{mname}"
         kind = m["source"]["kind"]
+        if isinstance(m.get("layers"), dict):
+            try:
+                re.compile(m["layers"]["regex"])
+            except re.error as e:
+                raise ConfigError(f"config key {where}.layers.regex: {m['layers']['regex']!r} is not a valid "
+                                  f"regular expression ({e})") from None
         if kind == "timm_hub":
             m.setdefault("arch", m["source"]["timm_name"].split(".")[0])
             if check_timm:

@@ -51,6 +51,11 @@ def probe_models(cfg: dict) -> list[str]:
     return [] if not s else [n for n in cfg["models"] if n in s.get("models", [])]
 
 
+#: Per-token probes fit on 3/4 of the examples with stored tokens and score the rest: below this
+#: count (10 test examples) an accuracy says nothing.
+MIN_TOKEN_PROBE_EXAMPLES = 40
+
+
 def check(cfg: dict) -> list[str]:
     """Semantic problems of the `experiments:` section, phrased with the key."""
     problems, names = [], set(cfg["models"])
@@ -66,6 +71,15 @@ def check(cfg: dict) -> list[str]:
         for m in (s.get(key) or {}).get(lst, []) or []:
             if m not in names:
                 problems.append(f"config key experiments.{key}.{lst}: unknown model '{m}'")
+    probes = s.get("probes")
+    full_tokens = int((cfg.get("extraction") or {}).get("full_tokens", 0))
+    n_examples = int((cfg.get("analysis") or {}).get("n_examples", full_tokens))
+    if probes and probes.get("tokens", True) and min(full_tokens, n_examples) < MIN_TOKEN_PROBE_EXAMPLES:
+        which = (f"extraction.full_tokens is {full_tokens}" if full_tokens <= n_examples
+                 else f"analysis.n_examples is {n_examples}")
+        problems.append(f"config key experiments.probes.tokens: per-token probes (F11) fit on the examples whose "
+                        f"full tokens are stored, at least {MIN_TOKEN_PROBE_EXAMPLES}, but {which}; raise it "
+                        f"or set experiments.probes.tokens: false")
     return problems
 
 
@@ -221,7 +235,7 @@ def probe_table(spec: dict) -> str:
                              "lam": r.lam, "n_train": r.n_train, "n_test": r.n_test})
         if spec.get("tokens", True):
             tokens = _features(m, layer, "tokens")
-            if len(tokens) >= 40:
+            if len(tokens) >= MIN_TOKEN_PROBE_EXAMPLES:
                 nt = len(tokens)
                 ttr, tte = np.arange(int(0.75 * nt)), np.arange(int(0.75 * nt), nt)
                 for p in range(tokens.shape[1]):
