@@ -325,3 +325,35 @@ def test_fp32_precision_turns_tf32_off_for_the_forward():
     finally:
         torch.backends.cudnn.allow_tf32 = old[0]
         torch.set_float32_matmul_precision(old[1])
+
+
+def test_resume_keeps_the_fp16_loss_scale(tmp_path):
+    """fp16 training's GradScaler state (scale, growth tracker) travels with the training state. A CPU
+    GradScaler stands in for the CUDA one: the state_dict is the same."""
+    import torch
+    from seelike import train
+
+    cpu = torch.device("cpu")
+    model = _tiny_vit(4)
+    opt = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    scaler.scale(model(torch.randn(2, 3, 32, 32)).sum()).backward()
+    next(model.parameters()).grad.fill_(float("inf"))     # an overflow: the step is skipped, the scale halves
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 2.0 ** 15
+    torch.save(train.training_state(model, opt, 1, [], np.random.default_rng(0), "h", cpu, scaler), tmp_path / "s.pt")
+
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    with torch.random.fork_rng(devices=[]):
+        assert train.resume_training_state(tmp_path / "s.pt", "h", model, opt, np.random.default_rng(0), cpu,
+                                           fresh) == (1, [])
+    assert fresh.get_scale() == 2.0 ** 15 and fresh.state_dict() == scaler.state_dict()
+
+    # without fp16 there is no scaler state to save, and a disabled scaler ignores one
+    torch.save(train.training_state(model, opt, 1, [], np.random.default_rng(0), "h", cpu,
+                                    torch.amp.GradScaler("cpu", enabled=False)), tmp_path / "plain.pt")
+    assert "scaler" not in torch.load(tmp_path / "plain.pt", weights_only=False)
+    with torch.random.fork_rng(devices=[]):
+        train.resume_training_state(tmp_path / "s.pt", "h", model, opt, np.random.default_rng(0), cpu,
+                                    torch.amp.GradScaler("cpu", enabled=False))

@@ -84,18 +84,22 @@ def describe_not_loaded(skipped: dict) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def training_state(model, opt, step: int, rows: list, rng, spec_hash, device) -> dict:
+def training_state(model, opt, step: int, rows: list, rng, spec_hash, device, scaler=None) -> dict:
     import torch
 
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rows": rows,
              "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "spec_hash": spec_hash}
+    if scaler is not None and scaler.is_enabled():
+        # fp16's loss scale, learnt over thousands of steps: a resume without it starts again at 2^16
+        # and skips steps on overflow until the scale has come back down
+        state["scaler"] = scaler.state_dict()
     if device.type == "cuda":
         # Dropout and drop-path on the GPU draw from the device's generator, not the CPU one.
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def resume_training_state(path, spec_hash, model, opt, rng, device):
+def resume_training_state(path, spec_hash, model, opt, rng, device, scaler=None):
     """Restore the state saved at `path` into model, opt and the generators: (step, rows), or None when it
     belongs to another recipe."""
     import torch
@@ -111,6 +115,8 @@ def resume_training_state(path, spec_hash, model, opt, rng, device):
     torch.set_rng_state(st["torch_rng"])
     if device.type == "cuda" and st.get("cuda_rng") is not None:  # absent from states saved on the CPU
         torch.cuda.set_rng_state(st["cuda_rng"], device)
+    if scaler is not None and scaler.is_enabled() and st.get("scaler"):   # absent unless saved under fp16
+        scaler.load_state_dict(st["scaler"])
     return st["step"], st["rows"]
 
 
@@ -192,7 +198,7 @@ def train_model(spec: dict) -> dict:
     state_path = out_dir / STATE_FILE
     step, rows = 0, []
     if state_path.is_file():
-        resumed = resume_training_state(state_path, spec.get("spec_hash"), model, opt, rng, device)
+        resumed = resume_training_state(state_path, spec.get("spec_hash"), model, opt, rng, device, scaler)
         if resumed is not None:
             step, rows = resumed
             print(f"seelike: resuming '{spec['name']}' from {state_path} at step {step}/{total}", flush=True)
@@ -201,7 +207,7 @@ def train_model(spec: dict) -> dict:
 
     def save_state():
         with atomic_write(state_path) as tmp:
-            torch.save(training_state(model, opt, step, rows, rng, spec.get("spec_hash"), device), tmp)
+            torch.save(training_state(model, opt, step, rows, rng, spec.get("spec_hash"), device, scaler), tmp)
 
     # SLURM (through submitit) sends USR2 before a time limit or preemption: stop at the next
     # step boundary with a consistent checkpoint, then let the job be requeued.
