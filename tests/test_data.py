@@ -396,6 +396,69 @@ def test_fingerprint_ignores_location_but_not_content(tmp_path):
     assert dataset_fingerprint(CFG) == SPEC.fingerprint()
 
 
+def test_plan_of_a_skip_folder_excludes_its_bad_files_and_jobs_do_not_decode_again(tmp_path, monkeypatch):
+    """The plan step decodes a skip folder once and records the unreadable files; a job opening the
+    dataset with that plan gets the same listing without decoding any file."""
+    from seelike.data import dataset_listing
+    from seelike.data import imagefolder
+    from seelike.plan import Plan, make_plan
+
+    root = make_folder(tmp_path / "val")
+    cfg = {"kind": "imagefolder", "root": str(root), "on_bad_file": "skip"}
+    checked = ImageFolderDataset(root, on_bad_file="skip")
+    size, fingerprint, excluded = dataset_listing(cfg, "analysis")
+    assert size == 6 and excluded == ["class_b/notes.txt", "class_d/corrupt.jpg", "class_d/fake.png"]
+    assert fingerprint == dataset_fingerprint(cfg)
+    plan = make_plan(f"val:{fingerprint}", np.arange(size), 4, 4, 1, 0, excluded=excluded)
+    plan = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))          # as the plan file gives it
+    assert plan.excluded == tuple(excluded)
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path}")
+    monkeypatch.setattr(imagefolder, "_check_file", no_decoding)
+    ds = open_dataset(cfg, "analysis", plan=plan)
+    assert ds.samples == checked.samples and len(ds) == 6
+    assert [r for r, _ in ds.skipped] == [r for r, _ in checked.skipped]
+    with pytest.raises(AssertionError, match="decoded"):                 # without the plan it would decode
+        open_dataset(cfg, "analysis")
+    # a folder planned under on_bad_file: error lists nothing to exclude, and the same plan there is refused
+    with pytest.raises(ValueError, match="listed as unreadable.*on_bad_file is 'error'"):
+        ImageFolderDataset(root, known_bad=excluded)
+
+
+@pytest.mark.parametrize("on_bad_file", ["error", "skip"])
+def test_a_folder_changed_since_the_plan_is_refused(tmp_path, on_bad_file):
+    """Adding, removing or renaming a file moves every later index: a job must not read other images
+    under the plan's indices."""
+    from seelike.data import dataset_listing
+    from seelike.plan import make_plan
+
+    root = make_folder(tmp_path / "val", bad=on_bad_file == "skip")
+    cfg = {"kind": "imagefolder", "root": str(root), "on_bad_file": on_bad_file}
+    size, fingerprint, excluded = dataset_listing(cfg, "analysis")
+    plan = make_plan(f"val:{fingerprint}", np.arange(size), 4, 4, 1, 0, excluded=excluded)
+    assert len(open_dataset(cfg, "analysis", plan=plan)) == size
+    (root / "class_a" / "added.png").write_bytes((root / "class_a" / "rgb.png").read_bytes())   # sorts first
+    with pytest.raises(ValueError, match=r"image folder .*val no longer matches the example plan of dataset 'val' "
+                                         r"\(fingerprint [0-9a-f]{12} when planned.*--forcerun plan"):
+        open_dataset(cfg, "analysis", plan=plan)
+    (root / "class_a" / "added.png").unlink()
+    (root / "class_a" / "gray.png").rename(root / "class_a" / "grey.png")
+    with pytest.raises(ValueError, match="no longer matches the example plan"):
+        open_dataset(cfg, "analysis", plan=plan)
+
+
+def test_synthetic_dataset_is_checked_against_the_plan():
+    from seelike.plan import make_plan
+
+    plan = make_plan(f"synth:{SPEC.fingerprint()}", np.arange(64), 8, 4, 1, 0)
+    assert len(open_dataset(CFG, "analysis", plan=plan)) == 64
+    other = dict(CFG, seed=1)
+    with pytest.raises(ValueError, match=r"synthetic dataset \(seed 1\) no longer matches the example plan of "
+                                         r"dataset 'synth'"):
+        open_dataset(other, "analysis", plan=plan)
+
+
 # ------------------------------------------------------------------- timm transforms
 def test_timm_eval_transform(tmp_path):
     import timm

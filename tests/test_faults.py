@@ -306,6 +306,21 @@ def test_image_folder_with_bad_files(tiny_local_run, tmp_path):
     assert "broken.JPEG" in plan_log and "README.txt" in plan_log
     meta = json.loads((run / "results" / "plans" / "val.json").read_text())
     assert meta["n_examples"] == 32
+    # The plan step decoded the folder; the plan names what it left out, and the extraction jobs take
+    # that list instead of decoding every image again.
+    assert meta["excluded"] == ["c03/broken.JPEG", "c04/README.txt"]
+    extract_logs = list((run / "results" / "logs" / "extract" / "val").glob("*.log"))
+    assert len(extract_logs) == 3 and not any("unreadable" in p.read_text() for p in extract_logs)
+    # An image added after planning would move the plan's indices: a job that reads the folder refuses it.
+    shutil.copy(folder / "c00" / "gray.png", folder / "c00" / "added.png")
+    manifest = sorted((run / "results" / "extract" / "val").glob("*/manifest.json"))[0]
+    manifest.unlink()
+    for shard in manifest.parent.glob("shard-*.h5"):   # else the rerun reuses them and reads no image
+        shard.unlink()
+    proc = snakemake(run, edited, "--cores", "2", str(manifest.relative_to(run)), check=False)
+    out = proc.stdout + proc.stderr + (run / "results" / "logs" / "extract" / "val" / f"{manifest.parent.name}.log").read_text()
+    assert proc.returncode != 0 and f"image folder {folder} no longer matches the example plan of dataset 'val'" in out
+    (folder / "c00" / "added.png").unlink()
     # A different image folder (same images, new place) reruns the plan and everything after it.
     shutil.copytree(folder, tmp_path / "val2")
     cfg["datasets"]["val"]["root"] = str(tmp_path / "val2")

@@ -147,3 +147,14 @@ def test_n_examples_none_takes_largest_multiple():
     p = plan(n_examples=None)
     assert p.n_examples == 200 and p.n_shards == 5  # 25 minibatches, 5 per shard
     assert plan(n_examples=None, minibatch_size=16).n_examples == 192
+
+
+def test_excluded_files_travel_with_the_plan_and_leave_other_digests_alone():
+    plain = make_plan("ds:x", np.arange(40), 16, 4, 2, 0)
+    assert "excluded" not in plain.to_dict()            # plans without excluded files keep their digests
+    ex = make_plan("ds:x", np.arange(40), 16, 4, 2, 0, excluded=["b/2.jpg", "a/1.jpg", "b/2.jpg"])
+    assert ex.excluded == ("a/1.jpg", "b/2.jpg") and ex.to_dict()["excluded"] == ["a/1.jpg", "b/2.jpg"]
+    assert Plan.from_dict(ex.to_dict()).digest() == ex.digest() != plain.digest()
+    assert plan_differences(plain, ex) == ["excluded"]
+    with pytest.raises(ValueError, match="excluded must be a sequence of relative file paths"):
+        make_plan("ds:x", np.arange(40), 16, 4, 2, 0, excluded="a/1.jpg")

@@ -21,14 +21,14 @@ def _settings(step: str) -> dict:
 
 def step_plan(spec: dict) -> None:
     import numpy as np
-    from .data import dataset_fingerprint, dataset_size
+    from .data import dataset_listing
     from .fileio import write_json_atomic
     from .plan import make_plan
 
     # Plans refer to positions within the split, the index every dataset item carries.
-    indices = np.arange(dataset_size(spec["dataset"], spec["split"]))
-    plan = make_plan(f"{spec['dataset_key']}:{dataset_fingerprint(spec['dataset'])}", indices, spec["n_examples"],
-                     spec["minibatch_size"], spec["minibatches_per_shard"], spec["seed"])
+    size, fingerprint, excluded = dataset_listing(spec["dataset"], spec["split"])
+    plan = make_plan(f"{spec['dataset_key']}:{fingerprint}", np.arange(size), spec["n_examples"],
+                     spec["minibatch_size"], spec["minibatches_per_shard"], spec["seed"], excluded=excluded)
     write_json_atomic(spec["out"], plan.to_dict())
     from . import provenance
 

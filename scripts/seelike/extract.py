@@ -182,6 +182,18 @@ def sees_synthetic_natively(card, dataset_cfg: dict) -> bool:
     return all(_same(cfg.get(k), own[k]) for k in ("input_size", "mean", "std", "crop_pct"))
 
 
+def open_for_model(card, dataset_cfg: dict, split: str, plan, rendered=None):
+    """The plan's dataset as the card's model sees it, checked against the plan (see
+    :func:`seelike.data.open_dataset`). Each model sees images through its card's preprocessing
+    (timm's for pretrained models, what training used for recipes); synthetic images take the
+    equivalent fast path when that preprocessing is the synthetic data's own."""
+    from .data import open_dataset
+    from .data.imagefolder import timm_eval_transform
+
+    transform = None if sees_synthetic_natively(card, dataset_cfg) else timm_eval_transform(card.pretrained_cfg)
+    return open_dataset(dataset_cfg, split, transform=transform, rendered=rendered, plan=plan)
+
+
 def _same(a, b) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -197,8 +209,6 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     from tqdm import tqdm
 
     from . import provenance
-    from .data import open_dataset
-    from .data.imagefolder import timm_eval_transform
     from .models import ModelCard, LayerTaps, build_model
     from .plan import Plan
     from .store import write_shard
@@ -213,12 +223,7 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     sp = plan.shard(shard_index)
     layer_specs = select_layers(model, card, spec.get("sublayers", False))
     layers = [l["name"] for l in layer_specs]
-
-    # Each model sees images through its card's preprocessing (timm's for pretrained models, what
-    # training used for recipes); synthetic images take the equivalent fast path when that
-    # preprocessing is the synthetic data's own (a model trained on them).
-    transform = None if sees_synthetic_natively(card, spec["dataset"]) else timm_eval_transform(card.pretrained_cfg)
-    ds = open_dataset(spec["dataset"], spec["split"], transform=transform, rendered=spec.get("rendered"))
+    ds = open_for_model(card, spec["dataset"], spec["split"], plan, rendered=spec.get("rendered"))
     b = plan.minibatch_size
     loader = DataLoader(Subset(ds, [int(i) for i in sp.example_indices]), batch_size=b, shuffle=False,
                         num_workers=int(spec.get("num_workers", 0)))

@@ -16,6 +16,12 @@ examples (and so every minibatch) mix classes.
 Minibatch ``m`` holds plan positions ``[m * b, (m + 1) * b)``; shard ``s`` holds
 minibatches ``[s * k, min((s + 1) * k, n_minibatches))`` (``k`` =
 ``minibatches_per_shard``), so the last shard may hold fewer minibatches.
+
+Image folders. Indices are positions in the folder's sorted listing; with ``on_bad_file: skip``
+the unreadable files found when the plan was made are left out of that listing and recorded in
+``excluded`` (relative paths), so that the jobs that follow the plan rebuild the same listing
+without decoding every file again. ``excluded`` is left out of ``to_dict`` when empty, so plans
+without it keep their digests.
 """
 from __future__ import annotations
 
@@ -101,6 +107,7 @@ class Plan:
     minibatches_per_shard: int
     seed: int
     indices: tuple
+    excluded: tuple = ()
 
     def __post_init__(self):
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -121,6 +128,9 @@ class Plan:
         for name, v in (("n_examples", n), ("minibatch_size", b), ("minibatches_per_shard", k), ("seed", seed)):
             object.__setattr__(self, name, v)
         object.__setattr__(self, "indices", tuple(int(i) for i in idx.tolist()))
+        if isinstance(self.excluded, str) or not all(isinstance(r, str) and r for r in self.excluded):
+            raise ValueError("plan: excluded must be a sequence of relative file paths")
+        object.__setattr__(self, "excluded", tuple(sorted(set(self.excluded))))
 
     # -- structure -------------------------------------------------------------------
     @property
@@ -157,7 +167,9 @@ class Plan:
         d = {"version": PLAN_VERSION}
         for f in fields(self):
             v = getattr(self, f.name)
-            d[f.name] = list(v) if f.name == "indices" else v
+            if f.name == "excluded" and not v:
+                continue
+            d[f.name] = list(v) if f.name in ("indices", "excluded") else v
         return d
 
     @classmethod
@@ -167,7 +179,7 @@ class Plan:
         if version != PLAN_VERSION:
             raise ValueError(f"plan: version {version!r} is not supported (this code writes version {PLAN_VERSION})")
         names = [f.name for f in fields(cls)]
-        missing = [k for k in names if k not in d]
+        missing = [k for k in names if k not in d and k != "excluded"]
         unknown = sorted(set(d) - set(names))
         if missing or unknown:
             raise ValueError(f"plan dict: missing key(s) {missing}, unknown key(s) {unknown}")
@@ -200,12 +212,13 @@ def make_plan(
     minibatch_size: int,
     minibatches_per_shard: int,
     seed: int,
+    excluded=(),
 ) -> Plan:
     """Choose and order ``n_examples`` of the ``available`` dataset indices (see the module
     docstring). ``n_examples=None`` takes the largest multiple of ``minibatch_size`` that
     fits. Errors (``ValueError``): too few available examples, ``n_examples`` not a
     multiple of ``minibatch_size`` (naming the nearest valid values), ``minibatch_size``
-    below 4, duplicate or non-integer indices."""
+    below 4, duplicate or non-integer indices. ``excluded``: see the module docstring."""
     b = _check_minibatch_size(minibatch_size)
     _int("minibatches_per_shard", minibatches_per_shard, 1)
     seed = _int("seed", seed, 0)
@@ -238,6 +251,7 @@ def make_plan(
         minibatches_per_shard=int(minibatches_per_shard),
         seed=seed,
         indices=tuple(uniq[order].tolist()),
+        excluded=excluded,
     )
 
 

@@ -96,8 +96,7 @@ def compute(spec: dict) -> str:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from ..data import open_dataset
-    from ..data.imagefolder import timm_eval_transform
+    from ..extract import open_for_model
     from ..models.build import build_model
     from ..models.card import ModelCard
     from ..plan import Plan
@@ -112,8 +111,7 @@ def compute(spec: dict) -> str:
     plan = Plan.from_dict(json.loads(Path(spec["plan_file"]).read_text()))
     n = int(spec["n_images"])
     idx = [int(i) for i in plan.indices_array[:n]]
-    transform = None if card.source.get("kind") == "recipe" else timm_eval_transform(card.pretrained_cfg)
-    ds = open_dataset(spec["dataset"], spec["split"], transform=transform)
+    ds = open_for_model(card, spec["dataset"], spec["split"], plan)
     loader = DataLoader(Subset(ds, idx), batch_size=int(spec.get("batch_size", 32)), shuffle=False)
     names = card.layer_names
     chosen = choose_layers(names, spec.get("layers", "auto"))

@@ -62,6 +62,7 @@ __all__ = [
     "SyntheticDataset",
     "SyntheticSpec",
     "dataset_fingerprint",
+    "dataset_listing",
     "dataset_meta",
     "dataset_size",
     "imagefolder_args",
@@ -122,21 +123,59 @@ def imagefolder_args(cfg: Mapping, split: str) -> dict:
 
 
 def open_dataset(cfg: Mapping, split: str, transform: Callable | None = None, *, preload: bool = False, cache_dir=None,
-                 rendered=None):
+                 rendered=None, plan=None):
     """A ``torch.utils.data.Dataset`` over ``split`` of the dataset described by ``cfg``.
 
     Synthetic only (ignored for image folders): ``rendered`` is the split's file from
     :func:`write_rendered_split` (read through a memory map: a job reads only its items);
     ``preload=True`` renders the whole split once up front (through :func:`load_split_arrays`,
-    cached under ``cache_dir`` / ``SEELIKE_CACHE``); otherwise items are rendered on demand."""
+    cached under ``cache_dir`` / ``SEELIKE_CACHE``); otherwise items are rendered on demand.
+
+    ``plan`` (a :class:`seelike.plan.Plan` made from this dataset): the dataset must still be the
+    one the plan was made from (same fingerprint: for an image folder the same files under the
+    same names), or ``ValueError`` -- otherwise the plan's indices would silently point at other
+    examples. An image folder under ``on_bad_file: skip`` then skips the plan's ``excluded`` files
+    instead of decoding every file to find the unreadable ones."""
     if _kind(cfg) == "synthetic":
         spec = SyntheticSpec.from_config(cfg)
+        if plan is not None:
+            _check_plan_fingerprint(plan, spec.fingerprint(), f"synthetic dataset (seed {spec.seed})")
         if rendered is not None:
             arrays = open_rendered_split(cfg, split, rendered)
         else:
             arrays = load_split_arrays(cfg, split, cache_dir=cache_dir) if preload else None
         return SyntheticDataset(spec, split, transform=transform, arrays=arrays)
-    return ImageFolderDataset(transform=transform, **imagefolder_args(cfg, split))
+    args = imagefolder_args(cfg, split)
+    if plan is None:
+        return ImageFolderDataset(transform=transform, **args)
+    known_bad = plan.excluded if args["on_bad_file"] == "skip" else None
+    ds = ImageFolderDataset(transform=transform, known_bad=known_bad, **args)
+    _check_plan_fingerprint(plan, folder_fingerprint(ds.classes, ds.samples, args["on_bad_file"]),
+                            f"image folder {args['root']}")
+    return ds
+
+
+def _check_plan_fingerprint(plan, fingerprint: str, what: str) -> None:
+    key, _, planned = plan.dataset.rpartition(":")
+    if planned != fingerprint:
+        raise ValueError(
+            f"{what} no longer matches the example plan of dataset '{key}' (fingerprint {planned[:12]} when "
+            f"planned, {fingerprint[:12]} now): files were added, removed or renamed since, so the plan's indices "
+            f"would point at other examples. Plan again: rerun with --forcerun plan (every model's shards are "
+            f"then extracted again)")
+
+
+def dataset_listing(cfg: Mapping, split: str) -> tuple[int, str, list[str]]:
+    """``(size, fingerprint, excluded)`` of ``split`` from one look at the data, for a plan: an image
+    folder under ``on_bad_file: skip`` is decoded once (the files it skips are ``excluded``)."""
+    if _kind(cfg) == "synthetic":
+        return dataset_size(cfg, split), dataset_fingerprint(cfg), []
+    args = imagefolder_args(cfg, split)
+    if args["on_bad_file"] == "skip":
+        ds = ImageFolderDataset(transform=_identity, **args)
+        return len(ds), folder_fingerprint(ds.classes, ds.samples, "skip"), [r for r, _ in ds.skipped]
+    classes, samples = scan_image_folder(args["root"])
+    return len(samples), folder_fingerprint(classes, samples, args["on_bad_file"]), []
 
 
 def dataset_size(cfg: Mapping, split: str) -> int:

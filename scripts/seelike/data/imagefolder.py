@@ -17,7 +17,9 @@
   ``BadImageError`` naming it when it is loaded (``on_bad_file="error"``, the default).
   With ``on_bad_file="skip"`` every file is fully decoded once when the dataset is built;
   undecodable ones are dropped, listed in ``dataset.skipped`` as ``(relpath, reason)`` and
-  logged as a warning.
+  logged as a warning. ``known_bad`` (the relpaths an earlier check found unreadable, e.g. a
+  plan's ``excluded``) skips exactly those files without decoding the others: what every job
+  of a plan does instead of decoding the whole folder again.
 """
 from __future__ import annotations
 
@@ -217,9 +219,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         extensions: Iterable[str] = IMG_EXTENSIONS,
         on_bad_file: str = "error",
         num_check_workers: int | None = None,
+        known_bad: Iterable[str] | None = None,
     ):
         if on_bad_file not in ON_BAD_FILE:
             raise ValueError(f"on_bad_file must be one of {ON_BAD_FILE}, got {on_bad_file!r}")
+        if known_bad and on_bad_file != "skip":
+            raise ValueError(f"image folder {root}: files listed as unreadable ({len(list(known_bad))}) but "
+                             f"on_bad_file is {on_bad_file!r}, not 'skip'")
         self.root = os.fspath(root)
         self.on_bad_file = on_bad_file
         self.classes, samples, self.ignored_files, self.empty_classes = _scan(self.root, extensions)
@@ -233,7 +239,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                                  f"(by extension): {shown}; remove them or set on_bad_file: skip")
             self.skipped += [(r, "not an image file (extension)") for r in self.ignored_files]
             log.warning("image folder %s: skipped %d non-image file(s): %s", self.root, len(self.ignored_files), shown)
-        if on_bad_file == "skip":
+        if on_bad_file == "skip" and known_bad is not None:
+            bad = set(known_bad) - set(self.ignored_files)
+            reason = "listed as unreadable by an earlier check"
+            self.skipped += [(rel, reason) for rel, _ in samples if rel in bad]
+            samples = [(rel, label) for rel, label in samples if rel not in bad]
+        elif on_bad_file == "skip":
             workers = num_check_workers or min(8, os.cpu_count() or 1)
             paths = [os.path.join(self.root, rel) for rel, _ in samples]
             with ThreadPoolExecutor(workers) as ex:
