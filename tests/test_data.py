@@ -421,6 +421,11 @@ def test_plan_of_a_skip_folder_excludes_its_bad_files_and_jobs_do_not_decode_aga
     assert [r for r, _ in ds.skipped] == [r for r, _ in checked.skipped]
     with pytest.raises(AssertionError, match="decoded"):                 # without the plan it would decode
         open_dataset(cfg, "analysis")
+    # a plan written before plans had `excluded` lists nothing: the job falls back to decoding the folder
+    monkeypatch.undo()
+    old = make_plan(f"val:{fingerprint}", np.arange(size), 4, 4, 1, 0)
+    assert "excluded" not in old.to_dict()
+    assert open_dataset(cfg, "analysis", plan=old).samples == checked.samples
     # a folder planned under on_bad_file: error lists nothing to exclude, and the same plan there is refused
     with pytest.raises(ValueError, match="listed as unreadable.*on_bad_file is 'error'"):
         ImageFolderDataset(root, known_bad=excluded)
@@ -455,7 +460,7 @@ def test_synthetic_dataset_is_checked_against_the_plan():
     assert len(open_dataset(CFG, "analysis", plan=plan)) == 64
     other = dict(CFG, seed=1)
     with pytest.raises(ValueError, match=r"synthetic dataset \(seed 1\) no longer matches the example plan of "
-                                         r"dataset 'synth'"):
+                                         r"dataset 'synth'.*its settings or the renderer's version changed"):
         open_dataset(other, "analysis", plan=plan)
 
 

@@ -139,7 +139,9 @@ def open_dataset(cfg: Mapping, split: str, transform: Callable | None = None, *,
     if _kind(cfg) == "synthetic":
         spec = SyntheticSpec.from_config(cfg)
         if plan is not None:
-            _check_plan_fingerprint(plan, spec.fingerprint(), f"synthetic dataset (seed {spec.seed})")
+            _check_plan_fingerprint(plan, spec.fingerprint(), f"synthetic dataset (seed {spec.seed})",
+                                    "its settings or the renderer's version changed since, so the plan's indices "
+                                    "would render other images")
         if rendered is not None:
             arrays = open_rendered_split(cfg, split, rendered)
         else:
@@ -150,19 +152,24 @@ def open_dataset(cfg: Mapping, split: str, transform: Callable | None = None, *,
         return ImageFolderDataset(transform=transform, **args)
     known_bad = plan.excluded if args["on_bad_file"] == "skip" else None
     ds = ImageFolderDataset(transform=transform, known_bad=known_bad, **args)
-    _check_plan_fingerprint(plan, folder_fingerprint(ds.classes, ds.samples, args["on_bad_file"]),
-                            f"image folder {args['root']}")
+    fingerprint = folder_fingerprint(ds.classes, ds.samples, args["on_bad_file"])
+    if known_bad is not None and fingerprint != plan.dataset.rpartition(":")[2]:
+        # A plan from before `excluded` existed lists nothing: find the bad files the slow way.
+        ds = ImageFolderDataset(transform=transform, **args)
+        fingerprint = folder_fingerprint(ds.classes, ds.samples, args["on_bad_file"])
+    _check_plan_fingerprint(plan, fingerprint, f"image folder {args['root']}",
+                            "files were added, removed or renamed since, so the plan's indices would point at "
+                            "other images")
     return ds
 
 
-def _check_plan_fingerprint(plan, fingerprint: str, what: str) -> None:
+def _check_plan_fingerprint(plan, fingerprint: str, what: str, why: str) -> None:
     key, _, planned = plan.dataset.rpartition(":")
     if planned != fingerprint:
         raise ValueError(
             f"{what} no longer matches the example plan of dataset '{key}' (fingerprint {planned[:12]} when "
-            f"planned, {fingerprint[:12]} now): files were added, removed or renamed since, so the plan's indices "
-            f"would point at other examples. Plan again: rerun with --forcerun plan (every model's shards are "
-            f"then extracted again)")
+            f"planned, {fingerprint[:12]} now): {why}. Plan again: rerun with --forcerun plan (every model's "
+            f"shards are then extracted again)")
 
 
 def dataset_listing(cfg: Mapping, split: str) -> tuple[int, str, list[str]]:
