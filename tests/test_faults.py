@@ -190,6 +190,37 @@ def test_nan_activations_reject_the_shard_naming_layer_and_example(tiny_local_ru
     assert not list(tmp_path.glob("s-*.h5")) and not list(tmp_path.glob(".s-*"))
 
 
+@pytest.mark.parametrize("damage", ["weights", "weights_and_nan", "missing"])
+def test_a_checkpoint_changed_under_its_card_writes_no_shard(tiny_local_run, tmp_path, damage):
+    """The extraction job hashes the checkpoint while the model runs and checks it before writing: a file
+    changed after the card (and after the submitting host's check) gives no shard, and the checksum, the
+    likelier cause, is what is reported even when the run itself fails on the bad weights."""
+    from safetensors.torch import load_file, save_file
+
+    from seelike.extract import extract_shard
+    from seelike.models import ChecksumError, WeightsFileError
+
+    run = tiny_local_run[0] / "results"
+    model_dir = tmp_path / "vit"
+    shutil.copytree(run / "models" / "vit", model_dir)
+    ckpt = model_dir / "weights.safetensors"
+    if damage == "missing":
+        ckpt.unlink()
+    else:
+        weights = load_file(ckpt)
+        weights["blocks.1.mlp.fc2.bias"][0] = float("inf") if damage == "weights_and_nan" else 0.125
+        save_file(weights, ckpt)                       # the card still names the old sha256
+    cfg = yaml.safe_load((tiny_local_run[1]).read_text())
+    plan = json.loads((run / "plans" / "synth.json").read_text())
+    spec = {"model": "vit", "card": str(model_dir / "card.json"), "dataset_key": "synth",
+            "dataset": cfg["datasets"]["synth"], "split": "analysis", "plan": plan, "out": str(tmp_path / "s-{shard}.h5"),
+            "device": "cpu", "precision": "fp32", "sublayers": False, "full_tokens": 0}
+    expected = (WeightsFileError, "does not exist") if damage == "missing" else (ChecksumError, "does not match its recorded sha256")
+    with pytest.raises(expected[0], match=expected[1]):
+        extract_shard(spec, 0)
+    assert not list(tmp_path.glob("s-*.h5")) and not list(tmp_path.glob(".s-*"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
 def test_damaged_shard_is_detected_named_and_rebuilt(tiny_local_run, tmp_path, damage):

@@ -204,22 +204,54 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     """spec keys: model, card (path), dataset_key, dataset (config entry), split, plan (dict), out (path
     template with {shard}), device, precision, sublayers, full_tokens, num_workers, provenance_config;
     optional: rendered (the split's file from the render rule, synthetic datasets), taps."""
-    import torch
-    from torch.utils.data import DataLoader, Subset
-    from tqdm import tqdm
+    from concurrent.futures import ThreadPoolExecutor
 
     from . import provenance
-    from .models import ModelCard, LayerTaps, build_model
+    from .models import ModelCard, build_model, verify_checkpoint
     from .plan import Plan
     from .store import write_shard
-    from .train import _device, autocast
+    from .train import _device
 
     t_start = time.time()
     card_path = Path(spec["card"])
     card = ModelCard.load(card_path)
     device = _device(spec.get("device", "cpu"))
-    model = build_model(card, card_path.parent, device=device)
     plan = Plan.from_dict(spec["plan"])
+    # The checkpoint's sha256 is taken while the model runs (hashlib releases the GIL; on a GPU node
+    # the CPU is idle anyway) and checked before anything is written. When the run itself fails, a bad
+    # checkpoint is reported first: it is the likelier cause.
+    with ThreadPoolExecutor(1, thread_name_prefix="seelike-verify") as pool:
+        verified = pool.submit(verify_checkpoint, card_path.parent / card.checkpoint, card.sha256, card_path)
+        try:
+            model = build_model(card, card_path.parent, device=device, verify=False)
+            layers, arrays = _reduce_shard(spec, shard_index, card, model, plan, device)
+        except BaseException:
+            verified.result()
+            raise
+        verified.result()
+    out_path = Path(spec["out"].format(shard=shard_index))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # the card's own digest too: a rerun reuses a shard only if its card (layers, preprocessing) is unchanged
+    prov = provenance.collect(spec.get("provenance_config"), inputs=[card_path],
+                              input_digests={str(card_path.parent / card.checkpoint): card.sha256})
+    prov["seconds"] = round(time.time() - t_start, 3)
+    sp = plan.shard(shard_index)
+    write_shard(out_path, model=spec["model"], dataset=spec["dataset_key"], shard_index=shard_index,
+                n_shards=plan.n_shards, plan=plan.to_dict(), plan_digest=plan.digest(), layers=layers,
+                example_indices=sp.example_indices, minibatch_ids=sp.minibatch_ids, arrays=arrays,
+                provenance=prov)
+    return str(out_path)
+
+
+def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tuple[list, dict]:
+    """Run the model over the shard's minibatches through every reducer: (layer names, arrays to store)."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+    from tqdm import tqdm
+
+    from .models import LayerTaps
+    from .train import autocast
+
     sp = plan.shard(shard_index)
     layer_specs = select_layers(model, card, spec.get("sublayers", False))
     layers = [l["name"] for l in layer_specs]
@@ -268,14 +300,4 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     arrays = {"logits": np.concatenate(logits), "labels": np.concatenate(labels).astype(np.int64)}
     for r in reducers:
         arrays.update(r.result())
-    out_path = Path(spec["out"].format(shard=shard_index))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # the card's own digest too: a rerun reuses a shard only if its card (layers, preprocessing) is unchanged
-    prov = provenance.collect(spec.get("provenance_config"), inputs=[card_path],
-                              input_digests={str(card_path.parent / card.checkpoint): card.sha256})
-    prov["seconds"] = round(time.time() - t_start, 3)
-    write_shard(out_path, model=spec["model"], dataset=spec["dataset_key"], shard_index=shard_index,
-                n_shards=plan.n_shards, plan=plan.to_dict(), plan_digest=plan.digest(), layers=layers,
-                example_indices=sp.example_indices, minibatch_ids=sp.minibatch_ids, arrays=arrays,
-                provenance=prov)
-    return str(out_path)
+    return layers, arrays
