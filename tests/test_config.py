@@ -350,3 +350,25 @@ def test_invalid_layer_regex_is_named_before_the_run():
         c["models"]["resnet"]["layers"] = {"regex": "layer[1-4"}
     msg = bad(m)
     assert msg.startswith("config key models.resnet.layers.regex: 'layer[1-4' is not a valid regular expression")
+
+
+def test_k_shot_probes_need_k_training_examples_of_every_class(tmp_path):
+    def m(c):
+        c["analysis"]["n_examples"] = 64          # 48 fit the probes: 10 classes x 10 shots do not fit
+    msg = bad(m)
+    assert msg.startswith("config key experiments.probes.k_shot: 10-shot probes need 10 training examples of each "
+                          "of the 10 classes, but the probes fit on 48 examples")
+    cfg = demo()
+    m(cfg)
+    cfg["experiments"]["probes"]["k_shot"] = 0    # switched off
+    cfg["experiments"]["probes"]["tokens"] = False
+    sc.load(cfg, check_timm=False)
+    # an image folder's classes are its sub-folders; the paper config draws no k-shot probes from its
+    # ~10 images per ImageNet class
+    pc = paper(tmp_path)
+    for i in range(1000):
+        (tmp_path / f"n{i:08d}").mkdir()
+    sc.load(pc, check_timm=False)
+    pc["experiments"]["probes"]["k_shot"] = 10
+    with pytest.raises(sc.ConfigError, match="10-shot probes need 10 training examples of each of the 1001 classes"):
+        sc.load(pc, check_timm=False)

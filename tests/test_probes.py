@@ -66,3 +66,49 @@ def test_subsets_are_deterministic_nested_and_stratified():
     assert np.bincount(labels[shots]).tolist() == [10] * 10
     with pytest.raises(ValueError, match="fraction"):
         stratified_subset(labels, 0)
+
+
+def test_k_per_class_refuses_a_class_missing_from_the_pool():
+    labels = np.array([0, 1, 2] * 3 + [3, 3, 3])
+    with pytest.raises(ValueError, match="2-shot: class 3 has only 0 examples"):
+        k_per_class(labels, 2, among=np.arange(9))
+
+
+def test_probe_table_takes_the_classes_from_the_labels_not_the_model_head(tmp_path):
+    """A pretrained model's head (10 outputs here, 1000 or 21843 for timm's) says nothing about the
+    analysis data's classes: 12 here."""
+    import pandas as pd
+    from seelike.experiments import probe_table
+    from seelike.manifest import write_manifest
+    from seelike.plan import make_plan
+    from seelike.store import layer_path, write_shard
+
+    rng = np.random.default_rng(0)
+    plan = make_plan("synth:x", np.arange(200), 48, 8, 3, 0)
+    labels = plan.indices_array % 12
+    feats = np.eye(12)[labels] @ rng.normal(size=(12, 16)) + 0.1 * rng.normal(size=(48, 16))
+    files = []
+    for s in range(plan.n_shards):
+        sp = plan.shard(s)
+        sl = slice(sp.start, sp.start + len(sp.example_indices))
+        f = feats[sl] - feats[sl].mean(0)
+        arrays = {"labels": labels[sl], "logits": np.zeros((len(sp.example_indices), 10), np.float32),
+                  layer_path("b0", "gram"): np.stack([f[m * 8:(m + 1) * 8] @ f[m * 8:(m + 1) * 8].T for m in range(3)]),
+                  layer_path("b0", "pooled_mean"): feats[sl].astype(np.float32)}
+        files.append(tmp_path / f"shard-{s:05d}.h5")
+        write_shard(files[-1], model="m", dataset="synth", shard_index=s, n_shards=plan.n_shards, plan=plan.to_dict(),
+                    plan_digest=plan.digest(), layers=["b0"], example_indices=sp.example_indices,
+                    minibatch_ids=sp.minibatch_ids, arrays=arrays, provenance={"config_hash": "h"})
+    write_manifest(tmp_path / "manifest.json", model="m", dataset="synth", plan=plan.to_dict(),
+                   plan_digest=plan.digest(), shard_files=files, provenance={})
+    out = probe_table({"manifest": str(tmp_path / "manifest.json"), "n_classes": 10, "k_shot": 0,
+                       "train_fraction": 0.75, "tokens": False, "out": str(tmp_path / "probes.csv")})
+    t = pd.read_csv(out)
+    assert list(t.feature) == ["mean"] and t.n_train.iloc[0] == 36 and t.n_test.iloc[0] == 12
+    assert t.accuracy.iloc[0] > 0.9       # separable classes: well above the 1/12 of chance
+    # F13 without k-shot probes (the paper config's k_shot: 0) draws the full probes' panel alone
+    from seelike.experiments import probe_figure
+
+    png = tmp_path / "F13.png"
+    probe_figure({"figure": "F13", "tables": [out], "outputs": [str(png)], "dpi": 50})
+    assert png.stat().st_size > 0

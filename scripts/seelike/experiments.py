@@ -80,7 +80,31 @@ def check(cfg: dict) -> list[str]:
         problems.append(f"config key experiments.probes.tokens: per-token probes (F11) fit on the examples whose "
                         f"full tokens are stored, at least {MIN_TOKEN_PROBE_EXAMPLES}, but {which}; raise it "
                         f"or set experiments.probes.tokens: false")
+    if probes and probes.get("k_shot", 10):
+        k, n_train = int(probes["k_shot"]), int(round(probes.get("train_fraction", 0.75) * n_examples))
+        n_classes = _analysis_classes(cfg)
+        if n_classes and k * n_classes > n_train:
+            problems.append(f"config key experiments.probes.k_shot: {k}-shot probes need {k} training examples of each "
+                            f"of the {n_classes} classes, but the probes fit on {n_train} examples "
+                            f"(train_fraction of analysis.n_examples {n_examples}); lower k_shot (0 switches the "
+                            f"k-shot probes off) or raise analysis.n_examples")
     return problems
+
+
+def _analysis_classes(cfg: dict) -> int | None:
+    """Classes of the analysis dataset: a synthetic dataset's n_classes, an image folder's class folders."""
+    import os
+
+    ds = (cfg.get("datasets") or {}).get((cfg.get("analysis") or {}).get("dataset"))
+    if not ds:
+        return None
+    if ds.get("kind") == "synthetic":
+        return int(ds.get("n_classes", 10))
+    root = os.path.expanduser(str(ds.get("root", "")))
+    if not os.path.isdir(root):
+        return None
+    with os.scandir(root) as entries:   # the reader's classes: non-hidden sub-folders
+        return sum(1 for e in entries if e.is_dir() and not e.name.startswith("."))
 
 
 def cka_pairs(cfg: dict) -> list[tuple[str, str]]:
@@ -211,12 +235,18 @@ def probe_table(spec: dict) -> str:
 
     m = load_manifest(spec["manifest"])
     labels = np.concatenate([read_array(Path(m["dir"]) / e["file"], "labels") for e in m["shards"]])
-    n_classes = int(spec["n_classes"])
+    # the data's classes, not the model's outputs (a pretrained head may have 1000 or 21843)
+    n_classes = int(labels.max()) + 1
     n = len(labels)
     n_train = int(round(spec.get("train_fraction", 0.75) * n))
     tr, te = np.arange(n_train), np.arange(n_train, n)  # plan order is already a fixed shuffle
     k = int(spec.get("k_shot", 0))
-    shots = k_per_class(labels, k, among=tr) if k else None
+    try:
+        shots = k_per_class(labels, k, among=tr) if k else None
+    except ValueError as e:
+        raise ValueError(f"{e}: the k-shot probes draw from the probes' training part ({n_train} of the {n} analysis "
+                         f"examples); lower experiments.probes.k_shot (0 switches them off) or raise "
+                         f"analysis.n_examples") from None
     rows = []
     for idx, layer in enumerate(m["layers"]):
         feats = {"mean": _features(m, layer, "pooled_mean")}
@@ -237,7 +267,8 @@ def probe_table(spec: dict) -> str:
             tokens = _features(m, layer, "tokens")
             if len(tokens) >= MIN_TOKEN_PROBE_EXAMPLES:
                 nt = len(tokens)
-                ttr, tte = np.arange(int(0.75 * nt)), np.arange(int(0.75 * nt), nt)
+                cut = int(round(spec.get("train_fraction", 0.75) * nt))
+                ttr, tte = np.arange(cut), np.arange(cut, nt)
                 for p in range(tokens.shape[1]):
                     r = fit_probe(tokens[ttr, p], labels[ttr], tokens[tte, p], labels[tte], n_classes)
                     rows.append({"model": m["model"], "layer": layer, "index": idx, "feature": "token", "position": p,
@@ -254,8 +285,9 @@ def probe_figure(spec: dict) -> None:
     plt = mpl()
     tables = [pd.read_csv(t) for t in spec["tables"]]
     if spec["figure"] == "F13":
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
-        for ax, kind in zip(axes[0], ("full", "k_shot")):
+        kinds = [kind for kind in ("full", "k_shot") if any((t.kind == kind).any() for t in tables)]
+        fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)
+        for ax, kind in zip(axes[0], kinds):
             for t in tables:
                 s = t[(t.feature == "mean") & (t.kind == kind)].sort_values("index")
                 if len(s):

@@ -1,8 +1,10 @@
 """Linear probes: closed-form regularised least squares from features to one-hot targets.
 
-For a layer's features X (n x d) and one-hot targets Y, the probe is W = argmin ||Xc W - Yc||^2 +
-lam ||W||^2 on centred data (the bias is not regularised), solved for every lam at once from one
-SVD of Xc: W(lam) = V diag(s / (s^2 + lam)) U^T Yc. lam is chosen on a held-out part of the probe's
+For a layer's features X (n x d) and one-hot targets Y, the probe is W = argmin ||Z W - Yc||^2 +
+lam ||W||^2 with Z = Xc / rms(Xc), the centred features scaled by their overall root mean square so
+that one grid of lam suits layers of any scale (lam, as the tables report it, is in these scaled
+units; the bias is not regularised), solved for every lam at once from one SVD of Z:
+W(lam) = V diag(s / (s^2 + lam)) U^T Yc. lam is chosen on a held-out part of the probe's
 training examples, then the probe is refitted on all of them and scored on separate test examples.
 """
 from __future__ import annotations

@@ -6,11 +6,16 @@ EXP = experiments.figure_stems(CFG)
 EXP_MODELS = "|".join(MODELS)
 
 
+# The modules these steps run: a change to any of them reruns the experiment tables and figures.
+_EXP_CODE = seelike_config.digest([Path(workflow.basedir, "..", "scripts", "seelike", *m.split("/")).read_text()
+                                   for m in ("experiments.py", "probes.py", "data/subsets.py", "figures.py",
+                                             "analyses/common.py")])
+
+
 def _exp_spec(function, out, tables=(), **extra):
     spec = {"function": function, "out": out, "tables": [str(t) for t in as_list(tables)], **extra}
-    spec["provenance_config"] = {"function": function, "code": seelike_config.digest(
-        Path(workflow.basedir, "..", "scripts", "seelike", "experiments.py").read_text()),
-        **{k: v for k, v in extra.items() if k != "outputs"}}
+    spec["provenance_config"] = {"function": function, "code": _EXP_CODE,
+                                 **{k: v for k, v in extra.items() if k != "outputs"}}
     return spec_json(spec)
 
 
@@ -105,7 +110,6 @@ rule probe_table:
         spec=lambda wc: _exp_spec(
             "seelike.experiments:probe_table", f"results/experiments/probes/{wc.model}.csv",
             manifest=f"results/extract/{DATASET}/{wc.model}/manifest.json", submit_as="probe",
-            n_classes=CFG["models"][wc.model].get("kwargs", {}).get("num_classes", 10),
             **{k: CFG["experiments"]["probes"][k] for k in ("k_shot", "train_fraction", "tokens")}),
     log:
         "results/logs/experiments/probes/{model}.log",
@@ -162,7 +166,7 @@ rule figure_f12:
     params:
         spec=lambda wc: _exp_figure(
             "F12", wc.full, "seelike.experiments:data_scale_figure", _f12_tables(wc), full=wc.full,
-            labels=[f"{CFG['models'][s]['recipe'].get('train_fraction', 1.0):.0%} ({s})"
+            labels=[f"{(CFG['models'][s].get('recipe') or {}).get('train_fraction', 1.0):.0%} ({s})"
                     for s in experiments.data_scale(CFG)[1]]),
     log:
         "results/logs/figures/F12/{full}.log",

@@ -30,11 +30,13 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.
 
 
 def k_per_class(labels: np.ndarray, k: int, seed: int = 0, among: np.ndarray | None = None) -> np.ndarray:
-    """Sorted positions of k examples of every class (the first k of each class's hash order)."""
+    """Sorted positions of k examples of every class of ``labels`` (the first k of each class's hash
+    order), drawn from the positions ``among`` (default: all); a class with fewer than k there is an
+    error, also one with none at all (it would silently go untrained)."""
     labels = np.asarray(labels)
     pool = np.arange(len(labels)) if among is None else np.asarray(among)
     keep = []
-    for c in np.unique(labels[pool]):
+    for c in np.unique(labels):
         members = pool[labels[pool] == c]
         if len(members) < k:
             raise ValueError(f"{k}-shot: class {c} has only {len(members)} examples")
