@@ -19,6 +19,13 @@ def archived(tiny_local_run, tmp_path_factory):
     src, cfgfile = tiny_local_run
     run = tmp_path_factory.mktemp("archived") / "run"
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("locks", "incomplete"))
+    # What an earlier config left behind (a model since removed): not part of this run's archive.
+    res = run / "results"
+    for rel in ("figures/F1/gone.png", "figures/F1/gone.png.prov.json", "cka/synth/gone__gone.csv",
+                "models/gone/card.json", "extract/synth/gone/manifest.json", "extract/synth/gone/shard-00000.h5",
+                "plans/old_data.json"):
+        (res / rel).parent.mkdir(parents=True, exist_ok=True)
+        (res / rel).write_text("{}")
     snakemake(run, cfgfile, "--cores", "1", "archive")
     tar = run / "results" / "archive" / "tiny.tar.gz"
     out = run / "unpacked"
@@ -36,6 +43,8 @@ def test_archive_holds_results_and_verifies(archived):
                    "results/plans/synth.json", "results/extract/synth/vit/manifest.json", "config.json"):
         assert f"tiny/{needed}" in names, needed
     assert any(n.endswith(".report.html") for n in names)
+    assert "tiny/results/models/vit/metrics.csv.prov.json" in names             # every table's provenance
+    assert not any("gone" in n or "old_data" in n for n in list(names) + list(manifest["referenced"]))
     # Large files are referenced by checksum, not included (archive.include_large: false).
     assert any(k.endswith(".h5") for k in manifest["referenced"]) and not any(n.endswith(".h5") for n in names)
     assert manifest["provenance"]["git"]["commit"]
@@ -68,3 +77,14 @@ def test_redrawn_figures_are_identical(archived, tmp_path):
     for p in drawn:
         original = folder / "results" / p.relative_to(tmp_path / "redrawn")
         assert p.read_bytes() == original.read_bytes(), f"{p.name} differs when redrawn from the archived table"
+
+
+def test_redraw_works_without_png(archived, tmp_path):
+    """A run drawing PDFs only (figures.formats: [pdf]) is redrawn from the PDFs' sidecars."""
+    _, folder = archived
+    pdf_only = tmp_path / "pdf_only"
+    shutil.copytree(folder, pdf_only)
+    for png in (pdf_only / "results" / "figures").glob("**/*.png*"):
+        png.unlink()
+    drawn = redraw(pdf_only, tmp_path / "redrawn")
+    assert len([p for p in drawn if p.suffix == ".pdf"]) >= 7 and all(p.is_file() for p in drawn)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 MANIFEST = "MANIFEST.json"
 SMALL_PATTERNS = ("figures/**/*", "cka/**/*.csv", "cka/**/*.prov.json", "plans/*.json", "models/*/card.json",
-                  "models/*/metrics.csv", "extract/*/*/manifest.json", "vision/**/*.csv", "vision/**/*.prov.json",
-                  "experiments/**/*.csv", "experiments/**/*.prov.json")
+                  "models/*/metrics.csv", "models/*/metrics.csv.prov.json", "extract/*/*/manifest.json",
+                  "vision/**/*.csv", "vision/**/*.prov.json", "experiments/**/*.csv", "experiments/**/*.prov.json")
 LARGE_PATTERNS = ("extract/*/*/shard-*.h5", "models/*/weights.safetensors")
+TABLE_DIRS = ("cka", "vision", "experiments")
 
 
 def _collect(results: Path, patterns) -> list[Path]:
@@ -29,15 +30,49 @@ def _collect(results: Path, patterns) -> list[Path]:
     return sorted(files)
 
 
+def _of_this_run(files: list[Path], results: Path, config: dict, figures: list[str]) -> list[Path]:
+    """The files of the run this config describes: its figures (``figures``, paths as the workflow
+    names them, ``results/...``) with the tables their provenance names, and the plans, cards and
+    extractions of its datasets and models -- not what earlier configs left in results/."""
+    wanted = {str(Path(f).relative_to("results")) for f in figures}
+    drawn_from = set()
+    for rel in wanted:
+        sidecar = results / f"{rel}.prov.json"
+        if sidecar.is_file():
+            drawn_from.update(str(Path(t).relative_to("results")) for t in json.loads(sidecar.read_text()).get("inputs", {})
+                              if Path(t).parts[:1] == ("results",))
+    models, datasets = set(config["models"]), set(config["datasets"])
+
+    def keep(p: Path) -> bool:
+        rel = p.relative_to(results)
+        parts, name = rel.parts, str(rel)
+        if parts[0] == "figures":
+            return name.removesuffix(".prov.json") in wanted
+        if parts[0] in TABLE_DIRS:
+            return name.removesuffix(".prov.json") in drawn_from
+        if parts[0] == "models":
+            return parts[1] in models
+        if parts[0] == "extract":
+            return parts[1] in datasets and parts[2] in models
+        if parts[0] == "plans":
+            return Path(name.removesuffix(".prov.json")).name.removesuffix(".json") in datasets
+        return True
+
+    return [p for p in files if keep(p)]
+
+
 def create(results_dir: str | os.PathLike, out: str | os.PathLike, config: dict, include_large: bool,
-           report: str | os.PathLike | None = None) -> dict:
-    """Write the archive atomically and return its manifest."""
+           report: str | os.PathLike | None = None, figures: list[str] | None = None) -> dict:
+    """Write the archive atomically and return its manifest. ``figures``: the run's figure files
+    (``specs.final_targets``); given, only they and what they were drawn from are archived."""
     from . import provenance
     from .fileio import atomic_write, sha256_file
 
     results = Path(results_dir)
     small = _collect(results, SMALL_PATTERNS)
     large = _collect(results, LARGE_PATTERNS)
+    if figures is not None:
+        small, large = _of_this_run(small, results, config, figures), _of_this_run(large, results, config, figures)
     members = small + (large if include_large else [])
     if report is not None and Path(report).is_file() and Path(report) not in members:
         members.append(Path(report))
@@ -146,12 +181,14 @@ def redraw(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
 
     folder, out_dir = Path(folder), Path(out_dir)
     results = folder / "results"
-    drawn = []
+    drawn, stems = [], set()
     for sidecar in sorted(results.glob("figures/**/*.prov.json")):
         record = json.loads(sidecar.read_text())
         spec = record.get("figure_spec")
-        if not spec or not str(sidecar).endswith(".png.prov.json"):
-            continue  # one sidecar per figure stem is enough; the PNG's carries the spec
+        stem = str(sidecar).removesuffix(".prov.json").rsplit(".", 1)[0]
+        if not spec or stem in stems:
+            continue  # one sidecar per figure (any of its formats) is enough: its spec lists every output
+        stems.add(stem)
         spec = json.loads(json.dumps(spec))
         # Paths in the spec are relative to the run's working directory: point them into the archive.
         for key in ("tables",):

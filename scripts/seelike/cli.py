@@ -175,8 +175,10 @@ def step_archive(spec: dict) -> None:
                            spec["config_file"], "--report", str(report), "--nolock"], capture_output=True, text=True)
     if proc.returncode:
         raise StepFailed(f"the HTML report for the archive failed:\n{proc.stderr[-3000:]}")
+    from .specs import final_targets
+
     config = load(json.loads(Path(spec["config_file"]).read_text()), check_timm=False)
-    manifest = create("results", out, config, spec["include_large"], report=report)
+    manifest = create("results", out, config, spec["include_large"], report=report, figures=final_targets(config))
     print(f"seelike: archived {len(manifest['files'])} files into {spec['out']}"
           + (f", {len(manifest['referenced'])} large files referenced by sha256" if manifest["referenced"] else ""))
 
