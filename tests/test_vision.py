@@ -486,3 +486,19 @@ def test_all_taps_leave_the_outputs_unchanged(arch, kwargs, size, expect_layer):
         torch.testing.assert_close(model(x[0]), ref[0], rtol=0, atol=1e-5)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert all(getattr(m, "fused_attn", True) for m in model.modules())
+
+
+@pytest.mark.parametrize("name, grid, cell", [
+    ("vit_tiny_r_s16_p8_224", (2, 2), (32.0, 32.0)),   # backbone /4, then 8x8 patches of its feature map
+    ("vit_small_r26_s32_224", (2, 2), (32.0, 32.0)),   # backbone /32, then 1x1 patches
+    ("vit_tiny_patch16_224", (4, 4), (16.0, 16.0)),
+])
+def test_patch_geometry_is_in_input_pixels_for_hybrids(name, grid, cell):
+    """A hybrid's patch embedding strides over the backbone's feature map: attention distances (F3/F4)
+    and localization cells (F9) need its patches in input pixels."""
+    import timm
+    from seelike.models.residual import patch_geometry
+
+    model = timm.create_model(name, pretrained=False, img_size=64, num_classes=10)
+    assert patch_geometry(model, grid[0] * grid[1], (64, 64)) == (grid, cell)
+    assert grid[0] * cell[0] == 64

@@ -133,7 +133,9 @@ def patch_geometry(model: nn.Module, n_spatial: int, input_hw: Tuple[int, int]) 
     """(grid (rows, cols), cell size in input pixels (height, width)) of a token model's spatial tokens.
 
     The patch embedding's own grid and stride when they account for ``n_spatial`` tokens
-    (timm ``PatchEmbed``: ``grid_size``, ``proj.stride``); otherwise a square grid over the input.
+    (timm ``PatchEmbed``: ``grid_size``, ``proj.stride``; a hybrid's ``HybridEmbed`` projects the
+    backbone's feature map, so its stride counts feature pixels of ``feature_ratio`` input pixels each);
+    otherwise a square grid over the input.
     """
     for attr in ("patch_embed", "stem"):
         pe = getattr(model, attr, None)
@@ -144,8 +146,8 @@ def patch_geometry(model: nn.Module, n_spatial: int, input_hw: Tuple[int, int]) 
                 proj = getattr(pe, "proj", None)
                 stride = getattr(proj, "stride", None) or getattr(pe, "patch_size", None)
                 if stride is not None:
-                    s = _pair(stride)
-                    return g, (float(s[0]), float(s[1]))
+                    s, r = _pair(stride), _pair(getattr(pe, "feature_ratio", 1))
+                    return g, (float(s[0] * r[0]), float(s[1] * r[1]))
                 return g, (input_hw[0] / g[0], input_hw[1] / g[1])
     side = math.isqrt(n_spatial)
     if side * side != n_spatial:
