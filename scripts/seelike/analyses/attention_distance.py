@@ -6,7 +6,8 @@ out as queries and keys), averaged over the query patches of an image, then over
 shard (:class:`seelike.analyses.reducers.AttentionReducer`); this combines the shards exactly.
 
 Table columns: model, block, block_index, head, distance (the plotted value: renormalised or raw
-as configured), distance_renormalised, distance_raw, std_over_images, se, prefix_attention,
+as configured), distance_renormalised, distance_raw, std_over_images and se (both of the
+renormalised distance across images, whichever is plotted), prefix_attention,
 n_images, grid_h, grid_w, cell_h, cell_w, image_h, image_w, uniform_distance (the distance of
 uniform attention over the patches), less_data.
 """
