@@ -51,8 +51,8 @@ def probe_models(cfg: dict) -> list[str]:
     return [] if not s else [n for n in cfg["models"] if n in s.get("models", [])]
 
 
-#: Per-token probes fit on 3/4 of the examples with stored tokens and score the rest: below this
-#: count (10 test examples) an accuracy says nothing.
+#: Per-token probes fit on `train_fraction` of the examples with stored tokens and score the rest:
+#: below this count (10 test examples at the default 3/4) an accuracy says little.
 MIN_TOKEN_PROBE_EXAMPLES = 40
 
 
