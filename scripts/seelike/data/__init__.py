@@ -153,7 +153,7 @@ def open_dataset(cfg: Mapping, split: str, transform: Callable | None = None, *,
     known_bad = plan.excluded if args["on_bad_file"] == "skip" else None
     ds = ImageFolderDataset(transform=transform, known_bad=known_bad, **args)
     fingerprint = folder_fingerprint(ds.classes, ds.samples, args["on_bad_file"])
-    if known_bad is not None and fingerprint != plan.dataset.rpartition(":")[2]:
+    if known_bad is not None and fingerprint != _planned_fingerprint(plan)[1]:
         # A plan from before `excluded` existed lists nothing: find the bad files the slow way.
         ds = ImageFolderDataset(transform=transform, **args)
         fingerprint = folder_fingerprint(ds.classes, ds.samples, args["on_bad_file"])
@@ -163,8 +163,14 @@ def open_dataset(cfg: Mapping, split: str, transform: Callable | None = None, *,
     return ds
 
 
+def _planned_fingerprint(plan) -> tuple[str, str]:
+    """(dataset key, fingerprint) of a plan's ``dataset`` string ``"<key>:<fingerprint>"``."""
+    key, _, fingerprint = plan.dataset.rpartition(":")
+    return key, fingerprint
+
+
 def _check_plan_fingerprint(plan, fingerprint: str, what: str, why: str) -> None:
-    key, _, planned = plan.dataset.rpartition(":")
+    key, planned = _planned_fingerprint(plan)
     if planned != fingerprint:
         raise ValueError(
             f"{what} no longer matches the example plan of dataset '{key}' (fingerprint {planned[:12]} when "
