@@ -23,6 +23,16 @@ PACKAGES = ("torch", "torchvision", "timm", "h5py", "numpy", "submitit", "snakem
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+@functools.lru_cache(maxsize=None)
+def code_digest(*modules: str) -> str:
+    """Digest of the source of these package modules (paths inside seelike/, e.g. "figures.py",
+    "analyses/common.py"). A step's provenance config carries it, so that editing the code that makes
+    a result reruns the step."""
+    root = Path(__file__).resolve().parent
+    texts = [(root / m).read_text() for m in modules]
+    return digest(texts[0] if len(texts) == 1 else texts)
+
+
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict:
     """Commit of the checkout the package runs from, and whether it had uncommitted changes."""

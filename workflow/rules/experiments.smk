@@ -1,15 +1,14 @@
 # Retraining experiments (F8, F10-F13): every retrained model is an ordinary model of the registry;
 # these rules only read what the other rules wrote (cards, shards, CKA and localization tables).
 from seelike import experiments
+from seelike.provenance import code_digest
 
 EXP = experiments.figure_stems(CFG)
 EXP_MODELS = "|".join(MODELS)
 
 
 # The modules these steps run: a change to any of them reruns the experiment tables and figures.
-_EXP_CODE = seelike_config.digest([Path(workflow.basedir, "..", "scripts", "seelike", *m.split("/")).read_text()
-                                   for m in ("experiments.py", "probes.py", "data/subsets.py", "figures.py",
-                                             "analyses/common.py")])
+_EXP_CODE = code_digest("experiments.py", "probes.py", "data/subsets.py", "figures.py", "analyses/common.py")
 
 
 def _exp_spec(function, out, tables=(), **extra):

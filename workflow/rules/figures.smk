@@ -1,4 +1,6 @@
 # Figures are drawn from the tables on disk; each has a caption in workflow/report/.
+from seelike.provenance import code_digest
+
 FORMATS = CFG["figures"]["formats"]
 
 
@@ -6,8 +8,7 @@ def _figure_spec(tables, titles, stem, figure, suptitle):
     return spec_json({
         "tables": tables, "titles": titles, "suptitle": suptitle, "dpi": CFG["figures"]["dpi"],
         "outputs": specs.figure_paths(CFG, figure, stem),
-        "provenance_config": {"figure": figure, "stem": stem, "code": seelike_config.digest(
-            Path(workflow.basedir, "..", "scripts", "seelike", "figures.py").read_text())},
+        "provenance_config": {"figure": figure, "stem": stem, "code": code_digest("figures.py")},
     })
 
 

@@ -2,6 +2,7 @@
 # over the images for all of them), from the checkpoint, or (F6) from a gradient step; then figures
 # drawn from the tables. Which model gets which analysis: the `analyses:` config section.
 from seelike.analyses import settings as vision
+from seelike.provenance import code_digest
 
 VISION_FORMATS = CFG["figures"]["formats"]
 VISION_MODELS = "|".join(MODELS)
@@ -9,7 +10,7 @@ VISION_MODELS = "|".join(MODELS)
 
 def _vision_code(module):
     """Figures rerun when their drawing code changes."""
-    return seelike_config.digest(Path(workflow.basedir, "..", "scripts", "seelike", "analyses", module).read_text())
+    return code_digest(f"analyses/{module}")
 
 
 def _vision_figure(figure, stem, tables, module):
