@@ -1,10 +1,10 @@
 """Benchmark: extraction throughput against a bare forward pass of the same model and batch size.
 
     python benchmarks/bench_extract.py              # full run (~5 min on 2 idle cores)
-    python benchmarks/bench_extract.py --threads 1  # what benchmarks/README.md reports (460 s at load 3-7)
+    python benchmarks/bench_extract.py --threads 1  # on a busy machine (460 s at load 3-7)
     python benchmarks/bench_extract.py --quick      # tiny smoke run (~20 s)
 
-Writes benchmarks/out/bench_extract.json. Goal (from the issue): extraction costs at most 25% more
+Writes benchmarks/out/bench_extract.json. Goal: extraction costs at most 25% more
 than the bare forward pass at the default minibatch size (`cka.minibatch_size` = 256).
 
 For each model config, with the same weights, images and minibatch size b (`--threads` torch
@@ -35,8 +35,8 @@ threads, default 2; on a busy machine use 1, see bench_pipeline.py):
 
 Allocator: like an extraction job, the benchmark first raises glibc's malloc thresholds
 (`seelike.allocator.retain_freed_memory`), which the bare forward in the same process gets too;
-with glibc's defaults every minibatch's activations are fresh page-faulting mmaps, which made both
-the bare forward and extraction up to 2x slower here. `--default-malloc` measures without it.
+with glibc's defaults every minibatch's activations are fresh page-faulting mmaps, which makes both
+the bare forward and extraction up to 2x slower on a 2-core VM. `--default-malloc` measures without it.
 
 Timings: bare and extract_shard alternate within each repeat (background load hits both alike);
 medians over repeats, wall and process CPU time. images/s = k * b / seconds.

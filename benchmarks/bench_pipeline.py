@@ -1,10 +1,13 @@
 """Benchmark: the pipeline question users face -- CKA of every pair of 4 models on 4096 examples.
 
     python benchmarks/bench_pipeline.py                # full run, 1 round (~3-4 min on 2 idle cores)
-    python benchmarks/bench_pipeline.py --threads 1 --repeats 2   # what benchmarks/README.md reports
+    python benchmarks/bench_pipeline.py --repeats 4    # what benchmarks/README.md reports
+    python benchmarks/bench_pipeline.py --threads 1 --repeats 2   # on a busy machine
     python benchmarks/bench_pipeline.py --quick        # tiny smoke run (~30 s)
 
 Needs `pip install pytorch-cka` (the `bench` extra). Writes benchmarks/out/bench_pipeline.json.
+Goal: the 10 CKA tables (6 cross-model pairs, 4 within-model) at least 3x faster in wall time than
+pytorch-cka pair by pair, with the same values.
 
 Compared, on the same 4 models (randomly initialised timm models, weights fixed by a seed and saved
 as seelike model cards), the same images (the synthetic 32 px dataset of seelike.data, rendered on
@@ -40,16 +43,16 @@ rows are then the reliable figures. Round r runs seelike, then pytorch-cka; medi
 Full mode took 383 s for 2 rounds at --threads 1 (load 3-5), 772 s for 1 round at 2 threads
 (load 6-8).
 
-Sizes (full mode): n = 4096 examples (the issue's size), minibatch 256 (the paper config's
+Sizes (full mode): n = 4096 examples (the goal's size), minibatch 256 (the paper config's
 `cka.minibatch_size`), 8 minibatches per shard (paper config), full_tokens 64 (paper config),
-`--threads` torch threads (default 2). Models at 32 px (the issue's sizes at 224 px would take hours on 2 cores):
+`--threads` torch threads (default 2). Models at 32 px (paper-sized models at 224 px would take hours on 2 cores):
     vit_tiny   vit_tiny_patch16_224(img_size=32, patch_size=8): 12 blocks, d 192, 17 tokens
     vit_p4     vit_tiny_patch16_224(img_size=32, patch_size=4, embed_dim=96, depth=6, heads 3,
                mlp_ratio 2): 6 blocks, d 96, 65 tokens
     resnet18   timm resnet18 at 32 px, the demo's widths (channels 32, 64, 128, 256): 8 units,
                8x8x32 .. 1x1x256
     mixer      seelike_mixer(img_size=32, patch_size=8, embed_dim=96, num_blocks=6): 16 tokens
-(With resnet18 at full width and the Mixer at patch 4 the run took 13.5 min at load 4-8.)
+(resnet18 at full width and the Mixer at patch 4 make a full run take about 13.5 min at load 4-8.)
 --quick: n = 256, minibatch 64, the demo-sized models (6 blocks, d 96, patch 8; resnet18 with
 channels 32..256).
 """

@@ -14,8 +14,8 @@ Three ways over the same model, batch and images (random weights: timing does no
 
 The loop is extraction's own (the same reducers, hooks and finiteness check; data loading and the
 HDF5 write are left out, they do not change with the taps). Methods run round-robin within a repeat so
-background load hits all alike; the median over repeats is reported. The issue asks "taps on" to cost at
-most 50% more than "taps off". Writes benchmarks/out/bench_taps.json.
+background load hits all alike; the median over repeats is reported. Goal: "taps on" costs at most
+50% more than "taps off". Writes benchmarks/out/bench_taps.json.
 """
 from __future__ import annotations
 

@@ -1,11 +1,15 @@
 """Memory of the waiting side: N steps in flight on SLURM, each waited on by its own process.
 
+    python benchmarks/bench_waiting.py            # 100 jobs (--jobs N)
+    python benchmarks/bench_waiting.py --quick    # 10 jobs
+
 Each child does what a rule's `seelike step extract` process does on the login node (the heaviest
 waiting side: it also validates shards and reads the model card) and then waits on a SLURM job
 through seelike.submit.run_step. With the jobs queued or running, the parent sums the children's
 RSS and PSS (PSS splits shared pages fairly) and checks none imported torch.
 
-Needs a running SLURM cluster (tests/slurm/cluster.sh start). Prints a table, writes JSON.
+Goal: the waiting processes stay light and none imports torch. Needs a running SLURM cluster
+(tests/slurm/cluster.sh start). Prints a table and writes benchmarks/out/bench_waiting.json.
 """
 from __future__ import annotations
 
