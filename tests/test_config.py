@@ -28,7 +28,9 @@ def test_demo_config_validates_and_fills_defaults():
     assert cfg["models"]["vit"]["family"] == "vit"
     assert cfg["models"]["mixer"]["family"] == "mixer"
     assert cfg["models"]["resnet"]["family"] == "cnn"
-    assert sc.cross_pairs(cfg) == [("vit", "vit_less_data"), ("vit", "resnet"), ("vit", "mixer"), ("resnet", "mixer")]
+    from seelike.analyses.cka_maps import cross_pairs
+
+    assert cross_pairs(cfg) == [("vit", "vit_less_data"), ("vit", "resnet"), ("vit", "mixer"), ("resnet", "mixer")]
     # sweeps became models of the registry
     assert {"vit5_none", "vit5_1", "vit5_4", "vit5_frac_0p1", "vit5_frac_0p3"} <= set(cfg["models"])
 

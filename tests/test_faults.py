@@ -333,7 +333,7 @@ def test_image_folder_with_bad_files(tiny_local_run, tmp_path):
     jobs = planned_jobs(snakemake(run, edited, "-n", "--quiet", "rules"))
     assert "model" not in jobs and jobs["plan"] == 1 and jobs["extract"] == 3
     snakemake(run, edited, "--cores", "2")
-    plan_log = (run / "results" / "logs" / "plan" / "val.log").read_text()
+    plan_log = (run / "results" / "logs" / "plans" / "val.log").read_text()
     assert "broken.JPEG" in plan_log and "README.txt" in plan_log
     meta = json.loads((run / "results" / "plans" / "val.json").read_text())
     assert meta["n_examples"] == 32

@@ -14,7 +14,7 @@ timm = pytest.importorskip("timm")
 
 from seelike import fileio  # noqa: E402
 from seelike.models import (CardError, ChecksumError, HubError, LayerTaps, ModelCard,  # noqa: E402
-                            WeightsFileError, build_model, check_timm_arch, detect_family, enumerate_layers,
+                            WeightsFileError, arch_family, build_model, check_timm_arch, detect_family, enumerate_layers,
                             fetch_from_hub, import_local_weights, make_card, register_tap_kind, save_checkpoint)
 from seelike.models import build as build_mod  # noqa: E402
 
@@ -134,6 +134,45 @@ def test_detect_family(vit, resnet18, resnet26, resnetv2, mixer):
     assert detect_family(resnetv2) == "cnn"
     assert detect_family(mixer) == "mixer"
     assert detect_family(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))) == "other"
+
+
+DEMO_VIT_KW = dict(img_size=32, patch_size=8, embed_dim=96, depth=6, num_heads=3, mlp_ratio=2.0, num_classes=10)
+
+
+@pytest.mark.parametrize("arch, kwargs, family", [
+    ("vit_tiny_patch16_224", DEMO_VIT_KW, "vit"),
+    ("vit_tiny_patch16_224", dict(DEMO_VIT_KW, global_pool="avg", class_token=False), "vit"),
+    ("resnet18", {"num_classes": 10, "channels": [32, 64, 128, 256]}, "cnn"),
+    ("seelike_mixer", {"img_size": 32, "patch_size": 8, "embed_dim": 96, "num_blocks": 6,
+                       "mlp_ratio": [0.5, 2.0], "num_classes": 10}, "mixer"),
+    ("vit_base_patch32_224", None, "vit"),
+    ("vit_base_patch32_224.augreg_in21k", {}, "vit"),
+    ("resnetv2_50x1_bit", None, "cnn"),
+    ("mixer_b16_224", None, "mixer"),
+    ("swin_tiny_patch4_window7_224", None, "vit"),
+])
+def test_arch_family_is_the_built_models_family(arch, kwargs, family):
+    """arch_family builds on the meta device (no weights) and classifies with detect_family: the
+    family the model card records, for seelike's own registered archs and tagged names too."""
+    assert arch_family(arch, kwargs) == family
+
+
+def test_arch_family_matches_detect_family_on_a_real_build_and_is_cached(monkeypatch):
+    kw = dict(DEMO_VIT_KW, depth=2)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw)
+    builds = []
+    create = build_mod.create_timm_model
+    monkeypatch.setattr(build_mod, "create_timm_model", lambda *a, **k: builds.append(a) or create(*a, **k))
+    assert arch_family("vit_tiny_patch16_224", kw) == detect_family(model) == "vit"
+    assert arch_family("vit_tiny_patch16_224", dict(reversed(list(kw.items())))) == "vit"   # key order ignored
+    assert len(builds) == 1
+
+
+def test_arch_family_rejects_unknown_archs_and_kwargs():
+    with pytest.raises(ValueError, match="unknown timm architecture"):
+        arch_family("vit_tinyy_patch16_224")
+    with pytest.raises(ValueError, match="rejected the kwargs"):
+        arch_family("resnet18", {"no_such_kwarg": 1})
 
 
 def test_enumerate_layers(vit, resnet18, resnet26, resnetv2, mixer):

@@ -78,7 +78,7 @@ def test_probe_table_takes_the_classes_from_the_labels_not_the_model_head(tmp_pa
     """A pretrained model's head (10 outputs here, 1000 or 21843 for timm's) says nothing about the
     analysis data's classes: 12 here."""
     import pandas as pd
-    from seelike.experiments import probe_table
+    from seelike.analyses.linear_probes import probe_table
     from seelike.manifest import write_manifest
     from seelike.plan import make_plan
     from seelike.store import layer_path, write_shard
@@ -107,7 +107,7 @@ def test_probe_table_takes_the_classes_from_the_labels_not_the_model_head(tmp_pa
     assert list(t.feature) == ["mean"] and t.n_train.iloc[0] == 36 and t.n_test.iloc[0] == 12
     assert t.accuracy.iloc[0] > 0.9       # separable classes: well above the 1/12 of chance
     # F13 without k-shot probes (the paper config's k_shot: 0) draws the full probes' panel alone
-    from seelike.experiments import probe_figure
+    from seelike.analyses.linear_probes import probe_figure
 
     png = tmp_path / "F13.png"
     probe_figure({"figure": "F13", "tables": [out], "outputs": [str(png)], "dpi": 50})

@@ -82,7 +82,7 @@ def test_changing_plotting_code_reruns_only_figures(finished_run, tmp_path):
     root = Path(__file__).resolve().parents[1]
     for part in ("workflow", "scripts", "config"):
         shutil.copytree(root / part, repo / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    figures = repo / "scripts" / "seelike" / "figures.py"
+    figures = repo / "scripts" / "seelike" / "plotting.py"
     figures.write_text(figures.read_text().replace('cmap="magma"', 'cmap="viridis"'))
     cfgfile = write_config(run / "edited.yaml", cfg)
     proc = snakemake(run, cfgfile, "-n", "--quiet", "rules", snakefile=repo / "workflow" / "Snakefile")

@@ -310,7 +310,7 @@ def test_fp32_precision_turns_tf32_off_for_the_forward():
     are off inside the forward's context and restored after it (the flags exist without a GPU)."""
     import torch
 
-    from seelike.train import autocast
+    from seelike.runtime import autocast
 
     old = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
     torch.backends.cudnn.allow_tf32 = True

@@ -13,14 +13,16 @@ from torch import nn
 import seelike.models.archs  # noqa: F401  (registers seelike_mixer)
 from seelike.analyses import geometry
 from seelike.analyses.attention_maps import layer_similarity, rollout
-from seelike.analyses.embeddings import patch_embedding_conv, position_cosine, principal_components
+from seelike.analyses.patch_embedding import patch_embedding_conv, principal_components
+from seelike.analyses.position_embedding import position_cosine
 from seelike.analyses.head_cka import plotted_cnn_layers
 from seelike.analyses.localization import localization_cka
 from seelike.analyses.receptive_field import choose_layers, receptive_fields
 from seelike.analyses.reducers import (AttentionReducer, NormRatioReducer, PositionGramReducer, attention_distances,
                                        layer_grids)
 from seelike.analyses.snn import snn_loss
-from seelike.extract import Batch, attached
+from seelike.extract import attached
+from seelike.reducer import Batch
 from seelike.models.layers import LayerTaps, enumerate_layers
 from seelike.models.residual import NoAttentionError, attention_modules, residual_branches
 
@@ -322,24 +324,28 @@ def _cfg():
 
 def test_analyses_config_selection_taps_and_errors():
     from seelike import config as sc
-    from seelike import specs
-    from seelike.analyses import settings
+    from seelike import registry, specs
+    from seelike.analyses import head_cka
+
+    def vision_targets(c):   # the figures of the vision analyses (F3-F7, F9, V1-V5)
+        return [t for t in specs.final_targets(c) if t.split("/")[2] in
+                {"F3", "F4", "F5", "F6", "F7", "F9", "V1", "V2", "V3", "V4", "V5"}]
 
     cfg = sc.load(_cfg())
-    assert settings.models_for(cfg, "attention_distance") == ["vit", "vit_small_data"]
-    assert settings.models_for(cfg, "norm_ratio") == ["vit", "resnet", "mixer", "vit_small_data"]
-    assert settings.models_for(cfg, "patch_embedding") == ["vit", "mixer", "vit_small_data"]
-    assert settings.head_cka_pairs(cfg) == [("vit", "resnet"), ("vit_small_data", "resnet")]
+    assert registry.models_for(cfg, "attention_distance") == ["vit", "vit_small_data"]
+    assert registry.models_for(cfg, "norm_ratio") == ["vit", "resnet", "mixer", "vit_small_data"]
+    assert registry.models_for(cfg, "patch_embedding") == ["vit", "mixer", "vit_small_data"]
+    assert head_cka.pairs(cfg) == [("vit", "resnet"), ("vit_small_data", "resnet")]
     taps = specs.extract_spec(cfg, "vit")["taps"]
     assert set(taps) == {"attention_distance", "attention_maps", "heads", "norm_ratio", "localization"}
     assert taps["attention_distance"]["n_images"] == 64          # 5000 capped at analysis.n_examples
     assert set(specs.extract_spec(cfg, "resnet")["taps"]) == {"norm_ratio", "localization"}
-    assert "results/figures/F4/synth.png" in settings.final_targets(cfg)
+    assert "results/figures/F4/synth.png" in vision_targets(cfg)
     # no `analyses` section: no taps, no vision targets (extraction unchanged)
     bare = _cfg()
     del bare["analyses"]
     bare = sc.load(bare)
-    assert "taps" not in specs.extract_spec(bare, "vit") and settings.final_targets(bare) == []
+    assert "taps" not in specs.extract_spec(bare, "vit") and vision_targets(bare) == []
     # switched off
     off = _cfg()
     off["analyses"]["norm_ratio"] = {"enabled": False}

@@ -25,23 +25,6 @@ def planned_jobs(proc) -> dict:
     return counts
 
 
-def expected_vision_jobs(cfg: dict) -> dict:
-    """Jobs of the vision rules (F3-F7, F9, V1-V5) a config's `analyses:` section asks for."""
-    from seelike.analyses import settings as v
-
-    n = {a: len(v.models_for(cfg, a)) for a in v.FAMILIES}
-    pairs = len(v.head_cka_pairs(cfg))
-    jobs = {"vision_table": n["attention_distance"] + n["norm_ratio"] + n["localization"] + n["snn_loss"],
-            "vision_attention_maps": n["attention_maps"],
-            "vision_checkpoint_table": n["patch_embedding"] + n["position_embedding"], "head_cka": pairs,
-            "receptive_field": n["receptive_field"], "figure_f3": n["attention_distance"],
-            "figure_f4": int(bool(v.less_data(cfg)) and n["attention_distance"] > 0), "figure_f5": pairs,
-            "figure_f6": n["receptive_field"], "figure_f7": n["norm_ratio"], "figure_f9": n["localization"],
-            "figure_v1": n["patch_embedding"], "figure_v2": n["position_embedding"], "figure_v3": n["attention_maps"],
-            "figure_v4": n["attention_maps"], "figure_v5": int(n["snn_loss"] > 0)}
-    return {k: c for k, c in jobs.items() if c}
-
-
 def test_demo_dag_builds(tmp_path):
     proc = snakemake(tmp_path, ROOT / "config" / "demo.yaml", "-n", "--quiet", "rules")
     jobs = planned_jobs(proc)
@@ -156,7 +139,7 @@ def test_end_to_end_tiny_workflow_vision_analyses(tiny_local_run, tmp_path):
     import shutil
 
     from seelike import config as sc
-    from seelike.analyses import settings
+    from seelike import specs
 
     src, cfgfile = tiny_local_run
     run = tmp_path / "run"
@@ -165,7 +148,7 @@ def test_end_to_end_tiny_workflow_vision_analyses(tiny_local_run, tmp_path):
     cfg["analyses"] = TINY_ANALYSES
     vfile = write_config(run / "vision.yaml", cfg)
     planned = planned_jobs(snakemake(run, vfile, "-n", "--quiet", "rules"))
-    assert "model" not in planned and planned["extract"] == 3 and planned["receptive_field"] == 3, planned
+    assert "model" not in planned and planned["extract"] == 3 and planned["table_receptive_field"] == 3, planned
     snakemake(run, vfile, "--cores", "2")
     res, vis = run / "results", run / "results" / "vision" / "synth"
 
@@ -186,7 +169,7 @@ def test_end_to_end_tiny_workflow_vision_analyses(tiny_local_run, tmp_path):
     assert pd.read_csv(res / "vision" / "checkpoint" / "patch_embedding" / "vit.csv").component.nunique() == 6
     sim = pd.read_csv(vis / "attention_similarity" / "vit.csv")
     np.testing.assert_allclose(sim[sim.index_x == sim.index_y].similarity, 1.0, atol=1e-9)
-    for target in settings.final_targets(sc.load(cfg)):
+    for target in specs.final_targets(sc.load(cfg)):
         assert (run / target).stat().st_size > 1000, target
         assert (run / (target + ".prov.json")).is_file()
     again = snakemake(run, vfile, "-n")

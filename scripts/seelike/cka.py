@@ -45,7 +45,6 @@ Cross-model CKA: stack model A's and model B's Grams of the same minibatch into 
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import warnings
@@ -54,6 +53,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from .runtime import full_fp32
 
 ESTIMATORS = ("unbiased", "biased")
 MIN_EXAMPLES = {"unbiased": 4, "biased": 2}
@@ -70,7 +71,7 @@ NONPOSITIVE_SELF_HSIC = "nonpositive_self_hsic"
 __all__ = [
     "ESTIMATORS", "MIN_EXAMPLES", "CKAResult", "NegativeHSICWarning", "gram", "u_center",
     "double_center", "hsic_all_pairs", "cka_from_minibatch_hsic", "cka_all_pairs_from_features",
-    "student_t_quantile", "full_fp32",
+    "student_t_quantile",
 ]
 
 
@@ -82,37 +83,17 @@ class NegativeHSICWarning(UserWarning):
 # Gram matrices
 # --------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def full_fp32():
-    """Float32 arithmetic at full float32 precision, whatever a caller set: TF32 matmuls, cuDNN's
-    TF32 convolutions (on by default on Ampere and later), and an enclosing autocast (a forward hook
-    runs inside the forward's mixed precision), which would turn ``a @ b`` into a bf16 / fp16
-    product (``mm(out=)`` ignores it, ``@`` does not). Used by every Gram and by the "fp32" forward."""
-    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    with contextlib.ExitStack() as stack:
-        for device_type in ("cpu", "cuda"):
-            if torch.amp.is_autocast_available(device_type):
-                stack.enter_context(torch.autocast(device_type, enabled=False))
-        torch.set_float32_matmul_precision("highest")
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.set_float32_matmul_precision(matmul)
-            torch.backends.cudnn.allow_tf32 = cudnn
-
-
 def _panels(n: int, d: int, device: torch.device) -> int:
     """Row-panel height for the lower-block-triangle Gram on CPU, 0 for one plain matmul.
 
     Row panel [p, q) is ``X[p:q] @ X[:q].T``, written straight into the output: with k panels
     (k + 1) / 2k of the multiply-adds of ``X X^T`` are done (2: 3/4, 4: 5/8, 8: 9/16), in matmuls
     still large enough to run at full BLAS speed; the lower triangle is then mirrored block by block.
-    Measured with MKL, 2 threads, on the idle 2-core machine (ms, plain matmul -> panels):
-    n = 256, d = 8192..65536 (ResNet-50 units at b = 256): 7.1 -> 6.0 .. 56.8 -> 46.7 with 2 panels
-    (4 or 8 are no faster at this n); n = 512, d = 768: 2.5 -> 1.8 (4 panels); n = 1024, d = 768:
-    10.8 -> 6.4 (8 panels), d = 2048: 28.1 -> 18.3; d = 38400: 410 -> 260. Below n = 256 or
-    d = 512 a Gram takes well under a millisecond and one matmul is used.
+    More panels save more multiply-adds but make each matmul smaller, so the panel count grows with n
+    (2 below n = 512, 4 below 1024, 8 from 1024: a panel keeps at least 128 rows). Below n = 256 or
+    d = 512 a Gram is too small for the saving to outweigh the extra calls, and GPUs run one matmul.
+    benchmarks/bench_cka.py (n = 1024) and benchmarks/bench_extract.py (the Grams of extraction at
+    b = 256) measure it.
     """
     if device.type != "cpu" or n < 256 or d < 512:
         return 0
@@ -139,9 +120,10 @@ def flat_features(x: torch.Tensor) -> torch.Tensor:
 #: ``gram(center="auto")`` recomputes a Gram from centred features when the features' mean carries
 #: more than OFFSET_LIMIT times the energy of their spread about it (n ||mean||^2 >
 #: OFFSET_LIMIT sum_i ||x_i - mean||^2): float32 products then lose the centred signal to the offset.
-#: Measured (n = 256, d = 8192, CKA error against float64 with uncentred Grams): ratio 1: 9e-8,
-#: 16: 4e-7, 66: 2.5e-6, 1e4: 5e-4; from centred features ~1e-9 at every ratio. 16 keeps CKA within
-#: the 1e-6 goal; post-ReLU features sit near 0.5 and never pay for the second pass.
+#: The CKA error of uncentred float32 Grams against float64 grows with that ratio (at n = 256,
+#: d = 8192: 9e-8 at ratio 1, 4e-7 at 16, 2.5e-6 at 66, 5e-4 at 1e4; ~1e-9 from centred features
+#: at every ratio), so 16 keeps CKA within the 1e-6 goal; post-ReLU features sit near 0.5 and never
+#: pay for the second pass. benchmarks/bench_cka.py compares both against a float64 reference.
 OFFSET_LIMIT = 16.0
 
 
@@ -250,8 +232,9 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool) -> torch.Tensor:
 def _mirror_lower(k: torch.Tensor, b: int) -> None:
     """Overwrite the strict upper triangle of the square ``k`` with its lower one, in place: exactly
     symmetric. Block by block (a transposed copy per off-diagonal panel, a ``where`` on each
-    diagonal block) instead of one ``where`` over the whole matrix: 1.5 ms instead of 2.0 ms for
-    n = 1024, whose Gram at d = 768 takes ~8 ms in all."""
+    diagonal block) instead of one ``where`` over the whole matrix: the blocks stay in cache and no
+    n x n mask or temporary is made, which matters next to a Gram at small d (see
+    benchmarks/bench_cka.py)."""
     n = k.shape[0]
     for p in range(0, n, b):
         q = min(n, p + b)
@@ -320,8 +303,9 @@ def _check_estimator(estimator: str) -> str:
 def _check_symmetric(k: torch.Tensor, rows: int = 16) -> None:
     """Cheap guard: Grams must be symmetric. Compares `rows` whole rows, spread evenly over the
     matrix, with the matching columns -- as many entry pairs as a random sample of 4096 at n = 256,
-    but every column is visited and contiguous rows are read (0.4 ms instead of 3.3 ms for 24 layers
-    at n = 256, which a CKA table pays once per minibatch)."""
+    but every column is visited and contiguous rows are read rather than scattered entries, which
+    keeps the check cheap next to the HSIC that a CKA table computes once per minibatch (see
+    benchmarks/bench_cka.py)."""
     n = k.shape[1]
     idx = torch.unique(torch.linspace(0, n - 1, min(rows, n), dtype=torch.float64).round().long())
     r, c = k.index_select(1, idx), k.index_select(2, idx).transpose(1, 2)

@@ -18,7 +18,8 @@ class PlanMismatch(ValueError):
     pass
 
 
-def _check_same_plan(a: dict, b: dict) -> None:
+def check_same_plan(a: dict, b: dict) -> None:
+    """Raise PlanMismatch unless the manifests ``a`` and ``b`` come from the same example plan."""
     from .plan import plan_differences
 
     diff = plan_differences(a["plan"], b["plan"])
@@ -73,7 +74,7 @@ def minibatch_hsic(manifests: list[dict], estimator: str) -> tuple[np.ndarray, l
 
     base = manifests[0]
     for other in manifests[1:]:
-        _check_same_plan(base, other)
+        check_same_plan(base, other)
     rows = [(m["model"], i, l) for m in manifests for i, l in enumerate(m["layers"])]
     digests = shard_digests(manifests)
     per_batch, n_examples = [], 0

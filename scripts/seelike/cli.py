@@ -132,32 +132,25 @@ def step_cka(spec: dict) -> None:
     run_step(_settings("cka"), "seelike.cka_tables:compute_pair", {"spec": spec}, name=name, marker=spec["out"])
 
 
+def step_table(spec: dict) -> None:
+    """The table(s) of a registered analysis: submitted under its executor step, or computed here when
+    it has none (light work of seconds, less than a job's start-up)."""
+    from . import registry
+    from .submit import run_step
+
+    analysis = registry.get(spec["analysis"])
+    if analysis.step:
+        name = f"{analysis.name}-{Path(spec['out']).stem}"
+        run_step(_settings(analysis.step), "seelike.registry:compute", {"spec": spec}, name=name, marker=spec["out"])
+    else:
+        registry.compute(spec)
+
+
 def step_figure(spec: dict) -> None:
-    from .figures import plot_cka
+    """A registered figure, drawn from its tables (light: runs in the rule's process)."""
+    from . import registry
 
-    plot_cka(spec)
-
-
-def step_vision(spec: dict) -> None:
-    """A vision analysis table (F3-F9, ViT views) from shards or a checkpoint, through the submission layer."""
-    from .submit import run_step
-
-    name = f"{spec['analysis']}-{Path(spec['out']).stem}"
-    run_step(_settings("vision"), "seelike.analyses.run:compute", {"spec": spec}, name=name, marker=spec["out"])
-
-
-def step_receptive_field(spec: dict) -> None:
-    """F6 receptive fields: gradients over a few images, its own step (resources under executor.steps)."""
-    from .submit import run_step
-
-    run_step(_settings("receptive_field"), "seelike.analyses.run:compute", {"spec": spec}, name=spec["model"],
-             marker=spec["out"])
-
-
-def step_vision_figure(spec: dict) -> None:
-    from .analyses.run import draw
-
-    draw(spec)
+    registry.draw(spec)
 
 
 def step_archive(spec: dict) -> None:
@@ -183,17 +176,6 @@ def step_archive(spec: dict) -> None:
           + (f", {len(manifest['referenced'])} large files referenced by sha256" if manifest["referenced"] else ""))
 
 
-def step_experiment(spec: dict) -> None:
-    """Retraining experiments (F8, F10-F13): a table or figure function, submitted when it is heavy."""
-    from .submit import call_target, run_step
-
-    if spec.get("submit_as"):
-        run_step(_settings(spec["submit_as"]), spec["function"], {"spec": spec}, name=Path(spec["out"]).stem,
-                 marker=spec["out"])
-    else:
-        call_target(spec["function"], {"spec": spec})
-
-
 def archive_command(args) -> int:
     from . import archive
 
@@ -211,8 +193,9 @@ def archive_command(args) -> int:
     return 0
 
 
-STEPS = {"plan": step_plan, "render": step_render, "model": step_model, "extract": step_extract, "cka": step_cka, "figure": step_figure, "archive": step_archive, "experiment": step_experiment,
-         "vision": step_vision, "receptive_field": step_receptive_field, "vision_figure": step_vision_figure}
+# The one step registry: `seelike step <name>` is what a rule runs.
+STEPS = {"plan": step_plan, "render": step_render, "model": step_model, "extract": step_extract, "cka": step_cka,
+         "table": step_table, "figure": step_figure, "archive": step_archive}
 
 
 def main(argv=None) -> int:

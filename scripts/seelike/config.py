@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -17,16 +15,15 @@ from typing import Any, Iterable
 
 import yaml
 
-from .plan import MIN_MINIBATCH_SIZE
+from . import registry
+from .base import ConfigError, digest
+from .plan import MinibatchError, check_minibatch
+
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # Steps whose jobs executor.steps can place. Fetching from the hub is not one: it always runs on the host
 # running Snakemake (compute nodes often have no internet).
 STEPS = ("train", "extract", "cka", "vision", "receptive_field", "probe")
-
-
-class ConfigError(ValueError):
-    """A config problem, phrased for the user: the key, what is wrong, what to do."""
 
 
 def _key(path: Iterable[Any]) -> str:
@@ -169,22 +166,15 @@ def check_config_files(paths: Iterable[str | os.PathLike]) -> None:
 
 # --- model families -------------------------------------------------------------------------
 
-_VIT_PREFIXES = ("vit_", "deit", "beit", "eva", "cait", "xcit", "flexivit", "samvit", "vitamin")
-_MIXER_PREFIXES = ("mixer_", "gmixer", "resmlp")
-_CNN_PREFIXES = ("resnet", "resnetv2", "wide_resnet", "resnext", "convnext", "efficientnet", "regnet",
-                 "densenet", "vgg", "mobilenet", "bit_", "seresnet", "ecaresnet", "cspresnet")
+def _family(name: str, m: dict) -> str:
+    """The model's family from its timm class (the same detector the model card uses)."""
+    from .models import arch_family  # imports timm (and torch): the family is a property of the class
 
-
-def family_of_arch(arch: str) -> str:
-    """Best guess of a model's family from its timm name; the model card records the real one."""
-    a = arch.split(".")[0].lower()
-    if a.startswith(_MIXER_PREFIXES) or "mixer" in a:
-        return "mixer"
-    if a.startswith(_VIT_PREFIXES):
-        return "vit"
-    if a.startswith(_CNN_PREFIXES):
-        return "cnn"
-    return "other"
+    try:
+        return arch_family(m["arch"], m.get("kwargs") or {})
+    except Exception as e:  # timm's own error for bad kwargs, or an unknown architecture
+        raise ConfigError(f"config key models.{name}.kwargs: timm cannot build '{m['arch']}' with these arguments "
+                          f"({type(e).__name__}: {e})") from None
 
 
 def _check_timm_name(name: str, where: str, pretrained: bool) -> None:
@@ -393,7 +383,7 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
             raise ConfigError(f"config key {where}.recipe: only allowed with source kind 'recipe' (this model is '{kind}')")
         m.setdefault("kwargs", {})
         m.setdefault("layers", "auto")
-        m.setdefault("family", family_of_arch(m["arch"]))
+        m.setdefault("family", _family(mname, m))
 
     _check_init_from_cycles(cfg["models"])
 
@@ -410,17 +400,13 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
                               f"'{a['split']}' of dataset '{a['dataset']}' has {available}")
 
     c = cfg["cka"]
-    b = c["minibatch_size"]
     # One example plan serves both estimators (shards are reused when only the estimator changes),
-    # so the plan's bound holds for both: the unbiased estimator's b >= 4.
-    if b < MIN_MINIBATCH_SIZE:
-        raise ConfigError(f"config key cka.minibatch_size: {b} is too small: the example plan needs at least "
-                          f"{MIN_MINIBATCH_SIZE} examples per minibatch (the unbiased HSIC estimator divides by b - 3)")
-    n = a["n_examples"]
-    if n % b:
-        options = [m for m in ((n // b) * b, (n // b + 1) * b) if m]   # the multiples either side; never 0
-        raise ConfigError(f"config key analysis.n_examples: {n} is not a multiple of cka.minibatch_size ({b}); "
-                          f"use {' or '.join(map(str, options))}")
+    # so the plan's bound holds for both.
+    try:
+        check_minibatch(a["n_examples"], c["minibatch_size"], names=("analysis.n_examples", "cka.minibatch_size"),
+                        where="")
+    except MinibatchError as e:
+        raise ConfigError(f"config key {e.key}: {e}") from None
     if c["pairs"] != "all":
         for i, pair in enumerate(c["pairs"]):
             for name in pair:
@@ -429,34 +415,7 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
             if pair[0] == pair[1]:
                 raise ConfigError(f"config key cka.pairs[{i}]: a pair needs two different models (within-model CKA is always computed)")
 
-    from .experiments import check as check_experiments  # the `experiments:` section (F8, F10-F13)
-
-    problems = check_experiments(cfg)
-    if problems:
-        raise ConfigError(problems[0])
-
-    from .analyses import settings as vision  # the `analyses:` section (F3-F9, ViT views)
-
-    try:
-        vision.check(cfg)
-    except vision.AnalysisConfigError as e:
-        raise ConfigError(str(e)) from None
-
-    gap_vs_cls = (cfg.get("experiments") or {}).get("gap_vs_cls")
-    if gap_vs_cls:   # F10 draws both models' localization (F9) tables: check now, not after training them
-        covered = vision.models_for(cfg, "localization")
-        for role in ("cls", "gap"):
-            name = gap_vs_cls[role]
-            if name in covered:
-                continue
-            if "localization" not in cfg.get("analyses", {}):
-                why = "there is no analyses.localization section (add `localization: {}` under analyses)"
-            elif not vision.enabled(cfg, "localization"):
-                why = "analyses.localization is switched off (enabled: false)"
-            else:
-                why = f"analyses.localization.models does not list it (it covers: {', '.join(covered) or 'none'})"
-            raise ConfigError(f"config key experiments.gap_vs_cls.{role}: F10 compares the localization maps of "
-                              f"'{gap_vs_cls['cls']}' and '{gap_vs_cls['gap']}', but {why}")
+    registry.check(cfg)   # the `analyses:` and `experiments:` sections, each by its analysis
 
 
 def _check_init_from_cycles(models: dict) -> None:
@@ -515,25 +474,6 @@ def load_file(path: str | os.PathLike, check_timm: bool = True) -> dict:
 
 
 # --- derived views used by the rules ---------------------------------------------------------
-
-def digest(obj: Any) -> str:
-    """Stable short hash of a JSON-able config subset (keys sorted)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def cross_pairs(cfg: dict) -> list[tuple[str, str]]:
-    names = list(cfg["models"])
-    if cfg["cka"]["pairs"] == "all":
-        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    order = {n: i for i, n in enumerate(names)}
-    # Canonical order (config order) so that (a, b) and (b, a) name one table.
-    return sorted({tuple(sorted(p, key=order.get)) for p in cfg["cka"]["pairs"]}, key=lambda p: (order[p[0]], order[p[1]]))
-
-
-def mixer_models(cfg: dict) -> list[str]:
-    return [n for n, m in cfg["models"].items() if m["family"] == "mixer"]
-
 
 def step_executor(cfg: dict, step: str) -> dict:
     """Where a step runs and with which resources: executor.resources, overridden per step."""

@@ -13,49 +13,16 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from .reducer import Batch, Reducer
 
 
 class NonFiniteActivation(FloatingPointError):
     """NaN/Inf in a layer's activations (e.g. fp16 overflow): names the layer and the first bad example."""
-
-
-@dataclass
-class Batch:
-    """What a reducer sees for one minibatch."""
-    minibatch_id: int
-    positions: np.ndarray         # positions of these examples within the shard
-    example_indices: np.ndarray   # dataset indices
-    activations: dict             # layer name -> tensor (b, t, d), token layout
-    num_prefix_tokens: int
-    inputs: Any = None            # the model's input (b, C, H, W) on the device
-
-
-class Reducer:
-    """Consumes minibatches, returns arrays keyed by store path. Subclasses declare `name`.
-
-    A reducer that needs more than the layers' outputs registers its own hooks in `attach` (and
-    reduces inside them, so nothing is held across blocks); `begin` runs before each forward pass.
-    """
-    name = "reducer"
-
-    def attach(self, model) -> list:
-        """Hook handles (anything with .remove()) registered on the model for the whole shard."""
-        return []
-
-    def begin(self, positions: np.ndarray, example_indices: np.ndarray) -> None:
-        """Called before the forward pass of the minibatch at these shard positions."""
-
-    def update(self, batch: Batch) -> None:
-        raise NotImplementedError
-
-    def result(self) -> dict:
-        raise NotImplementedError
 
 
 class GramReducer(Reducer):
@@ -210,12 +177,12 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     from .models import ModelCard, build_model, verify_checkpoint
     from .plan import Plan
     from .store import write_shard
-    from .train import _device
+    from . import runtime
 
     t_start = time.time()
     card_path = Path(spec["card"])
     card = ModelCard.load(card_path)
-    device = _device(spec.get("device", "cpu"))
+    device = runtime.device(spec.get("device", "cpu"))
     plan = Plan.from_dict(spec["plan"])
     # The checkpoint's sha256 is taken while the model runs (hashlib releases the GIL; on a GPU node
     # the CPU is idle anyway) and checked before anything is written. When the run itself fails, a bad
@@ -250,7 +217,7 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
     from tqdm import tqdm
 
     from .models import LayerTaps
-    from .train import autocast
+    from .runtime import autocast
 
     sp = plan.shard(shard_index)
     layer_specs = select_layers(model, card, spec.get("sublayers", False))

@@ -35,6 +35,8 @@ import numpy as np
 __all__ = [
     "PLAN_VERSION",
     "MIN_MINIBATCH_SIZE",
+    "MinibatchError",
+    "check_minibatch",
     "Plan",
     "ShardPlan",
     "make_plan",
@@ -76,24 +78,32 @@ def _int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _check_minibatch_size(b) -> int:
-    b = _int("minibatch_size", b, 1)
+class MinibatchError(ValueError):
+    """The minibatch size does not suit the example plan; `key` is the setting to change."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def check_minibatch(n_examples: int | None, minibatch_size, limit: int | None = None,
+                    names: tuple[str, str] = ("n_examples", "minibatch_size"), where: str = "plan: ") -> int:
+    """The one check of a minibatch size (the example plan, the config and the plan step all use it):
+    at least MIN_MINIBATCH_SIZE examples, and `n_examples` (if given) a multiple of it. `names` are the
+    settings' names in the message (the config passes its keys), `limit` the examples available."""
+    n_name, b_name = names
+    b = _int(b_name, minibatch_size, 1)
     if b < MIN_MINIBATCH_SIZE:
-        raise ValueError(
-            f"plan: minibatch_size={b} is too small; the unbiased HSIC estimator needs at least "
-            f"{MIN_MINIBATCH_SIZE} examples per minibatch"
-        )
+        raise MinibatchError(b_name, f"{where}{b_name} = {b} is too small: the example plan needs at least "
+                                     f"{MIN_MINIBATCH_SIZE} examples per minibatch (the unbiased HSIC estimator "
+                                     "divides by b - 3)")
+    if n_examples is not None and n_examples % b:
+        n = n_examples
+        options = [v for v in ((n // b) * b, (n // b + 1) * b) if v > 0 and (limit is None or v <= limit)]
+        hint = " or ".join(str(v) for v in options) if options else f"a multiple of {b}"
+        raise MinibatchError(n_name, f"{where}{n_name} = {n} is not a multiple of {b_name} ({b}); use {hint}"
+                                     + (f" (at most {limit} examples are available)" if limit is not None else ""))
     return b
-
-
-def _multiple_error(n: int, b: int, limit: int | None) -> ValueError:
-    lower, upper = (n // b) * b, (n // b + 1) * b
-    options = [v for v in (lower, upper) if v > 0 and (limit is None or v <= limit)]
-    hint = " or ".join(str(v) for v in options) if options else f"a multiple of {b}"
-    return ValueError(
-        f"plan: n_examples={n} is not a multiple of minibatch_size={b}; use n_examples={hint}"
-        + (f" (at most {limit} examples are available)" if limit is not None else "")
-    )
 
 
 @dataclass(frozen=True)
@@ -113,14 +123,14 @@ class Plan:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(f"plan: dataset must be a non-empty string, got {self.dataset!r}")
         n = _int("n_examples", self.n_examples, 1)
-        b = _check_minibatch_size(self.minibatch_size)
+        b = check_minibatch(None, self.minibatch_size)
         k = _int("minibatches_per_shard", self.minibatches_per_shard, 1)
         seed = _int("seed", self.seed, 0)
         idx = np.asarray(self.indices)
         if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
             raise ValueError("plan: indices must be a one-dimensional sequence of integers")
         if n % b:
-            raise _multiple_error(n, b, None)
+            check_minibatch(n, b)
         if len(idx) != n:
             raise ValueError(f"plan: {len(idx)} indices given for n_examples={n}")
         if len(np.unique(idx)) != n:
@@ -219,7 +229,7 @@ def make_plan(
     fits. Errors (``ValueError``): too few available examples, ``n_examples`` not a
     multiple of ``minibatch_size`` (naming the nearest valid values), ``minibatch_size``
     below 4, duplicate or non-integer indices. ``excluded``: see the module docstring."""
-    b = _check_minibatch_size(minibatch_size)
+    b = check_minibatch(None, minibatch_size)
     _int("minibatches_per_shard", minibatches_per_shard, 1)
     seed = _int("seed", seed, 0)
     avail = np.asarray(available)
@@ -241,7 +251,7 @@ def make_plan(
             f"plan: n_examples={n} is larger than the {len(uniq)} examples available in the dataset"
         )
     if n % b:
-        raise _multiple_error(n, b, len(uniq))
+        check_minibatch(n, b, limit=len(uniq))
     keys = _order_keys(seed, uniq)
     order = sorted(range(len(uniq)), key=keys.__getitem__)[:n]
     return Plan(

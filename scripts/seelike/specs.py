@@ -5,14 +5,9 @@ settings that do not change results (executor, resources) travel separately.
 """
 from __future__ import annotations
 
-from . import config as sc
-from .analyses import settings as vision
-
-RESULTS = "results"
-
-
-def dataset_key(cfg: dict) -> str:
-    return cfg["analysis"]["dataset"]
+from . import paths, registry
+from .base import digest
+from .paths import dataset_key
 
 
 def plan_spec(cfg: dict) -> dict:
@@ -20,17 +15,17 @@ def plan_spec(cfg: dict) -> dict:
     return {"dataset_key": d, "dataset": cfg["datasets"][d], "split": cfg["analysis"]["split"],
             "n_examples": cfg["analysis"]["n_examples"], "minibatch_size": cfg["cka"]["minibatch_size"],
             "minibatches_per_shard": cfg["extraction"]["minibatches_per_shard"], "seed": cfg["analysis"]["seed"],
-            "out": f"{RESULTS}/plans/{d}.json"}
+            "out": paths.plan(d)}
 
 
 def rendered_path(cfg: dict, dataset: str, split: str) -> str | None:
     """Where the render rule puts a synthetic split (None for image folders, which are read directly)."""
-    from .data import rendered_split_name
+    from .data import render_key
 
     entry = cfg["datasets"][dataset]
     if entry["kind"] != "synthetic":
         return None
-    return f"{RESULTS}/data/{dataset}/{rendered_split_name(entry, split)}"
+    return paths.fill(paths.RENDERED, dataset=dataset, split=split, key=render_key(entry, split))
 
 
 def render_spec(cfg: dict, dataset: str, split: str) -> dict:
@@ -65,17 +60,17 @@ def extract_rendered_inputs(cfg: dict) -> list[str]:
 def model_spec(cfg: dict, name: str) -> dict:
     m = cfg["models"][name]
     spec = {"name": name, "arch": m["arch"], "kwargs": m.get("kwargs", {}), "source": m["source"],
-            "layers": m.get("layers", "auto"), "out_dir": f"{RESULTS}/models/{name}"}
+            "layers": m.get("layers", "auto"), "out_dir": paths.model_dir(name)}
     if m["source"]["kind"] == "recipe":
         spec["recipe"] = m["recipe"]
         if m["recipe"].get("init_from"):
-            spec["init_card"] = f"{RESULTS}/models/{m['recipe']['init_from']}/card.json"
+            spec["init_card"] = paths.card(m["recipe"]["init_from"])
         spec["dataset"] = cfg["datasets"][m["recipe"]["dataset"]]
         if m["recipe"].get("test_dataset"):
             spec["test_dataset"] = cfg["datasets"][m["recipe"]["test_dataset"]]
         spec["device"] = cfg["device"]
         spec["precision"] = m["recipe"].get("precision", cfg["precision"])
-    spec["spec_hash"] = sc.digest(spec)
+    spec["spec_hash"] = digest(spec)
     rendered = model_rendered(cfg, name)   # where the pixels are read from, not what is trained: outside the hash
     if rendered:
         spec["rendered"] = rendered
@@ -88,14 +83,13 @@ def extract_spec(cfg: dict, name: str) -> dict:
             "device": cfg["device"], "precision": cfg["precision"],
             "sublayers": cfg["extraction"]["sublayers"], "full_tokens": cfg["extraction"]["full_tokens"],
             "num_workers": cfg["extraction"]["num_workers"],
-            "card": f"{RESULTS}/models/{name}/card.json", "plan_file": f"{RESULTS}/plans/{d}.json",
-            "out_dir": f"{RESULTS}/extract/{d}/{name}"}
+            "card": paths.card(name), "plan_file": paths.plan(d), "out_dir": paths.extract_dir(cfg, name)}
     rendered = rendered_path(cfg, d, spec["split"])
     if rendered:
         spec["rendered"] = rendered
     spec["provenance_config"] = {k: spec[k] for k in ("model", "dataset_key", "dataset", "split", "precision",
                                                         "sublayers", "full_tokens")}
-    taps = vision.extraction_taps(cfg, name)   # what the vision analyses need from this model's pass
+    taps = registry.extraction_taps(cfg, name)   # what the analyses need from this model's pass
     if taps:
         spec["taps"] = spec["provenance_config"]["taps"] = taps
     return spec
@@ -103,45 +97,17 @@ def extract_spec(cfg: dict, name: str) -> dict:
 
 def cka_spec(cfg: dict, x: str, y: str) -> dict:
     d = dataset_key(cfg)
-    spec = {"manifest_x": f"{RESULTS}/extract/{d}/{x}/manifest.json",
-            "manifest_y": None if x == y else f"{RESULTS}/extract/{d}/{y}/manifest.json",
-            "estimator": cfg["cka"]["estimator"], "out": cka_table_path(cfg, x, y)}
+    spec = {"manifest_x": paths.manifest(cfg, x), "manifest_y": None if x == y else paths.manifest(cfg, y),
+            "estimator": cfg["cka"]["estimator"], "out": paths.cka_table(cfg, x, y)}
     spec["provenance_config"] = {"models": [x, y], "estimator": spec["estimator"], "dataset": d}
     return spec
 
 
-def cka_table_path(cfg: dict, x: str, y: str) -> str:
-    return f"{RESULTS}/cka/{dataset_key(cfg)}/{x}__{y}.csv"
-
-
-def figure_paths(cfg: dict, figure: str, stem: str) -> list[str]:
-    return [f"{RESULTS}/figures/{figure}/{stem}.{fmt}" for fmt in cfg["figures"]["formats"]]
-
-
-def f14_panels(cfg: dict, mixer: str) -> list[tuple[str, str]]:
-    """The Mixer with itself, then against the ViTs and CNNs it is paired with in cka.pairs (every
-    ViT and CNN when pairs is 'all'), in stored pair order (config order) so titles match tables."""
-    order = list(cfg["models"])
-    partners = {b if a == mixer else a for a, b in sc.cross_pairs(cfg) if mixer in (a, b)}
-    panels = [(mixer, mixer)]
-    for family in ("vit", "cnn"):
-        panels += [tuple(sorted((mixer, n), key=order.index)) for n, m in cfg["models"].items()
-                   if m["family"] == family and n in partners]
-    return panels
+def archive_spec(cfg: dict, config_file: str, snakefile: str) -> dict:
+    return {"out": paths.archive(cfg["run_name"]), "config_file": config_file, "snakefile": snakefile,
+            "include_large": cfg["archive"]["include_large"]}
 
 
 def final_targets(cfg: dict) -> list[str]:
-    out = []
-    for name in cfg["models"]:
-        out += figure_paths(cfg, "F1", name)
-    for x, y in sc.cross_pairs(cfg):
-        out += figure_paths(cfg, "F2", f"{x}__{y}")
-    for mixer in sc.mixer_models(cfg):
-        out += figure_paths(cfg, "F14", mixer)
-    out += vision.final_targets(cfg)   # F3-F7, F9 and the ViT paper's views (V1-V5)
-    from . import experiments           # F8, F10-F13
-
-    for figure, stems in experiments.figure_stems(cfg).items():
-        for stem in stems:
-            out += figure_paths(cfg, figure, stem)
-    return out
+    """Every figure the config asks for (the CKA, vision and experiment tables are their inputs)."""
+    return registry.final_figures(cfg)

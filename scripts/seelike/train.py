@@ -20,31 +20,6 @@ STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.csv"
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"config key device: '{name}' requested but no CUDA device is visible on {os.uname().nodename}")
-    return torch.device(name)
-
-
-def autocast(device, precision: str):
-    """The forward's precision: bf16 / fp16 autocast, or float32 at full precision for "fp32"."""
-    import torch
-
-    if precision == "fp32":
-        from .cka import full_fp32
-
-        return full_fp32()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if device.type == "cpu" and precision == "fp16":
-        # CPU autocast supports fp16 only in recent torch builds; bf16 is the CPU mixed type.
-        dtype = torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     if warmup and step < warmup:
         return base * (step + 1) / warmup
@@ -127,6 +102,8 @@ class _StopRequested(Exception):
 def evaluate(model, source, device, precision, batch_size=256) -> float:
     import torch
 
+    from .runtime import autocast
+
     model.eval()
     correct = seen = 0
     with torch.no_grad(), autocast(device, precision):
@@ -147,12 +124,12 @@ def train_model(spec: dict) -> dict:
     from .fileio import atomic_write
     from .models import make_card, save_checkpoint
     from .models.build import create_timm_model
-    from . import provenance
+    from . import provenance, runtime
 
     out_dir = Path(spec["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     r = spec["recipe"]
-    device = _device(spec.get("device", "cpu"))
+    device = runtime.device(spec.get("device", "cpu"))
     precision = spec.get("precision", "fp32")
     torch.manual_seed(r["seed"])
     rng = np.random.default_rng(r["seed"])
@@ -241,7 +218,7 @@ def train_model(spec: dict) -> dict:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, warmup, r["lr"])
             model.train()
-            with autocast(device, precision):
+            with runtime.autocast(device, precision):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=r.get("label_smoothing", 0.0))
             if not torch.isfinite(loss):

@@ -2,15 +2,13 @@
 rule archive:
     input:
         specs.final_targets(CFG),
-        [f"results/models/{m}/card.json" for m in MODELS],
+        [paths.card(m) for m in MODELS],
     output:
-        f"results/archive/{CFG['run_name']}.tar.gz",
+        paths.archive(CFG["run_name"]),
     params:
-        spec=lambda wc: spec_json({
-            "out": f"results/archive/{CFG['run_name']}.tar.gz", "config_file": RUN_CONFIG, "snakefile": workflow.main_snakefile,
-            "include_large": CFG["archive"]["include_large"]}),
+        spec=lambda wc: spec_json(specs.archive_spec(CFG, RUN_CONFIG, workflow.main_snakefile)),
     log:
-        "results/logs/archive.log",
+        paths.log(paths.archive(CFG["run_name"])),
     localrule: True
     conda:
         CONDA_ENV

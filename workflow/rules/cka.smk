@@ -1,21 +1,16 @@
-# CKA of every layer pair from the stored Grams: {x}__{x} within a model (F1), {x}__{y} across (F2, F14).
-def _cka_inputs(wc):
-    names = {wc.x, wc.y}
-    return [f"results/extract/{wc.dataset}/{n}/manifest.json" for n in names]
-
-
+# CKA of every layer pair from the stored Grams: {x}__{x} within a model, {x}__{y} across.
 rule cka:
     input:
-        _cka_inputs,
+        lambda wc: [paths.manifest(CFG, n) for n in dict.fromkeys((wc.x, wc.y))],
     output:
-        "results/cka/{dataset}/{x}__{y}.csv",
+        paths.CKA_TABLE,
     params:
         spec=lambda wc: spec_json(specs.cka_spec(CFG, wc.x, wc.y)),
     log:
-        "results/logs/cka/{dataset}/{x}__{y}.log",
+        paths.log(paths.CKA_TABLE),
     wildcard_constraints:
-        x="|".join(MODELS),
-        y="|".join(MODELS),
+        x=one_of(MODELS),
+        y=one_of(MODELS),
     conda:
         CONDA_ENV
     shell:

@@ -2,11 +2,11 @@
 # per job; the file name carries the render key, so a changed dataset config names a new file.
 rule render:
     output:
-        "results/data/{dataset}/{split}-{key}.npy",
+        paths.RENDERED,
     params:
         spec=lambda wc: spec_json(specs.render_spec(CFG, wc.dataset, wc.split)),
     log:
-        "results/logs/render/{dataset}/{split}-{key}.log",
+        paths.log(paths.RENDERED),
     wildcard_constraints:
         dataset="|".join(CFG["datasets"]),
         split="[A-Za-z0-9_]+",

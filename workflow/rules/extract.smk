@@ -1,17 +1,17 @@
 # One job per shard (a job array on SLURM); the manifest lists the validated shards beside it.
 rule extract:
     input:
-        card="results/models/{model}/card.json",
-        plan="results/plans/{dataset}.json",
+        card=paths.CARD,
+        plan=paths.PLAN,
         rendered=specs.extract_rendered_inputs(CFG),
     output:
-        "results/extract/{dataset}/{model}/manifest.json",
+        paths.MANIFEST,
     params:
         spec=lambda wc: spec_json(specs.extract_spec(CFG, wc.model)),
     log:
-        "results/logs/extract/{dataset}/{model}.log",
+        paths.log(paths.EXTRACT_DIR),
     wildcard_constraints:
-        model="|".join(MODELS),
+        model=one_of(MODELS),
     conda:
         CONDA_ENV
     shell:

@@ -1,24 +1,23 @@
 # One rule for every model source: recipes are trained through the submission layer, pretrained
 # weights are fetched on this host (compute nodes often have no internet), local files imported.
-def _init_card(wc):
+def model_inputs(wc):
     recipe = CFG["models"][wc.model].get("recipe") or {}
-    return [f"results/models/{recipe['init_from']}/card.json"] if recipe.get("init_from") else []
+    init = [paths.card(recipe["init_from"])] if recipe.get("init_from") else []
+    return init + specs.model_rendered_inputs(CFG, wc.model) + specs.model_weight_inputs(CFG, wc.model)
 
 
 rule model:
     input:
-        _init_card,
-        lambda wc: specs.model_rendered_inputs(CFG, wc.model),
-        lambda wc: specs.model_weight_inputs(CFG, wc.model),
+        model_inputs,
     output:
-        card="results/models/{model}/card.json",
-        weights="results/models/{model}/weights.safetensors",
+        card=paths.CARD,
+        weights=paths.WEIGHTS,
     params:
         spec=lambda wc: spec_json(specs.model_spec(CFG, wc.model)),
     log:
-        "results/logs/models/{model}.log",
+        paths.log(paths.MODEL_DIR),
     wildcard_constraints:
-        model="|".join(MODELS),
+        model=one_of(MODELS),
     conda:
         CONDA_ENV
     shell:

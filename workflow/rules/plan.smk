@@ -1,10 +1,11 @@
+# The example plan: dataset index -> shards -> CKA minibatches, the same for every model.
 rule plan:
     output:
-        "results/plans/{dataset}.json",
+        paths.PLAN,
     params:
         spec=lambda wc: spec_json(specs.plan_spec(CFG)),
     log:
-        "results/logs/plan/{dataset}.log",
+        paths.log(paths.PLAN),
     localrule: True
     conda:
         CONDA_ENV

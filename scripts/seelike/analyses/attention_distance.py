@@ -16,8 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import geometry
-from .common import by_unit, finish_figure, mpl, read_group, shard_paths, write_table
+from .common import by_unit, read_group, shard_paths, write_table
 from .reducers import ATTN_DIST, GEOMETRY
+from .. import paths
+from ..base import ConfigError
+from ..paths import dataset_key
+from ..plotting import finish_figure, pyplot
+from ..registry import Analysis, Figure, check_model_list, models_for, section
 
 
 def compute(spec: dict) -> str:
@@ -61,7 +66,7 @@ def compute(spec: dict) -> str:
 
 
 def _panel(ax, t, title):
-    plt = mpl()
+    plt = pyplot()
     blocks = t.drop_duplicates("block_index").sort_values("block_index")
     heads = sorted(t["head"].unique())
     cmap = plt.get_cmap("viridis", max(2, len(heads)))
@@ -88,7 +93,7 @@ def figure_f3(spec: dict) -> None:
     """spec: tables (one attention_distance table), outputs, dpi."""
     import pandas as pd
 
-    plt = mpl()
+    plt = pyplot()
     t = pd.read_csv(spec["tables"][0])
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     nh = _panel(ax, t, f"F3: {t.model.iloc[0]} ({int(t.n_images.iloc[0])} images)")
@@ -103,7 +108,7 @@ def figure_f4(spec: dict) -> None:
     """spec: tables (one per ViT, config order), outputs, dpi. Models trained on less data are marked."""
     import pandas as pd
 
-    plt = mpl()
+    plt = pyplot()
     tables = [pd.read_csv(p) for p in spec["tables"]]
     tables.sort(key=lambda t: bool(t.less_data.iloc[0]))   # the others first, then the less-data models
     n = len(tables)
@@ -117,3 +122,47 @@ def figure_f4(spec: dict) -> None:
     axes[0][0].set_ylim(bottom=0)
     fig.suptitle("F4: attention distance, models trained on less data (shaded) beside the others", fontsize=10)
     finish_figure(fig, spec)
+
+
+# ----------------------------------------------------------------------------- registration
+
+def less_data(cfg: dict) -> list[str]:
+    """Models marked as trained on less data (F4 shades them)."""
+    return list(section(cfg, "attention_distance").get("less_data", []))
+
+
+def _check(cfg: dict) -> None:
+    covered = models_for(cfg, "attention_distance")
+    check_model_list(cfg, "analyses.attention_distance.less_data", less_data(cfg))
+    for i, name in enumerate(less_data(cfg)):
+        if name not in covered:
+            raise ConfigError(f"config key analyses.attention_distance.less_data[{i}]: model '{name}' is not among the "
+                              f"models whose attention distances are computed ({', '.join(covered) or 'none'})")
+
+
+def _taps(cfg: dict, model: str) -> dict:
+    if model not in models_for(cfg, "attention_distance"):
+        return {}
+    n = min(int(cfg["analysis"]["n_examples"]), int(section(cfg, "attention_distance").get("n_images", 5000)))
+    return {"attention_distance": {"n_images": n}}
+
+
+def _spec(cfg: dict, model: str) -> dict:
+    return {"renormalize": bool(section(cfg, "attention_distance").get("renormalize", True)),
+            "less_data": model in less_data(cfg)}
+
+
+def _f4_stems(cfg: dict) -> list[str]:
+    return [dataset_key(cfg)] if less_data(cfg) and models_for(cfg, "attention_distance") else []
+
+
+def _f4_tables(cfg: dict, stem: str) -> list[str]:
+    return [paths.table(cfg, "dataset", "attention_distance", m) for m in models_for(cfg, "attention_distance")]
+
+
+ANALYSIS = Analysis(
+    name="attention_distance", families=("vit",), why="attention distances need attention heads (a ViT)",
+    source="dataset", compute=compute, step="vision", taps=_taps, spec=_spec, check=_check,
+    figures=(Figure("F3", "attention distance", figure_f3),
+             Figure("F4", "attention distance, less data", figure_f4, stems=_f4_stems, tables=_f4_tables)),
+    code=("analyses/reducers.py", "analyses/geometry.py"))

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import MissingReduction, finish_figure, mpl, read_group, shard_paths, write_table
+from .common import MissingReduction, read_group, shard_paths, write_table
 from .reducers import ATTN_MAPS, GEOMETRY
+from ..plotting import finish_figure, pyplot
+from .. import paths
+from ..registry import Analysis, Figure, models_for, section
 
 
 def rollout(weights: np.ndarray) -> np.ndarray:
@@ -117,7 +120,7 @@ def figure_maps(spec: dict, max_examples: int = 6, max_layers: int = 5) -> None:
     """spec: tables (the attention_maps table), outputs, dpi."""
     import pandas as pd
 
-    plt = mpl()
+    plt = pyplot()
     t = pd.read_csv(spec["tables"][0], keep_default_na=False)
     examples = list(dict.fromkeys(t.example.tolist()))[:max_examples]
     n_layers = int(t.layer_index.max()) + 1
@@ -156,7 +159,7 @@ def figure_similarity(spec: dict) -> None:
     """spec: tables (the attention_similarity table), outputs, dpi."""
     import pandas as pd
 
-    plt = mpl()
+    plt = pyplot()
     t = pd.read_csv(spec["tables"][0])
     n = int(t.index_x.max()) + 1
     mat = np.zeros((n, n))
@@ -178,3 +181,26 @@ def figure_similarity(spec: dict) -> None:
     fig.suptitle(f"V4: attention similarity across layers (DeepViT collapse), {t.model.iloc[0]} "
                  f"({int(t.n_images.iloc[0])} images)", fontsize=9)
     finish_figure(fig, spec)
+
+
+# ----------------------------------------------------------------------------- registration
+
+def _taps(cfg: dict, model: str) -> dict:
+    if model not in models_for(cfg, "attention_maps"):
+        return {}
+    n = min(int(cfg["analysis"]["n_examples"]), int(section(cfg, "attention_maps").get("n_images", 8)))
+    return {"attention_maps": {"n_images": n}}
+
+
+def _similarity_table(cfg: dict, model: str) -> str:
+    return paths.table(cfg, "dataset", "attention_similarity", model)
+
+
+ANALYSIS = Analysis(
+    name="attention_maps", families=("vit",), why="attention maps need attention heads (a ViT)",
+    source="dataset", tables=("attention_maps", "attention_similarity"), compute=compute, step="vision",
+    taps=_taps, spec=lambda cfg, model: {"out_similarity": _similarity_table(cfg, model)},
+    figures=(Figure("V3", "attention maps and rollout", figure_maps),
+             Figure("V4", "attention similarity across layers", figure_similarity,
+                    tables=lambda cfg, model: [_similarity_table(cfg, model)])),
+    code=("analyses/reducers.py",))

@@ -1,4 +1,4 @@
-"""Shared by the vision analyses: reading shard reductions, writing tables, drawing figures."""
+"""Shared by the analyses' table functions: reading shard reductions, writing tables (no drawing)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,23 +65,20 @@ def write_table(table, out, spec: dict, inputs=()) -> str:
     return str(out)
 
 
-def mpl():
-    from ..figures import _mpl
+def checkpoint_model(spec: dict):
+    """(card, model on the CPU) of spec["card"], for the tables computed from the weights alone."""
+    from ..models.build import build_model
+    from ..models.card import ModelCard
 
-    return _mpl()
+    card = ModelCard.load(spec["card"])
+    return card, build_model(card, Path(spec["card"]).parent, device="cpu")
 
 
-def finish_figure(fig, spec: dict) -> None:
-    """Save to every output (PDF/PNG/SVG, atomically) with a provenance sidecar naming the tables."""
-    from .. import provenance
-    from ..figures import save
+def experiment_section(cfg: dict, name: str) -> dict:
+    """experiments.<name> of the config ({} when absent)."""
+    return (cfg.get("experiments") or {}).get(name) or {}
 
-    save(fig, spec["outputs"], spec.get("dpi", 150))
-    mpl().close(fig)
-    record = provenance.collect(spec.get("provenance_config"), inputs=spec["tables"])
-    # Enough to redraw the figure from its tables alone (seelike archive redraw).
-    record["figure_spec"] = {**{k: v for k, v in spec.items() if k != "provenance_config"},
-                             "draw": spec.get("function") or "seelike.analyses.run:draw"}
-    for out in spec["outputs"]:
-        provenance.write_sidecar(out, record)
 
+def sweep_members(cfg: dict, base: str) -> list[str]:
+    """The models a sweep of model `base` expanded into (config order)."""
+    return [n for n, m in cfg["models"].items() if (m.get("sweep_of") or {}).get("model") == base]

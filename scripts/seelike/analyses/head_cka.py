@@ -15,8 +15,12 @@ import math
 
 import numpy as np
 
-from .common import by_unit, finish_figure, mpl, read_group, shard_paths, write_table
+from .common import by_unit, read_group, shard_paths, write_table
 from .reducers import HEADS
+from ..plotting import finish_figure, pyplot
+from .. import paths
+from ..base import ConfigError
+from ..registry import Analysis, Figure, enabled, models_for, section
 
 
 def plotted_cnn_layers(layers: list[str], setting) -> list[str]:
@@ -37,12 +41,12 @@ def compute(spec: dict) -> str:
 
     import pandas as pd
     from ..cka import NegativeHSICWarning, cka_from_minibatch_hsic, hsic_all_pairs
-    from ..cka_tables import _check_same_plan
+    from ..cka_tables import check_same_plan
     from ..manifest import load_manifest
     from ..store import read_grams
 
     mv, mc = load_manifest(spec["manifest"]), load_manifest(spec["manifest_cnn"])
-    _check_same_plan(mv, mc)
+    check_same_plan(mv, mc)
     cnn_layers = mc["layers"]
     shown = plotted_cnn_layers(cnn_layers, spec.get("cnn_layers", "auto"))
     per_batch, heads = [], None
@@ -76,7 +80,7 @@ def figure(spec: dict) -> None:
     """spec: tables (one head_cka table), outputs, dpi."""
     import pandas as pd
 
-    plt = mpl()
+    plt = pyplot()
     t = pd.read_csv(spec["tables"][0])
     t = t[t.plotted.astype(bool)]
     layers = t.drop_duplicates("cnn_layer_index").sort_values("cnn_layer_index")["cnn_layer"].tolist()
@@ -94,3 +98,78 @@ def figure(spec: dict) -> None:
     axes[0][-1].legend(fontsize=7, title="ViT block", title_fontsize=7)
     fig.suptitle(f"F5: single attention heads of {t.model.iloc[0]} vs lower layers of {t.cnn.iloc[0]}", fontsize=9)
     finish_figure(fig, spec)
+
+
+# ----------------------------------------------------------------------------- registration
+
+def cnn_of(cfg: dict) -> str | None:
+    """The CNN whose layers the heads are compared with: analyses.head_cka.cnn, or the first CNN."""
+    cnn = section(cfg, "head_cka").get("cnn", "auto")
+    if cnn != "auto":
+        return cnn
+    cnns = [n for n, m in cfg["models"].items() if m.get("family") == "cnn"]
+    return cnns[0] if cnns else None
+
+
+def pairs(cfg: dict) -> list[tuple[str, str]]:
+    """(ViT, CNN) of every F5 panel."""
+    cnn = cnn_of(cfg)
+    return [] if cnn is None else [(v, cnn) for v in models_for(cfg, "head_cka")]
+
+
+def _stems(cfg: dict) -> list[str]:
+    return [f"{v}__{c}" for v, c in pairs(cfg)]
+
+
+def _split(stem: str) -> tuple[str, str]:
+    vit, _, cnn = stem.partition("__")
+    return vit, cnn
+
+
+def _check(cfg: dict) -> None:
+    if not enabled(cfg, "head_cka"):
+        return
+    models = cfg["models"]
+    cnn = section(cfg, "head_cka").get("cnn", "auto")
+    if cnn != "auto":
+        if cnn not in models:
+            raise ConfigError(f"config key analyses.head_cka.cnn: unknown model '{cnn}'; configured: {', '.join(models)}")
+        if models[cnn].get("family") != "cnn":
+            raise ConfigError(f"config key analyses.head_cka.cnn: model '{cnn}' is a {models[cnn].get('family')} "
+                              "model, not a CNN")
+    covered = models_for(cfg, "attention_distance")
+    missing = [v for v in models_for(cfg, "head_cka") if v not in covered]
+    if missing and cnn_of(cfg):
+        raise ConfigError(f"config key analyses.head_cka.models: F5 plots each head against its mean attention "
+                          f"distance, but analyses.attention_distance does not cover {', '.join(missing)}")
+
+
+def _taps(cfg: dict, model: str) -> dict:
+    if not any(v == model for v, _ in pairs(cfg)):
+        return {}
+    return {"heads": {"blocks": int(section(cfg, "head_cka").get("blocks", 3))}}
+
+
+def _distances(cfg: dict, vit: str) -> str:
+    return paths.table(cfg, "dataset", "attention_distance", vit)
+
+
+def _inputs(cfg: dict, stem: str) -> list[str]:
+    vit, cnn = _split(stem)
+    return [paths.manifest(cfg, vit), paths.manifest(cfg, cnn), _distances(cfg, vit)]
+
+
+def _spec(cfg: dict, stem: str) -> dict:
+    vit, cnn = _split(stem)
+    s = section(cfg, "head_cka")
+    return {"model": vit, "cnn": cnn, "manifest": paths.manifest(cfg, vit), "manifest_cnn": paths.manifest(cfg, cnn),
+            "distances": _distances(cfg, vit), "blocks": int(s.get("blocks", 3)),
+            "cnn_layers": s.get("cnn_layers", "auto"), "estimator": cfg["cka"]["estimator"]}
+
+
+ANALYSIS = Analysis(
+    name="head_cka", families=("vit",), why="per-head CKA needs attention heads (a ViT)",
+    source="dataset", compute=compute, step="vision", stems=_stems, inputs=_inputs, spec=_spec, taps=_taps,
+    check=_check,
+    figures=(Figure("F5", "attention heads vs CNN", figure),),
+    code=("analyses/reducers.py", "cka.py", "cka_tables.py"))

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import finish_figure, mpl, read_group, shard_paths, write_table
+from .common import read_group, shard_paths, write_table
 from .reducers import LOCALIZATION
+from ..plotting import finish_figure, pyplot
+from ..base import ConfigError
+from ..registry import Analysis, Figure, models_for, section
 
 
 def localization_cka(input_grams, layer_grams, estimator: str = "unbiased"):
@@ -67,7 +70,7 @@ def figure(spec: dict) -> None:
     import pandas as pd
     from matplotlib.patches import Rectangle
 
-    plt = mpl()
+    plt = pyplot()
     t = pd.read_csv(spec["tables"][0])
     gh, gw = int(t.grid_h.iloc[0]), int(t.grid_w.iloc[0])
     ps = t.drop_duplicates(["p_row", "p_col"])[["p_row", "p_col"]].values.tolist()
@@ -87,3 +90,32 @@ def figure(spec: dict) -> None:
     fig.suptitle(f"F9: {t.model.iloc[0]}, CKA of input patches with {t.layer.iloc[0]} at every position "
                  f"({gh}x{gw})", fontsize=9)
     finish_figure(fig, spec)
+
+
+# ----------------------------------------------------------------------------- registration
+
+DEFAULT_POSITIONS = [[0.1, 0.1], [0.1, 0.9], [0.5, 0.5], [0.9, 0.1], [0.9, 0.9]]
+
+
+def _check(cfg: dict) -> None:
+    for name in section(cfg, "localization").get("layers", {}):
+        if name not in cfg["models"]:
+            raise ConfigError(f"config key analyses.localization.layers.{name}: unknown model '{name}'")
+
+
+def _taps(cfg: dict, model: str) -> dict:
+    if model not in models_for(cfg, "localization"):
+        return {}
+    s = section(cfg, "localization")
+    return {"localization": {"positions": [list(map(float, p)) for p in s.get("positions", DEFAULT_POSITIONS)],
+                             "n_images": min(int(cfg["analysis"]["n_examples"]), int(s.get("n_images", 2048))),
+                             "layer": s.get("layers", {}).get(model)}}
+
+
+ANALYSIS = Analysis(
+    name="localization", families=("vit", "mixer", "cnn"),
+    why="localization needs a spatial grid (a ViT, Mixer or CNN)",
+    source="dataset", compute=compute, step="vision", taps=_taps, check=_check,
+    spec=lambda cfg, model: {"estimator": cfg["cka"]["estimator"]},
+    figures=(Figure("F9", "localization", figure),),
+    code=("analyses/reducers.py", "analyses/geometry.py", "cka.py"))

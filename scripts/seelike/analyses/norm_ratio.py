@@ -11,8 +11,10 @@ tokens (cls, spatial), ratio (mean ||z|| / mean ||f(z)||, the plotted value), me
 """
 from __future__ import annotations
 
-from .common import by_unit, finish_figure, mpl, read_group, shard_paths, write_table
+from .common import by_unit, read_group, shard_paths, write_table
 from .reducers import NORM_RATIO
+from ..plotting import finish_figure, pyplot
+from ..registry import Analysis, Figure, models_for
 
 GROUPS = ("cls", "spatial")
 
@@ -51,7 +53,7 @@ def figure(spec: dict) -> None:
     """spec: tables (one norm_ratio table), outputs, dpi."""
     import pandas as pd
 
-    plt = mpl()
+    plt = pyplot()
     t = pd.read_csv(spec["tables"][0])
     model = t.model.iloc[0]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.16 * t["index"].nunique() + 3), 4.0))
@@ -73,3 +75,16 @@ def figure(spec: dict) -> None:
     ax.set_title(f"F7: norm ratio of the residual stream to the branch, {model}", fontsize=9)
     ax.legend(fontsize=7)
     finish_figure(fig, spec)
+
+
+# ----------------------------------------------------------------------------- registration
+
+def _taps(cfg: dict, model: str) -> dict:
+    return {"norm_ratio": {}} if model in models_for(cfg, "norm_ratio") else {}
+
+
+ANALYSIS = Analysis(
+    name="norm_ratio", families=("vit", "mixer", "cnn"), why="norm ratios need residual blocks (a ViT, Mixer or CNN)",
+    source="dataset", compute=compute, step="vision", taps=_taps,
+    figures=(Figure("F7", "norm ratios", figure),),
+    code=("analyses/reducers.py",))

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import finish_figure, mpl, write_table
+from .common import write_table
+from ..plotting import finish_figure, pyplot
+from .. import paths
+from ..registry import Analysis, Figure, section
 
 
 def choose_layers(names: list[str], setting) -> list[str]:
@@ -100,11 +103,11 @@ def compute(spec: dict) -> str:
     from ..models.build import build_model
     from ..models.card import ModelCard
     from ..plan import Plan
-    from ..train import _device
+    from ..runtime import device as pick_device
 
     card_path = Path(spec["card"])
     card = ModelCard.load(card_path)
-    device = _device(spec.get("device", "cpu"))
+    device = pick_device(spec.get("device", "cpu"))
     model = build_model(card, card_path.parent, device=device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -160,7 +163,7 @@ def figure(spec: dict) -> None:
     """spec: tables (one receptive_field table), outputs, dpi."""
     import pandas as pd
 
-    plt = mpl()
+    plt = pyplot()
     t = pd.read_csv(spec["tables"][0])
     summ = summary(t).set_index("layer")
     layers = t.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
@@ -177,3 +180,26 @@ def figure(spec: dict) -> None:
     fig.suptitle(f"F6: effective receptive fields of {t.model.iloc[0]} ({int(t.n_images.iloc[0])} images, "
                  f"{h}x{w} px; each panel scaled to its maximum)", fontsize=9)
     finish_figure(fig, spec)
+
+
+# ----------------------------------------------------------------------------- registration
+
+def _inputs(cfg: dict, model: str) -> list[str]:
+    return [paths.card(model), paths.plan(paths.dataset_key(cfg))]
+
+
+def _spec(cfg: dict, model: str) -> dict:
+    s = section(cfg, "receptive_field")
+    d = paths.dataset_key(cfg)
+    return {"card": paths.card(model), "plan_file": paths.plan(d), "dataset": cfg["datasets"][d],
+            "split": cfg["analysis"]["split"],
+            "n_images": min(int(cfg["analysis"]["n_examples"]), int(s.get("n_images", 32))),
+            "batch_size": int(s.get("batch_size", 32)), "layers": s.get("layers", "auto"), "device": cfg["device"]}
+
+
+ANALYSIS = Analysis(
+    name="receptive_field", families=("vit", "mixer", "cnn"),
+    why="receptive fields need a spatial grid (a ViT, Mixer or CNN)",
+    source="dataset", compute=compute, step="receptive_field", inputs=_inputs, spec=_spec,
+    figures=(Figure("F6", "receptive fields", figure),),
+    code=("extract.py",))

@@ -1,6 +1,6 @@
 """Extraction reducers of the vision analyses: what one pass over the images keeps for F3-F9.
 
-Switched on per model by ``spec["taps"]`` (see :func:`seelike.specs.extraction_taps`); with no
+Switched on per model by ``spec["taps"]`` (see :func:`seelike.registry.extraction_taps`); with no
 taps none of this runs and extraction is unchanged. Statistics taken during the forward pass
 are reduced inside their hooks ("streaming"), so attention weights, per-head outputs and
 branch outputs of all blocks are never held at once: the extra memory is one block's worth.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..extract import Reducer
+from ..reducer import Reducer
 from . import geometry
 
 ATTN_DIST = "reductions/attention_distance"
@@ -175,7 +175,7 @@ class HeadGramReducer(Reducer):
 
     def _consume(self, name, role, x):
         import torch
-        from ..cka import full_fp32
+        from ..runtime import full_fp32
 
         # x: (b, t, heads, head_dim); one Gram per head over all tokens, like the layer Grams: float32
         # products (at full float32 precision) of each head's flattened output, in one batched product.
@@ -298,7 +298,8 @@ class PositionGramReducer(Reducer):
 
     def update(self, batch):
         import torch
-        from ..cka import full_fp32, gram
+        from ..cka import gram
+        from ..runtime import full_fp32
 
         if self.resolve is not None:
             self._set(*self.resolve())

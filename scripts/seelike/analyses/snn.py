@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import finish_figure, mpl, shard_paths, write_table
+from .common import shard_paths, write_table
+from ..plotting import finish_figure, pyplot
+from .. import paths
+from ..registry import Analysis, Figure, models_for
 
 REL_TEMPERATURES = 2.0 ** (np.arange(-20, 21) / 2.0)
 
@@ -104,7 +107,7 @@ def figure(spec: dict) -> None:
     """spec: tables (one snn_loss table per model), outputs, dpi."""
     import pandas as pd
 
-    plt = mpl()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for p in spec["tables"]:
         t = pd.read_csv(p).sort_values("layer_index")
@@ -114,3 +117,18 @@ def figure(spec: dict) -> None:
     ax.legend(fontsize=7)
     ax.set_title("V5: class separation by depth", fontsize=9)
     finish_figure(fig, spec)
+
+
+# ----------------------------------------------------------------------------- registration
+
+def _v5_stems(cfg: dict) -> list[str]:
+    return [paths.dataset_key(cfg)] if models_for(cfg, "snn_loss") else []
+
+
+def _v5_tables(cfg: dict, stem: str) -> list[str]:
+    return [paths.table(cfg, "dataset", "snn_loss", m) for m in models_for(cfg, "snn_loss")]
+
+
+ANALYSIS = Analysis(
+    name="snn_loss", families=("vit", "mixer", "cnn", "other"), source="dataset", compute=compute, step="vision",
+    figures=(Figure("V5", "class separation by depth", figure, stems=_v5_stems, tables=_v5_tables),))

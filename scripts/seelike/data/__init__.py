@@ -74,6 +74,7 @@ __all__ = [
     "render_masks",
     "render_labels",
     "render_meta",
+    "render_key",
     "rendered_split_name",
     "scan_image_folder",
     "split_indices",
@@ -293,10 +294,17 @@ def load_split_arrays(cfg: Mapping, split: str, cache_dir=None, rendered=None) -
 # training or extraction job: 8000 training images take ~0.9 s to render, and every model of a
 # run reads the same pixels.
 
+def render_key(cfg: Mapping, split: str) -> str:
+    """16 hex digits of :meth:`SyntheticSpec.render_key`: exactly what determines the split's pixels, so a
+    changed dataset config names another file."""
+    return SyntheticSpec.from_config(cfg).render_key(split)[:16]
+
+
 def rendered_split_name(cfg: Mapping, split: str) -> str:
-    """``<split>-<key>.npy``: the key (16 hex digits of :meth:`SyntheticSpec.render_key`) names
-    exactly what determines the pixels, so a changed dataset config names another file."""
-    return f"{split}-{SyntheticSpec.from_config(cfg).render_key(split)[:16]}.npy"
+    """The file name the render rule gives a split (seelike.paths.RENDERED)."""
+    from .. import paths
+
+    return Path(paths.fill(paths.RENDERED, dataset="_", split=split, key=render_key(cfg, split))).name
 
 
 def write_rendered_split(cfg: Mapping, split: str, out, block: int = 2048) -> Path:

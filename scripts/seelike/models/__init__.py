@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "build": ["CHECKPOINT_FILENAME", "ChecksumError", "WeightsFileError", "build_model", "check_timm_arch",
+    "build": ["CHECKPOINT_FILENAME", "ChecksumError", "WeightsFileError", "arch_family", "build_model", "check_timm_arch",
               "import_local_weights", "load_weights_into", "make_card", "pinned_kwargs", "read_weights",
               "save_checkpoint", "split_timm_name", "verify_checkpoint", "create_timm_model"],
     "card": ["CARD_FILENAME", "CardError", "ModelCard"],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -27,7 +29,8 @@ class WeightsFileError(ValueError):
 
 # ----------------------------------------------------------------------------- timm names
 
-def _timm():
+def import_timm():
+    """The timm module, with seelike's own architectures (seelike.models.archs) registered."""
     import timm  # imported lazily: config validation imports this module
     from . import archs  # noqa: F401  (registers seelike's small architectures with timm)
     return timm
@@ -58,7 +61,7 @@ def check_timm_arch(arch_or_name: str) -> None:
         raise ValueError(
             f"timm model name {arch_or_name!r}: 'hf-hub:'/'local-dir:' names are not supported; use a timm "
             f"registry name (e.g. 'vit_base_patch32_224.augreg_in21k') or a local_file source")
-    timm = _timm()
+    timm = import_timm()
     arch, tag = split_timm_name(arch_or_name)
     if not timm.is_model(arch):
         close = _suggest(arch, timm.list_models())
@@ -79,7 +82,7 @@ def pinned_kwargs(timm_name: str, kwargs: Optional[Dict[str, Any]], model: Optio
     timm fills num_classes/global_pool/in_chans/img_size from the *tag's* pretrained cfg;
     the card stores the bare architecture, so tag-specific values are written out.
     """
-    timm = _timm()
+    timm = import_timm()
     out = dict(kwargs or {})
     arch, tag = split_timm_name(timm_name)
     if model is not None and isinstance(getattr(model, "num_classes", None), int):
@@ -182,10 +185,29 @@ def create_timm_model(arch: str, kwargs: Optional[Dict[str, Any]] = None, modifi
     check_timm_arch(arch)
     kwargs = dict(kwargs or {})
     try:
-        model = _timm().create_model(arch, **extra, **kwargs)
+        model = import_timm().create_model(arch, **extra, **kwargs)
     except TypeError as e:
         raise ValueError(f"timm.create_model({arch!r}) rejected the kwargs {kwargs}: {e}") from e
     return modify.apply(model, modifications)
+
+
+def arch_family(arch: str, kwargs: Optional[Dict[str, Any]] = None) -> str:
+    """The family ('vit' | 'cnn' | 'mixer' | 'other') of the timm architecture ``arch`` (maybe
+    ``arch.tag``) built with ``kwargs``: :func:`~seelike.models.layers.detect_family` of the model,
+    built on the meta device (no memory, no weights, no initialisation), so it is the family that
+    the model card of that model will record. Cached per (arch, kwargs).
+
+    Raises ValueError for an unknown architecture or tag, or kwargs timm rejects."""
+    return _arch_family(arch, json.dumps(to_jsonable(dict(kwargs or {})), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_family(arch: str, kwargs_json: str) -> str:
+    check_timm_arch(arch)
+    bare, _tag = split_timm_name(arch)   # the family is the architecture's; a tag only picks weights
+    with torch.device("meta"), _MetaInitIsFree():
+        model = create_timm_model(bare, json.loads(kwargs_json), pretrained=False)
+    return detect_family(model)
 
 
 def build_model(card: ModelCard, card_dir: PathLike, device: str = "cpu", verify: bool = True) -> nn.Module:
@@ -214,8 +236,8 @@ def build_model(card: ModelCard, card_dir: PathLike, device: str = "cpu", verify
 
 # In-place ops that only change values, which initialisers chain (timm's trunc_normal_: uniform_,
 # erfinv_, mul_, add_, clamp_). On a meta tensor they compute nothing, but PyTorch still runs
-# their Python reference decompositions: 0.15 of 0.2 s of building ViT-Tiny on meta. Ops that
-# change shape or strides (unsqueeze_, t_, resize_, ...) are not listed and still run.
+# their Python reference decompositions, most of the time of a meta build. Ops that change shape
+# or strides (unsqueeze_, t_, resize_, ...) are not listed and still run.
 _VALUE_ONLY_INPLACE = frozenset({
     "uniform_", "normal_", "trunc_normal_", "erfinv_", "mul_", "add_", "sub_", "div_", "clamp_", "clamp_min_",
     "clamp_max_", "fill_", "zero_", "copy_", "exponential_", "bernoulli_", "random_", "sqrt_", "abs_", "neg_",
@@ -236,8 +258,9 @@ def _create_uninitialised(card: ModelCard) -> Optional[nn.Module]:
     """The card's model built on the meta device (no memory, no random initialisation), or None when
     that is not safe: the architecture cannot be built there, or it has buffers outside its
     state_dict (non-persistent ones computed at construction, e.g. Swin's relative position index)
-    or plain tensor attributes, which a checkpoint cannot supply. timm's random initialisation, overwritten at once by the
-    checkpoint, was 75% of building a model: 0.79 of 1.07 s for ViT-B/16, once per extraction shard."""
+    or plain tensor attributes, which a checkpoint cannot supply. timm's random initialisation, which
+    the checkpoint overwrites at once, is most of the time of an ordinary build, paid once per
+    extraction shard (benchmarks/bench_extract.py times the model build)."""
     try:
         with torch.device("meta"), _MetaInitIsFree():
             model = create_timm_model(card.arch, card.kwargs, card.modifications, pretrained=False)
@@ -269,7 +292,8 @@ def live_input_size(model: nn.Module, kwargs: Dict[str, Any]) -> Optional[List[i
     return None
 
 
-def _clean_pretrained_cfg(cfg: Any) -> Dict[str, Any]:
+def clean_pretrained_cfg(cfg: Any) -> Dict[str, Any]:
+    """A timm pretrained cfg (dataclass, dict or None) as the JSON-able dict a card stores."""
     if cfg is None:
         return {}
     if hasattr(cfg, "to_dict"):
@@ -292,15 +316,15 @@ def make_card(name: str, arch: str, kwargs: Optional[Dict[str, Any]], source: Di
     model. ``input_size`` overrides the size (CNNs have none of their own; a model trained
     at 32 px should say so). The card is not written; call ``card.save(dir)``.
     """
-    timm = _timm()
+    timm = import_timm()
     kwargs = to_jsonable(dict(kwargs or {}))
     bare_arch, _tag = split_timm_name(arch)
     check_timm_arch(bare_arch)
     family = detect_family(model)
     layers = enumerate_layers(model, family, sublayers=sublayers, spec=layer_spec)
     num_prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
-    cfg = _clean_pretrained_cfg(pretrained_cfg if pretrained_cfg is not None
-                                else getattr(model, "pretrained_cfg", None))
+    cfg = clean_pretrained_cfg(pretrained_cfg if pretrained_cfg is not None
+                               else getattr(model, "pretrained_cfg", None))
     if input_size is not None:
         size = [int(v) for v in input_size]
     else:

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..fileio import PathLike, sha256_file
-from .build import (CHECKPOINT_FILENAME, WeightsFileError, _clean_pretrained_cfg, _timm, check_timm_arch,
-                    create_timm_model, make_card, save_checkpoint, split_timm_name)
+from .build import (CHECKPOINT_FILENAME, WeightsFileError, check_timm_arch, clean_pretrained_cfg, create_timm_model,
+                    import_timm, make_card, save_checkpoint, split_timm_name)
 from .card import CARD_FILENAME, ModelCard
 from .layers import LayerSpec
 
@@ -21,7 +21,7 @@ class HubError(RuntimeError):
 def hub_location(timm_name: str) -> Dict[str, Any]:
     """timm's pretrained cfg for a (tagged) name and where its weights live on the hub."""
     check_timm_arch(timm_name)
-    timm = _timm()
+    timm = import_timm()
     cfg = timm.models.get_pretrained_cfg(timm_name)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     if not hub_id:
@@ -104,7 +104,7 @@ def fetch_from_hub(name: str, timm_name: str, out_dir: PathLike, cache_dir: Opti
             f"cannot load {path} ({loc['repo_id']}/{filename}) into {timm_name} with kwargs {kwargs}: "
             f"{type(e).__name__}: {e} (a truncated download, or kwargs that do not fit the weights)") from e
     model.eval()
-    clean_cfg = _clean_pretrained_cfg(cfg)
+    clean_cfg = clean_pretrained_cfg(cfg)
     model.pretrained_cfg = dict(clean_cfg)
     cfg_classes = clean_cfg.get("num_classes")
     head_reinit = "num_classes" in kwargs and cfg_classes is not None and kwargs["num_classes"] != cfg_classes

@@ -68,7 +68,8 @@ def detect_family(model: nn.Module) -> str:
 
 # ----------------------------------------------------------------------------- modules
 
-def _is_seq(m: Any) -> bool:
+def is_seq(m: Any) -> bool:
+    """Whether ``m`` is a container of blocks (ModuleList or Sequential)."""
     return isinstance(m, (nn.ModuleList, nn.Sequential))
 
 
@@ -91,7 +92,7 @@ def _layer(name: str, module: str, kind: str, tap: str = "output", layout: str =
     return d
 
 
-def _residual_after_attn(block: nn.Module, path: str) -> Dict[str, str]:
+def residual_after_attn(block: nn.Module, path: str) -> Dict[str, str]:
     """Where the residual stream between the attention (token-mixing) and MLP branches is visible.
 
     Pre-norm blocks (timm Block, Beit, Eva, MixerBlock, ResMLP): the input of ``norm2``.
@@ -109,10 +110,10 @@ def _residual_after_attn(block: nn.Module, path: str) -> Dict[str, str]:
 
 def _vit_layers(model: nn.Module, sublayers: bool) -> List[Dict[str, Any]]:
     blocks = getattr(model, "blocks", None)
-    if _is_seq(blocks) and len(blocks) and not all(_is_seq(b) for b in blocks):
+    if is_seq(blocks) and len(blocks) and not all(is_seq(b) for b in blocks):
         paths = [(f"block{i}", f"blocks.{i}") for i in range(len(blocks))]
     else:  # hierarchical (Swin: layers.i.blocks.j): stage{s}.unit{u}, feature maps channels-last
-        stages = _stage_units(model)
+        stages = stage_units(model)
         if not stages:
             raise ValueError(
                 f"{type(model).__name__} has no `blocks` list; list the layers explicitly under `layers:`")
@@ -121,7 +122,7 @@ def _vit_layers(model: nn.Module, sublayers: bool) -> List[Dict[str, Any]]:
     for base, path in paths:
         block = model.get_submodule(path)
         if sublayers:
-            r = _residual_after_attn(block, path)
+            r = residual_after_attn(block, path)
             out.append(_layer(f"{base}.attn", r["module"], "attn", tap=r["tap"], block=path))
             out.append(_layer(f"{base}.mlp", path, "mlp", block=path))
         else:
@@ -131,13 +132,13 @@ def _vit_layers(model: nn.Module, sublayers: bool) -> List[Dict[str, Any]]:
 
 def _mixer_layers(model: nn.Module, sublayers: bool) -> List[Dict[str, Any]]:
     blocks = getattr(model, "blocks", None)
-    if not _is_seq(blocks) or len(blocks) == 0:
+    if not is_seq(blocks) or len(blocks) == 0:
         raise ValueError(f"{type(model).__name__} has no `blocks` list; list the layers explicitly under `layers:`")
     out = []
     for i, block in enumerate(blocks):
         path = f"blocks.{i}"
         if sublayers:
-            r = _residual_after_attn(block, path)
+            r = residual_after_attn(block, path)
             out.append(_layer(f"block{i}.token_mixing", r["module"], "token_mixing", tap=r["tap"], block=path))
             out.append(_layer(f"block{i}.channel_mixing", path, "channel_mixing", block=path))
         else:
@@ -145,41 +146,41 @@ def _mixer_layers(model: nn.Module, sublayers: bool) -> List[Dict[str, Any]]:
     return out
 
 
-def _stage_units(model: nn.Module) -> Optional[List[List[str]]]:
+def stage_units(model: nn.Module) -> Optional[List[List[str]]]:
     """Module paths of residual units grouped by stage, for the common timm CNN layouts."""
     # timm ResNet: layer1..layer4, each a Sequential of BasicBlock/Bottleneck
-    if all(_is_seq(getattr(model, f"layer{i}", None)) for i in (1, 2, 3, 4)):
+    if all(is_seq(getattr(model, f"layer{i}", None)) for i in (1, 2, 3, 4)):
         stages, i = [], 1
-        while _is_seq(getattr(model, f"layer{i}", None)):
+        while is_seq(getattr(model, f"layer{i}", None)):
             stages.append([f"layer{i}.{j}" for j in range(len(getattr(model, f"layer{i}")))])
             i += 1
         return stages
     # ResNetV2, ConvNeXt, CspNet, ...: stages.i.blocks.j ; ByobNet: stages.i.j
     stages_mod = getattr(model, "stages", None)
-    if _is_seq(stages_mod) and len(stages_mod):
+    if is_seq(stages_mod) and len(stages_mod):
         stages = []
         for i, stage in enumerate(stages_mod):
             inner = getattr(stage, "blocks", None)
-            if _is_seq(inner):
+            if is_seq(inner):
                 stages.append([f"stages.{i}.blocks.{j}" for j in range(len(inner))])
-            elif _is_seq(stage):
+            elif is_seq(stage):
                 stages.append([f"stages.{i}.{j}" for j in range(len(stage))])
             else:
                 stages.append([f"stages.{i}"])
         return stages
     # Swin-like hierarchical transformers: layers.i.blocks.j
     layers_mod = getattr(model, "layers", None)
-    if _is_seq(layers_mod) and len(layers_mod) and all(_is_seq(getattr(st, "blocks", None)) for st in layers_mod):
+    if is_seq(layers_mod) and len(layers_mod) and all(is_seq(getattr(st, "blocks", None)) for st in layers_mod):
         return [[f"layers.{i}.blocks.{j}" for j in range(len(st.blocks))] for i, st in enumerate(layers_mod)]
     # EfficientNet / MobileNet: blocks.i.j
     blocks = getattr(model, "blocks", None)
-    if _is_seq(blocks) and len(blocks) and all(_is_seq(b) for b in blocks):
+    if is_seq(blocks) and len(blocks) and all(is_seq(b) for b in blocks):
         return [[f"blocks.{i}.{j}" for j in range(len(b))] for i, b in enumerate(blocks)]
     return None
 
 
 def _cnn_layers(model: nn.Module) -> Optional[List[Dict[str, Any]]]:
-    stages = _stage_units(model)
+    stages = stage_units(model)
     if stages is None:
         return None
     return [_layer(f"stage{s}.unit{u}", path, "unit", layout="nchw")
@@ -189,7 +190,7 @@ def _cnn_layers(model: nn.Module) -> Optional[List[Dict[str, Any]]]:
 def _repeated_blocks(model: nn.Module) -> Optional[List[Dict[str, Any]]]:
     """The first top-level ModuleList/Sequential of >= 2 modules of one class."""
     for name, child in model.named_children():
-        if _is_seq(child) and len(child) >= 2:
+        if is_seq(child) and len(child) >= 2:
             kinds = {type(c) for c in child}
             if len(kinds) == 1 and any(True for _ in child[0].parameters()):
                 return [_layer(f"block{i}", f"{name}.{i}", "block", layout="auto") for i in range(len(child))]

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .layers import _is_seq, _residual_after_attn, _stage_units
+from .layers import is_seq, residual_after_attn, stage_units
 
 
 class NoAttentionError(ValueError):
@@ -36,7 +36,7 @@ def attention_modules(model: nn.Module, model_name: str = "model") -> List[Dict[
     """
     blocks = getattr(model, "blocks", None)
     out = []
-    if _is_seq(blocks) and len(blocks) and not all(_is_seq(b) for b in blocks):
+    if is_seq(blocks) and len(blocks) and not all(is_seq(b) for b in blocks):
         for i, blk in enumerate(blocks):
             attn = getattr(blk, "attn", None)
             if isinstance(attn, nn.Module) and _is_attention(attn):
@@ -54,7 +54,7 @@ def _tap(module: str, tap: str) -> Dict[str, Any]:
 
 
 def _token_block_branches(block: nn.Module, path: str, base: str, names: Tuple[str, str]) -> List[Dict[str, Any]]:
-    mid = dict(_residual_after_attn(block, path), layout="raw")
+    mid = dict(residual_after_attn(block, path), layout="raw")
     d1, d2 = getattr(block, "drop_path1", None), getattr(block, "drop_path2", None)
     if isinstance(d1, nn.Module) and isinstance(d2, nn.Module) and d1 is not d2:
         # timm Block / ResPostBlock / Beit / Eva: the module whose output is added to the stream
@@ -105,7 +105,7 @@ def residual_branches(model: nn.Module, family: str, model_name: str = "model") 
     """
     if family in ("vit", "mixer"):
         blocks = getattr(model, "blocks", None)
-        if not (_is_seq(blocks) and len(blocks)) or all(_is_seq(b) for b in blocks):
+        if not (is_seq(blocks) and len(blocks)) or all(is_seq(b) for b in blocks):
             raise ValueError(f"model '{model_name}': norm ratios need a flat `blocks` list of residual blocks")
         names = ("attn", "mlp") if family == "vit" else ("token_mixing", "channel_mixing")
         out = []
@@ -113,7 +113,7 @@ def residual_branches(model: nn.Module, family: str, model_name: str = "model") 
             out += _token_block_branches(blk, f"blocks.{i}", f"block{i}", names)
         return out
     if family == "cnn":
-        stages = _stage_units(model)
+        stages = stage_units(model)
         if not stages:
             raise ValueError(f"model '{model_name}': cannot find the residual units of {type(model).__name__}")
         return [_cnn_unit_branch(model, p, f"stage{s}.unit{u}") for s, units in enumerate(stages)

@@ -1,4 +1,6 @@
-"""Figures drawn from the tidy tables on disk (never from in-memory results), PDF and PNG."""
+"""Drawing: matplotlib (imported only when a figure is drawn), CKA heatmaps, saving figures with their
+provenance. Figures are drawn from the tidy tables on disk, never from in-memory results; table
+computation never imports this module's matplotlib."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _mpl():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no screen on a cluster node)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,8 +65,9 @@ def save(fig, outputs: list[str | Path], dpi: int = 150) -> None:
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
 
 
-def heatmap_figure(tables: list, titles: list[str], outputs: list, suptitle: str | None = None, dpi: int = 150) -> None:
-    plt = _mpl()
+def heatmap_figure(tables: list, titles: list[str], suptitle: str | None = None):
+    """One CKA heatmap panel per table, side by side, with one colour bar."""
+    plt = pyplot()
     n = len(tables)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 0.8, 4.4), squeeze=False)
     fig.subplots_adjust(wspace=0.55)  # room for each panel's layer names
@@ -73,20 +77,18 @@ def heatmap_figure(tables: list, titles: list[str], outputs: list, suptitle: str
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label="linear CKA")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    save(fig, outputs, dpi)
-    plt.close(fig)
+    return fig
 
 
-def plot_cka(spec: dict) -> None:
-    """Step function (runs inline: drawing is light). spec: tables (list of csv), titles, outputs, suptitle,
-    dpi, provenance_config."""
-    import pandas as pd
+def finish_figure(fig, spec: dict) -> None:
+    """Save to every output (PDF/PNG/SVG, atomically) with a provenance sidecar naming the tables and
+    holding the spec, enough to redraw the figure from its tables alone (seelike archive redraw)."""
     from . import provenance
 
-    tables = [pd.read_csv(p) for p in spec["tables"]]
-    heatmap_figure(tables, spec["titles"], spec["outputs"], spec.get("suptitle"), spec.get("dpi", 150))
+    save(fig, spec["outputs"], spec.get("dpi", 150))
+    pyplot().close(fig)
     record = provenance.collect(spec.get("provenance_config"), inputs=spec["tables"])
-    # Enough to redraw the figure from its tables alone (seelike archive redraw).
-    record["figure_spec"] = {**{k: v for k, v in spec.items() if k != "provenance_config"}, "draw": "seelike.figures:plot_cka"}
+    record["figure_spec"] = {**{k: v for k, v in spec.items() if k != "provenance_config"},
+                             "draw": "seelike.registry:draw"}
     for out in spec["outputs"]:
         provenance.write_sidecar(out, record)
