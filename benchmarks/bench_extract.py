@@ -144,7 +144,7 @@ def arithmetic(model, x, acts) -> dict:
     Their ratio is the Gram cost a forward pass cannot hide: the floor of the goal's reading if both
     ran at the same flop rate."""
     from torch.utils.flop_counter import FlopCounterMode
-    from seelike.cka import _panels
+    from seelike.cka import gram_panels
 
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(x)
@@ -152,7 +152,7 @@ def arithmetic(model, x, acts) -> dict:
     gram_flops = 0
     for a in acts.values():
         d = a[0].numel()
-        p = _panels(n, min(d, chunk), torch.device("cpu"))
+        p = gram_panels(n, min(d, chunk), torch.device("cpu"))
         entries = sum((min(n, s + p) - s) * min(n, s + p) for s in range(0, n, p)) if p else n * n
         gram_flops += 2 * d * entries
     fwd = int(fc.get_total_flops())

@@ -308,9 +308,9 @@ def test_gram_panels_and_chunks(n, d, chunk, panels):
     """From n = 256 and chunks of >= 512 features the Gram takes the lower-block-triangle path on CPU
     (2, 4 or 8 row panels, the last one partial; the last, partial chunk too); small chunks sum in
     float64."""
-    from seelike.cka import _panels
+    from seelike.cka import gram_panels
 
-    b = _panels(n, min(d, chunk), torch.device("cpu"))
+    b = gram_panels(n, min(d, chunk), torch.device("cpu"))
     assert (b and -(-n // b)) == panels            # the path this case is meant to exercise
     g = torch.Generator().manual_seed(n + d)
     x = torch.randn(n, d, generator=g) * 2 + 1

@@ -38,6 +38,34 @@ def test_demo_dag_builds(tmp_path):
     assert sum(jobs.values()) == 107, jobs
 
 
+def test_catalog_test_config_dry_runs(tmp_path):
+    """.test/config.yaml, the config the Snakemake workflow catalog's CI dry-runs: the tiny models with a
+    few vision analyses, whose generated table and figure rules must be planned."""
+    proc = snakemake(tmp_path, ROOT / ".test" / "config.yaml", "-n", "--quiet", "rules")
+    jobs = planned_jobs(proc)
+    assert jobs["model"] == 3 and jobs["extract"] == 3 and jobs["cka"] == 6, jobs
+    assert jobs["figure_f1"] == 3 and jobs["figure_f2"] == 3 and jobs["figure_f14"] == 1, jobs
+    for analysis in ("attention_distance", "head_cka", "receptive_field", "norm_ratio", "snn_loss"):
+        assert jobs.get(f"table_{analysis}", 0) >= 1, analysis
+    for fig in ("f3", "f5", "f6", "f7", "v5"):
+        assert jobs.get(f"figure_{fig}", 0) >= 1, fig
+
+
+def test_snakefmt_and_lint(tmp_path):
+    """The workflow keeps the Snakemake catalog's conventions: snakefmt-formatted, and `snakemake --lint`
+    finds nothing."""
+    import subprocess
+    import sys
+
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    fmt = subprocess.run([str(snakefmt), "--check", "workflow/"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert fmt.returncode == 0, f"run `snakefmt workflow/`:\n{fmt.stdout[-3000:]}{fmt.stderr[-3000:]}"
+    lint = snakemake(tmp_path, ROOT / "config" / "demo.yaml", "--lint", check=False)
+    out = lint.stdout + lint.stderr
+    assert lint.returncode == 0 and "Lints for" not in out, out[-6000:]
+
+
 def test_rendered_split_names_match_what_the_render_step_checks():
     """The DAG names each rendered split from the config; the step, from its spec as JSON with sorted
     keys; the demo's YAML lists its splits in another order, and the names must agree all the same

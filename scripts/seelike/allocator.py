@@ -4,9 +4,8 @@ With glibc's defaults, every tensor above the malloc mmap threshold (128 KiB, ri
 32 MiB) is a fresh mmap that is unmapped again when freed, and the top of the heap is trimmed when
 more than twice that is free. A forward pass allocates and frees its activations once per
 minibatch, so every minibatch pays again for zero-filling page faults on the same hundreds of
-megabytes: on the 2-core development machine a ResNet-50 forward at 64 px and b = 256 took 2.17 s
-with the defaults and 1.12 s with this setting, a ViT-Tiny at 32 px 1.9-2.1 s against 1.3-1.4 s
-(benchmarks/README.md). Jobs (extraction, training, CKA) call ``retain_freed_memory()`` once at
+megabytes, which can cost as much as the forward itself on a CPU (benchmarks/bench_extract.py
+measures extraction with this setting; benchmarks/README.md has the latest table). Jobs (extraction, training, CKA) call ``retain_freed_memory()`` once at
 start: the process keeps its peak heap until it exits, which is what a batch job's memory request
 (`resources.mem_gb`) is sized for anyway.
 

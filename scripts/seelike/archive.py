@@ -15,6 +15,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from .paths import RESULTS
+
 MANIFEST = "MANIFEST.json"
 SMALL_PATTERNS = ("figures/**/*", "cka/**/*.csv", "cka/**/*.prov.json", "plans/*.json", "models/*/card.json",
                   "models/*/metrics.csv", "models/*/metrics.csv.prov.json", "extract/*/*/manifest.json",
@@ -34,13 +36,13 @@ def _of_this_run(files: list[Path], results: Path, config: dict, figures: list[s
     """The files of the run this config describes: its figures (``figures``, paths as the workflow
     names them, ``results/...``) with the tables their provenance names, and the plans, cards and
     extractions of its datasets and models -- not what earlier configs left in results/."""
-    wanted = {str(Path(f).relative_to("results")) for f in figures}
+    wanted = {str(Path(f).relative_to(RESULTS)) for f in figures}
     drawn_from = set()
     for rel in wanted:
         sidecar = results / f"{rel}.prov.json"
         if sidecar.is_file():
-            drawn_from.update(str(Path(t).relative_to("results")) for t in json.loads(sidecar.read_text()).get("inputs", {})
-                              if Path(t).parts[:1] == ("results",))
+            drawn_from.update(str(Path(t).relative_to(RESULTS)) for t in json.loads(sidecar.read_text()).get("inputs", {})
+                              if Path(t).parts[:1] == (RESULTS,))
     models, datasets = set(config["models"]), set(config["datasets"])
 
     def keep(p: Path) -> bool:
@@ -80,9 +82,9 @@ def create(results_dir: str | os.PathLike, out: str | os.PathLike, config: dict,
 
     def arcname(p: Path) -> str:
         try:
-            return f"{root}/results/{p.relative_to(results)}"
+            return f"{root}/{RESULTS}/{p.relative_to(results)}"
         except ValueError:
-            return f"{root}/results/{p.name}"
+            return f"{root}/{RESULTS}/{p.name}"
 
     entries = {arcname(p): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in members}
     config_blob = json.dumps(config, indent=2, sort_keys=True).encode()
@@ -180,7 +182,7 @@ def redraw(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     import importlib
 
     folder, out_dir = Path(folder), Path(out_dir)
-    results = folder / "results"
+    results = folder / RESULTS
     drawn, stems = [], set()
     for sidecar in sorted(results.glob("figures/**/*.prov.json")):
         record = json.loads(sidecar.read_text())
@@ -194,7 +196,7 @@ def redraw(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
         for key in ("tables",):
             if key in spec:
                 spec[key] = [str(folder / t) for t in spec[key]]
-        spec["outputs"] = [str(out_dir / Path(o).relative_to("results")) for o in spec["outputs"]]
+        spec["outputs"] = [str(out_dir / Path(o).relative_to(RESULTS)) for o in spec["outputs"]]
         module, _, func = spec["draw"].partition(":")
         getattr(importlib.import_module(module), func)(spec)
         drawn += [Path(o) for o in spec["outputs"]]

@@ -83,7 +83,7 @@ class NegativeHSICWarning(UserWarning):
 # Gram matrices
 # --------------------------------------------------------------------------------------------
 
-def _panels(n: int, d: int, device: torch.device) -> int:
+def gram_panels(n: int, d: int, device: torch.device) -> int:
     """Row-panel height for the lower-block-triangle Gram on CPU, 0 for one plain matmul.
 
     Row panel [p, q) is ``X[p:q] @ X[:q].T``, written straight into the output: with k panels
@@ -191,7 +191,7 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool) -> torch.Tensor:
         # copy of a large chunk per call costs more in page faults than the arithmetic)
         chunk = min(chunk, max(512, (1 << 24) // n))
         stage = torch.empty(n, min(chunk, d), dtype=torch.float32, device=x.device)
-    b = _panels(n, min(d, chunk), x.device)
+    b = gram_panels(n, min(d, chunk), x.device)
     # With panels a float32 buffer receives the lower block triangle of each chunk's Gram and is
     # added to the float64 sum as a whole; the sum's upper triangle (never written: whatever the
     # buffer held) is overwritten by the mirror of the lower one at the end.

@@ -97,7 +97,7 @@ def check_checkpoint(card, card_path: Path) -> None:
 
 def step_extract(spec: dict) -> None:
     from . import provenance
-    from .config import digest
+    from .base import digest
     from .fileio import sha256_file
     from .manifest import reusable, shard_path, write_manifest
     from .models import ModelCard
@@ -171,7 +171,9 @@ def step_archive(spec: dict) -> None:
     from .specs import final_targets
 
     config = load(json.loads(Path(spec["config_file"]).read_text()), check_timm=False)
-    manifest = create("results", out, config, spec["include_large"], report=report, figures=final_targets(config))
+    from .paths import RESULTS
+
+    manifest = create(RESULTS, out, config, spec["include_large"], report=report, figures=final_targets(config))
     print(f"seelike: archived {len(manifest['files'])} files into {spec['out']}"
           + (f", {len(manifest['referenced'])} large files referenced by sha256" if manifest["referenced"] else ""))
 

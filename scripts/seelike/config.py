@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from . import registry
+from . import paths, registry
 from .base import ConfigError, digest
 from .plan import MinibatchError, check_minibatch
 
@@ -32,8 +32,11 @@ def _key(path: Iterable[Any]) -> str:
 
 
 def load_schema() -> dict:
+    """workflow/schemas/config.schema.yaml, with the `analyses:` entries the registered analyses declare."""
     with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.safe_load(fh)
+    schema["properties"]["analyses"]["properties"] = registry.config_schema()
+    return schema
 
 
 def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
@@ -488,7 +491,7 @@ def step_executor(cfg: dict, step: str) -> dict:
         "executor": per_step.get("executor", ex.get("default", "local")),
         "resources": resources,
         "step_resources": dict(per_step.get("resources", {})),
-        "log_dir": ex.get("log_dir", "results/logs/jobs"),
+        "log_dir": ex.get("log_dir", paths.JOB_LOGS),
         "cancel_on_interrupt": ex.get("cancel_on_interrupt", True),
         "array_parallelism": ex.get("array_parallelism", 64),
     }

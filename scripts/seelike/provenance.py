@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__
-from .config import digest
+from .base import digest
 
 PACKAGES = ("torch", "torchvision", "timm", "h5py", "numpy", "submitit", "snakemake", "pandas", "matplotlib")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @functools.lru_cache(maxsize=None)
 def code_digest(*modules: str) -> str:
-    """Digest of the source of these package modules (paths inside seelike/, e.g. "figures.py",
+    """Digest of the source of these package modules (paths inside seelike/, e.g. "plotting.py",
     "analyses/common.py"). A step's provenance config carries it, so that editing the code that makes
     a result reruns the step."""
     root = Path(__file__).resolve().parent

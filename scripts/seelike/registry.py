@@ -67,6 +67,8 @@ class Analysis:
     spec: Optional[PerStem] = None             # (cfg, stem) -> the step's settings
     taps: Optional[Callable[[dict, str], dict]] = None   # (cfg, model) -> extraction taps ({} if none)
     check: Optional[Callable[[dict], None]] = None       # raises ConfigError naming the key
+    settings: Optional[dict] = None            # JSON-schema properties of `analyses.<name>` besides enabled and
+                                               # models; None: the analysis has no `analyses:` entry
     figures: tuple = ()
     code: tuple = ()                           # other package modules whose change reruns it
     module: str = field(default="", compare=False)       # set at discovery: the declaring module's file
@@ -137,6 +139,15 @@ def natural_key(figure_id: str) -> tuple:
 
 
 # ----------------------------------------------------------------------------- the `analyses:` section
+
+def config_schema() -> dict:
+    """The schema of the `analyses:` section: an entry per analysis that has settings there."""
+    return {a.name: {"type": "object", "additionalProperties": False,
+                     "properties": {"enabled": {"type": "boolean", "default": True},
+                                    "models": {"$ref": "#/$defs/analysis_models", "default": "auto"},
+                                    **a.settings}}
+            for a in analyses() if a.settings is not None}
+
 
 def section(cfg: dict, name: str) -> dict:
     return (cfg.get("analyses") or {}).get(name) or {}

@@ -1,26 +1,14 @@
 # The registered analyses (seelike.registry): one rule per table and one per figure family,
 # generated from the registry. Which model gets which analysis: the `analyses:` and `experiments:`
-# config sections; what each computes and draws: its module under scripts/seelike/analyses/.
-
-
-def table_inputs(analysis):
-    return lambda wc: registry.table_inputs(CFG, analysis, wc.stem)
-
-
-def table_spec(analysis):
-    return lambda wc: spec_json(registry.table_spec(CFG, analysis.name, wc.stem))
-
-
-def figure_tables(figure_id):
-    return lambda wc: registry.figure_spec(CFG, figure_id, wc.stem)["tables"]
-
-
-def figure_spec(figure_id):
-    return lambda wc: spec_json(registry.figure_spec(CFG, figure_id, wc.stem))
+# config sections; what each computes and draws: its module under scripts/seelike/analyses/. Their
+# input and params functions are in rules/common.smk.
 
 
 for analysis in registry.with_tables():
-    outputs = [paths.partial(paths.TABLES[analysis.source], dataset=DATASET, table=t) for t in analysis.table_names]
+    outputs = [
+        paths.partial(paths.TABLES[analysis.source], dataset=DATASET, table=t)
+        for t in analysis.table_names
+    ]
 
     rule:
         name:
@@ -29,8 +17,6 @@ for analysis in registry.with_tables():
             table_inputs(analysis),
         output:
             outputs,
-        params:
-            spec=table_spec(analysis),
         log:
             paths.log(outputs[0]),
         wildcard_constraints:
@@ -38,6 +24,8 @@ for analysis in registry.with_tables():
         localrule: analysis.step is None
         conda:
             CONDA_ENV
+        params:
+            spec=table_spec(analysis),
         shell:
             step_shell("table")
 
@@ -46,8 +34,10 @@ for figure, analysis in registry.figures():
     pattern = paths.partial(paths.FIGURE, figure=figure.id)
     caption = Path(workflow.basedir, "report", figure.caption)
     if not caption.is_file():
-        raise WorkflowError(f"seelike: figure {figure.id} of analysis '{analysis.name}' has no caption: write "
-                            f"{caption} (see workflow/report/F1.rst for the form)")
+        raise WorkflowError(
+            f"seelike: figure {figure.id} of analysis '{analysis.name}' has no caption: write "
+            f"{caption} (see workflow/report/F1.rst for the form)"
+        )
 
     rule:
         name:
@@ -55,10 +45,12 @@ for figure, analysis in registry.figures():
         input:
             figure_tables(figure.id),
         output:
-            report(expand(pattern, fmt=FORMATS, allow_missing=True), caption=str(caption),
-                   category=figure.category, subcategory="{stem}"),
-        params:
-            spec=figure_spec(figure.id),
+            report(
+                expand(pattern, fmt=FORMATS, allow_missing=True),
+                caption=str(caption),
+                category=figure.category,
+                subcategory="{stem}",
+            ),
         log:
             paths.log(pattern),
         wildcard_constraints:
@@ -66,5 +58,7 @@ for figure, analysis in registry.figures():
         localrule: True
         conda:
             CONDA_ENV
+        params:
+            spec=figure_spec(figure.id),
         shell:
             step_shell("figure")

@@ -5,12 +5,14 @@ rule archive:
         [paths.card(m) for m in MODELS],
     output:
         paths.archive(CFG["run_name"]),
-    params:
-        spec=lambda wc: spec_json(specs.archive_spec(CFG, RUN_CONFIG, workflow.main_snakefile)),
     log:
         paths.log(paths.archive(CFG["run_name"])),
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        spec=lambda wc: spec_json(
+            specs.archive_spec(CFG, RUN_CONFIG, workflow.main_snakefile)
+        ),
     shell:
         step_shell("archive")

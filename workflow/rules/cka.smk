@@ -4,8 +4,6 @@ rule cka:
         lambda wc: [paths.manifest(CFG, n) for n in dict.fromkeys((wc.x, wc.y))],
     output:
         paths.CKA_TABLE,
-    params:
-        spec=lambda wc: spec_json(specs.cka_spec(CFG, wc.x, wc.y)),
     log:
         paths.log(paths.CKA_TABLE),
     wildcard_constraints:
@@ -13,5 +11,7 @@ rule cka:
         y=one_of(MODELS),
     conda:
         CONDA_ENV
+    params:
+        spec=lambda wc: spec_json(specs.cka_spec(CFG, wc.x, wc.y)),
     shell:
         step_shell("cka")

@@ -3,8 +3,6 @@
 rule render:
     output:
         paths.RENDERED,
-    params:
-        spec=lambda wc: spec_json(specs.render_spec(CFG, wc.dataset, wc.split)),
     log:
         paths.log(paths.RENDERED),
     wildcard_constraints:
@@ -14,5 +12,7 @@ rule render:
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        spec=lambda wc: spec_json(specs.render_spec(CFG, wc.dataset, wc.split)),
     shell:
         step_shell("render")

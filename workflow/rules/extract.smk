@@ -6,13 +6,13 @@ rule extract:
         rendered=specs.extract_rendered_inputs(CFG),
     output:
         paths.MANIFEST,
-    params:
-        spec=lambda wc: spec_json(specs.extract_spec(CFG, wc.model)),
     log:
         paths.log(paths.EXTRACT_DIR),
     wildcard_constraints:
         model=one_of(MODELS),
     conda:
         CONDA_ENV
+    params:
+        spec=lambda wc: spec_json(specs.extract_spec(CFG, wc.model)),
     shell:
         step_shell("extract")

@@ -2,12 +2,12 @@
 rule plan:
     output:
         paths.PLAN,
-    params:
-        spec=lambda wc: spec_json(specs.plan_spec(CFG)),
     log:
         paths.log(paths.PLAN),
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        spec=lambda wc: spec_json(specs.plan_spec(CFG)),
     shell:
         step_shell("plan")

@@ -160,8 +160,13 @@ def _f4_tables(cfg: dict, stem: str) -> list[str]:
     return [paths.table(cfg, "dataset", "attention_distance", m) for m in models_for(cfg, "attention_distance")]
 
 
+SETTINGS = {"n_images": {"type": "integer", "minimum": 1, "default": 5000},
+              "renormalize": {"type": "boolean", "default": True},
+              "less_data": {"type": "array", "items": {"type": "string"}, "default": []}}   # analyses.attention_distance, besides enabled and models
+
+
 ANALYSIS = Analysis(
-    name="attention_distance", families=("vit",), why="attention distances need attention heads (a ViT)",
+    name="attention_distance", settings=SETTINGS, families=("vit",), why="attention distances need attention heads (a ViT)",
     source="dataset", compute=compute, step="vision", taps=_taps, spec=_spec, check=_check,
     figures=(Figure("F3", "attention distance", figure_f3),
              Figure("F4", "attention distance, less data", figure_f4, stems=_f4_stems, tables=_f4_tables)),

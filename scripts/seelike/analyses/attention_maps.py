@@ -196,8 +196,11 @@ def _similarity_table(cfg: dict, model: str) -> str:
     return paths.table(cfg, "dataset", "attention_similarity", model)
 
 
+SETTINGS = {"n_images": {"type": "integer", "minimum": 1, "default": 8}}   # analyses.attention_maps, besides enabled and models
+
+
 ANALYSIS = Analysis(
-    name="attention_maps", families=("vit",), why="attention maps need attention heads (a ViT)",
+    name="attention_maps", settings=SETTINGS, families=("vit",), why="attention maps need attention heads (a ViT)",
     source="dataset", tables=("attention_maps", "attention_similarity"), compute=compute, step="vision",
     taps=_taps, spec=lambda cfg, model: {"out_similarity": _similarity_table(cfg, model)},
     figures=(Figure("V3", "attention maps and rollout", figure_maps),

@@ -167,8 +167,14 @@ def _spec(cfg: dict, stem: str) -> dict:
             "cnn_layers": s.get("cnn_layers", "auto"), "estimator": cfg["cka"]["estimator"]}
 
 
+SETTINGS = {"blocks": {"type": "integer", "minimum": 1, "default": 3},
+              "cnn": {"type": "string", "minLength": 1, "default": "auto"},
+              "cnn_layers": {"oneOf": [{"const": "auto"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+                             "default": "auto"}}   # analyses.head_cka, besides enabled and models
+
+
 ANALYSIS = Analysis(
-    name="head_cka", families=("vit",), why="per-head CKA needs attention heads (a ViT)",
+    name="head_cka", settings=SETTINGS, families=("vit",), why="per-head CKA needs attention heads (a ViT)",
     source="dataset", compute=compute, step="vision", stems=_stems, inputs=_inputs, spec=_spec, taps=_taps,
     check=_check,
     figures=(Figure("F5", "attention heads vs CNN", figure),),

@@ -112,8 +112,15 @@ def _taps(cfg: dict, model: str) -> dict:
                              "layer": s.get("layers", {}).get(model)}}
 
 
+SETTINGS = {"positions": {"type": "array", "minItems": 1, "default": DEFAULT_POSITIONS,
+                            "items": {"type": "array", "minItems": 2, "maxItems": 2,
+                                      "items": {"type": "number", "minimum": 0, "maximum": 1}}},
+              "n_images": {"type": "integer", "minimum": 1, "default": 2048},
+              "layers": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}}}   # analyses.localization, besides enabled and models
+
+
 ANALYSIS = Analysis(
-    name="localization", families=("vit", "mixer", "cnn"),
+    name="localization", settings=SETTINGS, families=("vit", "mixer", "cnn"),
     why="localization needs a spatial grid (a ViT, Mixer or CNN)",
     source="dataset", compute=compute, step="vision", taps=_taps, check=_check,
     spec=lambda cfg, model: {"estimator": cfg["cka"]["estimator"]},

@@ -83,8 +83,11 @@ def _taps(cfg: dict, model: str) -> dict:
     return {"norm_ratio": {}} if model in models_for(cfg, "norm_ratio") else {}
 
 
+SETTINGS = {}   # analyses.norm_ratio, besides enabled and models
+
+
 ANALYSIS = Analysis(
-    name="norm_ratio", families=("vit", "mixer", "cnn"), why="norm ratios need residual blocks (a ViT, Mixer or CNN)",
+    name="norm_ratio", settings=SETTINGS, families=("vit", "mixer", "cnn"), why="norm ratios need residual blocks (a ViT, Mixer or CNN)",
     source="dataset", compute=compute, step="vision", taps=_taps,
     figures=(Figure("F7", "norm ratios", figure),),
     code=("analyses/reducers.py",))

@@ -87,8 +87,11 @@ def figure(spec: dict) -> None:
 
 # ----------------------------------------------------------------------------- registration
 
+SETTINGS = {"n_components": {"type": "integer", "minimum": 1, "default": 28}}   # analyses.patch_embedding, besides enabled and models
+
+
 ANALYSIS = Analysis(
-    name="patch_embedding", families=("vit", "mixer"),
+    name="patch_embedding", settings=SETTINGS, families=("vit", "mixer"),
     why="patch-embedding components need a patch embedding (a ViT or a Mixer)",
     source="checkpoint", compute=compute, step="vision",
     spec=lambda cfg, model: {"n_components": int(section(cfg, "patch_embedding").get("n_components", 28))},

@@ -67,8 +67,11 @@ def figure(spec: dict) -> None:
 
 # ----------------------------------------------------------------------------- registration
 
+SETTINGS = {}   # analyses.position_embedding, besides enabled and models
+
+
 ANALYSIS = Analysis(
-    name="position_embedding", families=("vit",),
+    name="position_embedding", settings=SETTINGS, families=("vit",),
     why="position-embedding similarity needs a ViT's learned position embeddings",
     source="checkpoint", compute=compute, step="vision",
     figures=(Figure("V2", "position-embedding similarity", figure),))

@@ -197,8 +197,14 @@ def _spec(cfg: dict, model: str) -> dict:
             "batch_size": int(s.get("batch_size", 32)), "layers": s.get("layers", "auto"), "device": cfg["device"]}
 
 
+SETTINGS = {"n_images": {"type": "integer", "minimum": 1, "default": 32},
+              "batch_size": {"type": "integer", "minimum": 1, "default": 32},
+              "layers": {"oneOf": [{"enum": ["auto", "all"]}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+                         "default": "auto"}}   # analyses.receptive_field, besides enabled and models
+
+
 ANALYSIS = Analysis(
-    name="receptive_field", families=("vit", "mixer", "cnn"),
+    name="receptive_field", settings=SETTINGS, families=("vit", "mixer", "cnn"),
     why="receptive fields need a spatial grid (a ViT, Mixer or CNN)",
     source="dataset", compute=compute, step="receptive_field", inputs=_inputs, spec=_spec,
     figures=(Figure("F6", "receptive fields", figure),),

@@ -129,6 +129,9 @@ def _v5_tables(cfg: dict, stem: str) -> list[str]:
     return [paths.table(cfg, "dataset", "snn_loss", m) for m in models_for(cfg, "snn_loss")]
 
 
+SETTINGS = {}   # analyses.snn_loss, besides enabled and models
+
+
 ANALYSIS = Analysis(
-    name="snn_loss", families=("vit", "mixer", "cnn", "other"), source="dataset", compute=compute, step="vision",
+    name="snn_loss", settings=SETTINGS, families=("vit", "mixer", "cnn", "other"), source="dataset", compute=compute, step="vision",
     figures=(Figure("V5", "class separation by depth", figure, stems=_v5_stems, tables=_v5_tables),))

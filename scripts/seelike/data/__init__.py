@@ -291,8 +291,7 @@ def load_split_arrays(cfg: Mapping, split: str, cache_dir=None, rendered=None) -
 
 # ----------------------------------------------------------------------------- rendered splits
 # The workflow renders each synthetic split it reads once (rule `render`) instead of once per
-# training or extraction job: 8000 training images take ~0.9 s to render, and every model of a
-# run reads the same pixels.
+# training or extraction job: every model of a run reads the same pixels.
 
 def render_key(cfg: Mapping, split: str) -> str:
     """16 hex digits of :meth:`SyntheticSpec.render_key`: exactly what determines the split's pixels, so a
