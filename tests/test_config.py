@@ -187,8 +187,8 @@ def test_every_schema_key_is_documented():
 # --- sweeps: every expanded model is checked like a hand-written one, errors name the sweep ----
 
 def test_sweep_key_typo_names_the_sweep_key():
-    """A misspelt sweep key used to add an unknown key to every expanded model (F12's models then
-    trained on all the data)."""
+    """A misspelt sweep key is named as written, instead of adding an unknown key to every expanded
+    model (F12's models would then train on all the data)."""
     def m(c):
         c["models"]["vit5_frac"]["sweep"]["key"] = "recipe.train_fractoin"
     msg = bad(m)
@@ -219,7 +219,7 @@ def test_bad_sweep_values_name_the_value(key, values, index, words):
 
 
 def test_sweep_value_that_breaks_the_model_is_a_schema_error_not_a_crash():
-    """Sweeping source.kind to timm_hub used to crash with KeyError 'timm_name'."""
+    """Sweeping source.kind to timm_hub is a schema error naming the sweep value, not a KeyError 'timm_name'."""
     def m(c):
         c["models"]["vit5_frac"]["sweep"] = {"key": "source.kind", "values": ["timm_hub"]}
     msg = bad(m)

@@ -578,7 +578,7 @@ def test_fetch_from_local_hub_cache(tmp_path, hub_model, fmt):
 
 def test_model_step_takes_the_configured_layers_for_every_source(tmp_path, vit, hub_model):
     """`models.<name>.layers` chooses the layers of fetched and imported models too, not only of
-    trained ones (the step used to drop it for these two sources)."""
+    trained ones."""
     from safetensors.torch import save_file
     from seelike.cli import step_model
 

@@ -116,8 +116,8 @@ TWO_SHARDS = dict(PLAN, minibatches_per_shard=1)       # shard 0: examples 10-13
     ("a shard index past the plan", {"shard_index": 3}, "says shard 3 of 1"),
 ])
 def test_shard_inconsistent_with_its_own_plan_rejected(tmp_path, case, override, match):
-    """Each of these shards is complete, finite and carries the expected plan, and used to pass:
-    CKA would have counted a minibatch twice or paired Grams with the wrong examples."""
+    """Each of these shards is complete, finite and carries the expected plan, yet inconsistent with it:
+    accepted, CKA would count a minibatch twice or pair Grams with the wrong examples."""
     p = tmp_path / "shard-00000.h5"
     make_shard(p, **override)
     plan = override.get("plan", PLAN)
