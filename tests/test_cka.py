@@ -708,3 +708,185 @@ def test_check_finite_accepts_huge_finite_activations():
 
     a = torch.full((4, 1000), 3e37)    # finite, but their float32 sum overflows: the per-example scan decides
     check_finite({"L": a, "h": torch.full((4, 64), 60000.0, dtype=torch.float16)}, np.arange(4))
+
+
+# ----------------------------------------------------------------------------------------------
+# float64 input: centred in float64 and scaled into float32's range before the float32 products
+# ----------------------------------------------------------------------------------------------
+
+def _legacy_gram(x, chunk_features=1 << 16, center=False):
+    """Frozen copy of ``gram`` as it was before float64 input was centred in float64 and scaled
+    (commit 65dc44f), for the bit-exactness check of the float32 / float16 / bfloat16 paths, which
+    are what extraction feeds it: the change must leave their Grams, and so the workflow's results,
+    untouched."""
+    from seelike.cka import OFFSET_LIMIT, _centre_, _mirror_lower, flat_features, gram_panels
+    from seelike.runtime import full_fp32
+
+    def _g(x, chunk, center):
+        n = x.shape[0]
+        flat = flat_features(x)
+        d = flat.shape[1]
+        staged = center or flat.dtype != torch.float32
+        if staged:
+            chunk = min(chunk, max(512, (1 << 24) // n))
+            stage = torch.empty(n, min(chunk, d), dtype=torch.float32, device=x.device)
+        b = gram_panels(n, min(d, chunk), x.device)
+        buf = torch.empty(n, n, dtype=torch.float32, device=x.device) if b else None
+        out = None
+        with torch.no_grad(), full_fp32():
+            for s in range(0, d, chunk):
+                c = flat[:, s:s + chunk]
+                if staged:
+                    st = stage[:, :c.shape[1]]
+                    if center and c.dtype == torch.float32:
+                        torch.sub(c, c.mean(dim=0), out=st)
+                    else:
+                        st.copy_(c)
+                        if center:
+                            st.sub_(st.mean(dim=0))
+                    c = st
+                else:
+                    c = c.to(torch.float32)
+                if b:
+                    for p in range(0, n, b):
+                        q = min(n, p + b)
+                        torch.mm(c[p:q], c[:q].T, out=buf[p:q, :q])
+                    part = buf
+                else:
+                    part = c @ c.T
+                if out is None:
+                    out = part.to(torch.float64)
+                else:
+                    out += part
+            if b:
+                _mirror_lower(out, b)
+        return out
+
+    if center == "auto":
+        k = _g(x, chunk_features, False)
+        rows = k.sum(dim=1)
+        offset = float(rows.sum()) / k.shape[0]
+        if offset * (1.0 + OFFSET_LIMIT) <= OFFSET_LIMIT * float(k.diagonal().sum()):
+            return _centre_(k, rows)
+    elif not center:
+        return _g(x, chunk_features, False)
+    k = _g(x, chunk_features, True)
+    return _centre_(k, k.sum(dim=1))
+
+
+@pytest.mark.parametrize("n,d,chunk", [(40, 3000, 1 << 16), (40, 3000, 700), (300, 2048, 1 << 16),
+                                       (300, 2048, 600), (7, 33, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gram_of_float32_and_lower_is_bitwise_unchanged(n, d, chunk, dtype):
+    """Extraction hands gram float32 or narrower activations: for them the Gram is bit for bit what
+    it was before float64 input got its own path (plain and panel products, several chunks, ordinary
+    and offset-dominated features, every ``center``, a transposed CNN token view)."""
+    g = torch.Generator().manual_seed(n + d + chunk)
+    z = torch.randn(n, d, generator=g)
+    for x in (torch.relu(z), z + 300.0 * torch.randn(d, generator=g)):
+        x = x.to(dtype)
+        for center in (False, True, "auto"):
+            assert torch.equal(gram(x, chunk_features=chunk, center=center),
+                               _legacy_gram(x, chunk_features=chunk, center=center)), (dtype, center)
+    tokens = torch.randn(n, 32, 4, 4, generator=g).to(dtype).flatten(2).transpose(1, 2)
+    for center in (False, True, "auto"):
+        assert torch.equal(gram(tokens, center=center), _legacy_gram(tokens, center=center)), center
+
+
+def _ref_centred_gram64(x: np.ndarray) -> np.ndarray:
+    """X_c X_c^T of the features centred over the examples, all in float64 (numpy)."""
+    a = x.reshape(len(x), -1)
+    a = a - a.mean(axis=0)
+    return a @ a.T
+
+
+def _ref_cka64(kc: np.ndarray, lc: np.ndarray) -> float:
+    """Biased linear CKA of two centred float64 Grams: <Kc, Lc> / (||Kc|| ||Lc||)."""
+    return float((kc * lc).sum() / (np.linalg.norm(kc) * np.linalg.norm(lc)))
+
+
+def _rel_err(got, want) -> float:
+    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
+
+
+def test_float64_features_with_a_large_offset_give_float64_accurate_cka():
+    """Features with a common offset of 1e4 and a spread of 0.01 about it: casting float64 to float32
+    before centring left the spread to ~1e-3 of a float32 ulp of the offset (CKA off by ~2e-3); they
+    are centred in float64 first, so CKA agrees with the float64 reference to < 1e-6."""
+    rng = np.random.default_rng(31)
+    n, d = 64, 300
+    z = rng.standard_normal((n, d))
+    w = np.tanh(z @ rng.standard_normal((d, d)) / np.sqrt(d)) + 0.5 * rng.standard_normal((n, d))
+    feats = [1e4 + 0.01 * z, 1e4 + 0.01 * w, -3e4 + 0.01 * rng.standard_normal((n, 2, d // 2))]
+    refs = [_ref_centred_gram64(f) for f in feats]
+    want = np.array([[_ref_cka64(a, b) for b in refs] for a in refs])
+    assert 0.05 < want[0, 1] < 0.95                       # premise: a CKA that is neither 0 nor 1
+    for center in (True, "auto"):
+        for f, r in zip(feats, refs):
+            assert _rel_err(gram(torch.from_numpy(f), center=center).numpy(), r) <= 1e-6, center
+        res = cka_all_pairs_from_features([torch.from_numpy(f) for f in feats], estimator="biased", center=center)
+        assert np.abs(res.cka - want).max() < 1e-6, (center, np.abs(res.cka - want).max())
+        # unbiased estimator against the Song et al. reference on the float64 Grams
+        h = ref_all_pairs(refs, ref_hsic_unbiased)
+        want_u = h / np.sqrt(np.outer(np.diag(h), np.diag(h)))
+        res = cka_all_pairs_from_features([torch.from_numpy(f) for f in feats], center=center)
+        assert np.abs(res.cka - want_u).max() < 1e-6, (center, np.abs(res.cka - want_u).max())
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-30, 1e60, 1e-60])
+def test_float64_features_outside_float32_range(scale):
+    """float64 features whose values (or whose products) lie outside float32's range: ~1e20 used to
+    overflow the float32 products ("non-finite values in the Gram matrices"), ~1e-30 to underflow them
+    (a "constant layer"). Each chunk is scaled by a power of two into float32's range and its Gram
+    scaled back in float64: Gram values and CKA as the float64 reference, for every ``center``."""
+    rng = np.random.default_rng(int(abs(np.log10(scale))))
+    n, d = 24, 200
+    z = rng.standard_normal((n, d))
+    feats = [scale * z, scale * (z[:, :50] @ rng.standard_normal((50, 80)) + rng.standard_normal((n, 80)) + 2.0)]
+    for f in feats:
+        x = torch.from_numpy(f)
+        want = f @ f.T
+        for chunk in (1 << 16, 64):
+            got = gram(x, chunk_features=chunk).numpy()
+            assert np.isfinite(got).all() and _rel_err(got, want) <= 1e-6, chunk
+            for center in (True, "auto"):
+                got = gram(x, chunk_features=chunk, center=center).numpy()
+                assert _rel_err(got, _ref_centred_gram64(f)) <= 1e-6, (chunk, center)
+    wide = scale * (rng.standard_normal((260, 600)) + 1.0)       # the panel path (n >= 256, d >= 512)
+    assert _rel_err(gram(torch.from_numpy(wide)).numpy(), wide @ wide.T) <= 1e-6
+    assert _rel_err(gram(torch.from_numpy(wide), center=True).numpy(), _ref_centred_gram64(wide)) <= 1e-6
+    refs = [_ref_centred_gram64(f) for f in feats]
+    want = _ref_cka64(*refs)
+    for center in (False, True, "auto"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                 # no "constant layer" warning
+            res = cka_all_pairs_from_features([torch.from_numpy(f) for f in feats], estimator="biased", center=center)
+        assert (res.status == "ok").all() and abs(res.cka[0, 1] - want) < 1e-6, center
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_float64_gram_matches_float64_reference_on_random_inputs(seed):
+    """Random float64 features (random n, shapes, offsets, scales, chunk sizes; plain and panel paths,
+    mixed magnitudes across features): the Gram is the float64 reference to float32-product accuracy."""
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.choice([5, 33, 260]))
+    shape = (n,) + tuple(int(s) for s in rng.integers(2, 40, size=int(rng.integers(1, 3))))
+    scale = 10.0 ** rng.uniform(-35, 35)
+    f = scale * (rng.standard_normal(shape) * 10.0 ** rng.uniform(-2, 2, size=shape[1:])
+                 + rng.uniform(-5, 5) * rng.standard_normal(shape[1:]))
+    x = torch.from_numpy(f)
+    chunk = int(rng.choice([7, 600, 1 << 16]))
+    a = f.reshape(n, -1)
+    assert _rel_err(gram(x, chunk_features=chunk).numpy(), a @ a.T) <= 1e-6
+    for center in (True, "auto"):
+        got = gram(x, chunk_features=chunk, center=center).numpy()
+        assert _rel_err(got, _ref_centred_gram64(f)) <= 1e-6, center
+
+
+def test_float64_gram_beyond_float64_range_raises():
+    """Features whose Gram overflows even float64 (values ~1e200) are refused with a ValueError that
+    says so, not handed on as infinities."""
+    x = torch.full((4, 10), 1e200, dtype=torch.float64) * torch.arange(1.0, 5.0, dtype=torch.float64)[:, None]
+    for center in (False, True, "auto"):
+        with pytest.raises(ValueError, match="exceeds float64's range"):
+            gram(x, center=center)

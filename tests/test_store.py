@@ -169,3 +169,30 @@ def test_shards_are_plain_unless_compression_is_asked_for(tmp_path):
             for k, a in arrays.items():
                 np.testing.assert_array_equal(f[k][()], a)
         assert got == want
+
+
+@pytest.mark.parametrize("mb,example", [(1, 5), (0, 2), (1, 7)])
+def test_nan_gram_row_and_column_names_that_example(tmp_path, mb, example):
+    """A non-finite example spoils its whole Gram row and column; the message names that example,
+    not the first row in memory order (row 0, which holds a NaN in that column too)."""
+    p = tmp_path / "s.h5"
+    g = np.stack([np.eye(4) + 1.0, np.eye(4) + 2.0])
+    local = example - 4 * mb
+    g[mb, local, :] = np.nan
+    g[mb, :, local] = np.nan
+    make_shard(p, grams={"block0": np.ones((2, 4, 4)), "block1": g})
+    with pytest.raises(ShardError) as e:
+        validate_shard(p)
+    assert "block1" in str(e.value) and f"dataset index {10 + example} (minibatch {mb})" in str(e.value)
+
+
+def test_nan_gram_names_the_row_with_most_non_finite_values(tmp_path):
+    """A partly spoilt Gram: the example whose row (and column) holds the most non-finite values is named."""
+    p = tmp_path / "s.h5"
+    g = np.stack([np.eye(4) + 1.0, np.eye(4) + 2.0])
+    g[0, 0, 3] = g[0, 3, 0] = np.inf            # one pair
+    g[0, 2, :3] = g[0, :3, 2] = np.nan          # row/column 2 mostly NaN
+    make_shard(p, grams={"block0": g, "block1": np.ones((2, 4, 4))})
+    with pytest.raises(ShardError) as e:
+        validate_shard(p)
+    assert "block0" in str(e.value) and "dataset index 12 (minibatch 0)" in str(e.value)

@@ -7,7 +7,8 @@ Definitions (n examples in a minibatch, X the flattened per-example features of 
 * Gram ``K = X X^T`` (n, n). For token/spatial activations (n, t, d) this equals the sum of
   the per-position Grams; :func:`gram` computes it in float32 matrix products over feature
   chunks that are summed in float64 (float16 overflows in Gram matrices, one float32 sum over
-  ~200k features loses digits).
+  ~200k features loses digits); float64 features are centred in float64 and scaled by a power of
+  two into float32's range before the cast.
 * Unbiased HSIC (Song et al. 2012), via U-centring: zero the diagonal of K, then
   ``Ku_ij = K_ij - r_i/(n-2) - c_j/(n-2) + s/((n-1)(n-2))`` off the diagonal (r, c row and
   column sums, s the total of the zero-diagonal K), diagonal 0;
@@ -142,9 +143,19 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     against ``trace(K)``), where float32 products of uncentred features lose the signal and the
     Gram is recomputed from centred features. CKA with either estimator is the same for ``K`` and
     ``H K H`` in exact arithmetic. Returns a tensor on the device of ``x``.
+
+    float64 input is handled in float64 up to the cast: each chunk is centred there (``center`` True
+    or "auto": float64 features are always centred before the cast, so an offset costs nothing and
+    "auto" needs no uncentred pass), then scaled by a power of two that brings its largest magnitude
+    into [0.5, 1) -- so that the float32 products neither overflow (values ~1e20) nor underflow
+    (~1e-30) -- and its float32 Gram is scaled back exactly in float64. A Gram beyond float64's own
+    range raises ValueError. float32 and narrower input (what extraction stores) takes the float32
+    path described above, unchanged.
     """
     if center not in (True, False, "auto"):
         raise ValueError(f"gram: center must be True, False or 'auto', got {center!r}")
+    if center == "auto" and isinstance(x, torch.Tensor) and x.dtype == torch.float64:
+        center = True       # centring float64 chunks before the cast is as cheap as not centring them
     if center == "auto":
         k = _gram(x, chunk_features, False)
         rows = k.sum(dim=1)
@@ -185,6 +196,8 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool) -> torch.Tensor:
     if d == 0:
         raise ValueError(f"gram: the examples have no features (shape {tuple(x.shape)})")
     chunk = int(chunk_features)
+    wide = flat.dtype == torch.float64      # more range and precision than the float32 products
+    finite = True                           # every float64 chunk finite (wide only)
     staged = center or flat.dtype != torch.float32
     if staged:
         # cast / centre each chunk into one reused float32 staging buffer of <= 64 MiB (a fresh
@@ -200,9 +213,14 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool) -> torch.Tensor:
     with torch.no_grad(), full_fp32():
         for s in range(0, d, chunk):
             c = flat[:, s:s + chunk]
+            shift = 0
             if staged:
                 st = stage[:, :c.shape[1]]
-                if center and c.dtype == torch.float32:
+                if wide:
+                    shift = _stage_float64_(c, st, center)
+                    finite = finite and shift is not None
+                    shift = shift or 0
+                elif center and c.dtype == torch.float32:
                     torch.sub(c, c.mean(dim=0), out=st)
                 else:
                     st.copy_(c)
@@ -220,13 +238,53 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool) -> torch.Tensor:
                 part = buf
             else:
                 part = c @ c.T
+            if shift:
+                # the chunk was multiplied by 2**shift: its Gram by 4**shift, undone exactly in float64
+                part = _ldexp_(part.to(torch.float64), -2 * shift)
             if out is None:
                 out = part.to(torch.float64)
             else:
                 out += part
         if b:
             _mirror_lower(out, b)
+    if wide and finite and not bool(torch.isfinite(out).all()):
+        raise ValueError(f"gram: the Gram of these float64 features exceeds float64's range "
+                         f"(largest |value| {float(flat.abs().amax()):.3g}); rescale them")
     return out
+
+
+# A chunk of float64 features is scaled by 2**shift with |shift| <= _MAX_SHIFT (2**1000 is a float).
+_MAX_SHIFT = 1000
+
+
+def _stage_float64_(c: torch.Tensor, st: torch.Tensor, center: bool) -> int | None:
+    """Write the float64 chunk ``c`` into the float32 ``st``: centred over the examples in float64
+    (``center``), then multiplied by ``2**shift`` so that its largest magnitude lies in [0.5, 1) --
+    float32 products of such values neither overflow nor underflow (beyond values negligible next
+    to the largest) -- and cast. Returns ``shift``; None (and no scaling) for a chunk that is not
+    finite, whose NaN/Inf must reach the Gram."""
+    if center:
+        c = c - c.mean(dim=0)
+    lo, hi = (float(v) for v in torch.aminmax(c))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        st.copy_(c)
+        return None
+    top = max(-lo, hi)
+    shift = 0 if top == 0.0 else min(_MAX_SHIFT, max(-_MAX_SHIFT, -math.frexp(top)[1]))
+    if shift:
+        c = c.mul_(2.0 ** shift) if center else c * 2.0 ** shift   # a power of two: exact in float64
+    st.copy_(c)
+    return shift
+
+
+def _ldexp_(t: torch.Tensor, e: int) -> torch.Tensor:
+    """``t * 2**e`` in place for float64 ``t``, in steps whose factors are floats (|e| may exceed 1023);
+    exact unless the result leaves float64's range."""
+    while e:
+        step = max(-_MAX_SHIFT, min(_MAX_SHIFT, e))
+        t.mul_(2.0 ** step)
+        e -= step
+    return t
 
 
 def _mirror_lower(k: torch.Tensor, b: int) -> None:

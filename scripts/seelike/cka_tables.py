@@ -28,48 +28,10 @@ def check_same_plan(a: dict, b: dict) -> None:
                            f"example plans (differing keys: {', '.join(diff)}); re-extract both with the same config")
 
 
-def shard_digests(manifests: list[dict]) -> dict[Path, str]:
-    """sha256 of every shard file the manifests list (those that exist), hashed on all the job's cores."""
-    from .fileio import sha256_files
-
-    paths = [Path(m["dir"]) / e["file"] for m in manifests for e in m["shards"]]
-    paths = [p for p in dict.fromkeys(paths) if p.is_file()]
-    return dict(zip(paths, sha256_files(paths)))
-
-
-def checked_shard(manifest: dict, entry: dict, expected_plan: dict, digests: dict | None = None):
-    """The :class:`~seelike.store.ShardInfo` of a shard of a manifest that is exactly what extraction
-    wrote (sha256) and still valid.
-
-    ``digests``: the shards' sha256 already computed (:func:`shard_digests`), else hashed here.
-    A shard that fails is removed together with its extraction's manifest, so the next run of the
-    workflow re-extracts it (only it: the other shards validate and are reused)."""
-    from .fileio import sha256_file
-    from .store import ShardError, validate_shard
-
-    path = Path(manifest["dir"]) / entry["file"]
-    try:
-        if not path.is_file():
-            raise ShardError(f"shard '{path}' listed in the extraction manifest is missing")
-        digest = (digests or {}).get(path) or sha256_file(path)
-        if digest != entry["sha256"]:
-            raise ShardError(f"shard '{path}' changed since extraction: sha256 {digest[:16]}..., the manifest "
-                             f"recorded {entry['sha256'][:16]}... (bit flip or overwrite)")
-        # The manifest records a shard's sha256 only after validating its values, so matching bytes are
-        # validated bytes: only the structure and plan are checked again, not every value.
-        info = validate_shard(path, expected_plan=expected_plan, expected_layers=manifest["layers"],
-                              expected_shard=entry["shard_index"], check_values=False)
-    except ShardError as e:
-        manifest_path = Path(manifest["dir"]) / "manifest.json"
-        path.unlink(missing_ok=True)
-        manifest_path.unlink(missing_ok=True)
-        raise ShardError(f"{e}; removed it and '{manifest_path}': run the workflow again to re-extract it") from None
-    return info
-
-
 def minibatch_hsic(manifests: list[dict], estimator: str) -> tuple[np.ndarray, list[tuple[str, int, str]], int]:
     """(m, L, L) HSIC of every layer pair of the stacked models, per minibatch, after validating shards."""
     from .cka import hsic_all_pairs
+    from .manifest import checked_shard, discard_shard, shard_digests
     from .store import read_grams
 
     base = manifests[0]
@@ -86,6 +48,12 @@ def minibatch_hsic(manifests: list[dict], estimator: str) -> tuple[np.ndarray, l
         at = 0
         for m, info in zip(manifests, infos):
             read_grams(info.path, m["layers"], out=stacked, at=at)   # (mb, L, b, b), each model's layers in turn
+            bad = ~np.isfinite(stacked[:, at:at + len(m["layers"])]).all(axis=(2, 3))
+            if bad.any():   # bytes as extracted (sha256), values not: the extraction wrote them so
+                mb, layer = map(int, np.argwhere(bad)[0])
+                raise discard_shard(m, info.path, f"shard '{info.path}' holds non-finite values in the Gram of layer "
+                                                  f"'{m['layers'][layer]}' of model '{m['model']}' in minibatch "
+                                                  f"{int(np.unique(info.minibatch_ids)[mb])}")
             at += len(m["layers"])
         for mb in range(stacked.shape[0]):
             per_batch.append(hsic_all_pairs(stacked[mb], estimator=estimator))

@@ -71,3 +71,57 @@ def load_manifest(manifest: str | os.PathLike) -> dict:
             raise ValueError(f"extraction manifest '{path}' lacks key '{key}'")
     doc["dir"] = str(path.parent)
     return doc
+
+
+def shard_digests(manifests: list[dict]) -> dict[Path, str]:
+    """sha256 of every shard file the manifests list (those that exist), hashed on all the job's cores."""
+    from .fileio import sha256_files
+
+    paths = [Path(m["dir"]) / e["file"] for m in manifests for e in m["shards"]]
+    paths = [p for p in dict.fromkeys(paths) if p.is_file()]
+    return dict(zip(paths, sha256_files(paths)))
+
+
+def checked_shard(manifest: dict, entry: dict, expected_plan: dict | None = None, digests: dict | None = None):
+    """The one way a step opens a shard: the :class:`~seelike.store.ShardInfo` of a shard of a manifest
+    that is exactly what extraction wrote (sha256 against the manifest) and still valid (structure,
+    layers, shard index, plan: the manifest's own unless ``expected_plan`` is given).
+
+    ``digests``: the shards' sha256 already computed (:func:`shard_digests`), else hashed here.
+    A shard that fails is removed together with its extraction's manifest, so the next run of the
+    workflow re-extracts it (only it: the other shards validate and are reused)."""
+    from .fileio import sha256_file
+    from .store import ShardError, validate_shard
+
+    path = Path(manifest["dir"]) / entry["file"]
+    try:
+        if not path.is_file():
+            raise ShardError(f"shard '{path}' listed in the extraction manifest is missing")
+        digest = (digests or {}).get(path) or sha256_file(path)
+        if digest != entry["sha256"]:
+            raise ShardError(f"shard '{path}' changed since extraction: sha256 {digest[:16]}..., the manifest "
+                             f"recorded {entry['sha256'][:16]}... (bit flip or overwrite)")
+        # The manifest records a shard's sha256 only after validating its values, so matching bytes are
+        # validated bytes: only the structure and plan are checked again, not every value.
+        info = validate_shard(path, expected_plan=expected_plan or manifest["plan"], expected_layers=manifest["layers"],
+                              expected_shard=entry["shard_index"], check_values=False)
+    except ShardError as e:
+        raise discard_shard(manifest, path, str(e)) from None
+    return info
+
+
+def discard_shard(manifest: dict, path: Path, problem: str):
+    """Remove a bad shard and its extraction's manifest, so that the next run re-extracts it (only it:
+    the other shards validate and are reused); returns the ShardError to raise."""
+    from .store import ShardError
+
+    manifest_path = Path(manifest["dir"]) / "manifest.json"
+    Path(path).unlink(missing_ok=True)
+    manifest_path.unlink(missing_ok=True)
+    return ShardError(f"{problem}; removed it and '{manifest_path}': run the workflow again to re-extract it")
+
+
+def checked_shards(manifest: dict, expected_plan: dict | None = None) -> list:
+    """Every shard of a manifest through :func:`checked_shard` (hashed on all the job's cores first)."""
+    digests = shard_digests([manifest])
+    return [checked_shard(manifest, entry, expected_plan, digests) for entry in manifest["shards"]]

@@ -120,15 +120,29 @@ def write_shard(path: str | os.PathLike, *, model: str, dataset: str, shard_inde
 
 
 def _first_nonfinite(arr: np.ndarray) -> tuple[int, ...] | None:
+    """Index of a non-finite value of ``arr`` that points at its culprit, None if all are finite.
+
+    Usually the first in memory order (its leading index is the first bad example). In a stack of
+    square matrices (..., b, b) -- Grams, where one bad example spoils its whole row and column, so
+    that every row holds a non-finite value and the first one is in row 0 -- the first matrix with
+    one, and in it the row with the most non-finite values (the lowest such row: in a symmetric Gram
+    the example whose row and column are bad), at its first bad column."""
     bad = ~np.isfinite(arr)
     if not bad.any():
         return None
-    return tuple(int(i) for i in np.argwhere(bad)[0])
+    if arr.ndim < 3 or arr.shape[-1] != arr.shape[-2]:
+        return tuple(int(i) for i in np.argwhere(bad)[0])
+    lead = tuple(int(i) for i in np.argwhere(bad.any(axis=(-2, -1)))[0])
+    m = bad[lead]
+    row = int(np.argmax(m.sum(axis=1)))
+    return lead + (row, int(np.flatnonzero(m[row])[0]))
 
 
 def describe_nonfinite(key: str, where: tuple[int, ...], example_indices: np.ndarray,
                        minibatch_ids: np.ndarray) -> str:
-    """Name the layer and the first bad example (dataset index) of a non-finite value."""
+    """Name the layer and the bad example (dataset index) of a non-finite value at ``where``; for a
+    Gram (m, b, b), ``where`` is (minibatch, row, column) and row names the example (see
+    :func:`_first_nonfinite`: the one whose row and column are non-finite)."""
     parts = key.split("/")
     layer = parts[1] if parts[0] == "layers" and len(parts) > 2 else None
     what = f"layer '{layer}' ({parts[-1]})" if layer else f"'{key}'"

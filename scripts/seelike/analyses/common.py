@@ -11,16 +11,12 @@ class MissingReduction(ValueError):
 
 
 def shard_paths(manifest: dict) -> list[Path]:
-    """The manifest's shards, checked complete and from the manifest's plan (values were checked when
-    the manifest was written; the analyses check what they read)."""
-    from ..store import validate_shard
+    """The manifest's shards, each opened the one way every step opens a shard
+    (:func:`seelike.manifest.checked_shard`: sha256 against the manifest, structure, plan); a bad shard
+    is removed with its manifest and named in the error."""
+    from ..manifest import checked_shards
 
-    paths = []
-    for entry in manifest["shards"]:
-        p = Path(manifest["dir"]) / entry["file"]
-        validate_shard(p, expected_plan=manifest["plan"], expected_shard=entry["shard_index"], check_values=False)
-        paths.append(p)
-    return paths
+    return [info.path for info in checked_shards(manifest)]
 
 
 def read_group(path, group: str, what: str = "") -> dict:

@@ -8,7 +8,6 @@ token), position, kind (full, k_shot), k, accuracy, lam, n_train, n_test.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from .. import paths
 from ..base import ConfigError
 from ..plotting import finish_figure, pyplot
 from ..registry import Analysis, Figure
-from .common import experiment_section, write_table
+from .common import experiment_section, shard_paths, write_table
 
 #: Per-token probes fit on `train_fraction` of the examples with stored tokens and score the rest:
 #: below this count (10 test examples at the default 3/4) an accuracy says little.
@@ -28,12 +27,11 @@ def probe_models(cfg: dict) -> list[str]:
     return [] if not s else [n for n in cfg["models"] if n in s.get("models", [])]
 
 
-def _features(manifest: dict, layer: str, key: str) -> np.ndarray:
+def _features(shards: list, layer: str, key: str) -> np.ndarray:
     from ..store import layer_path, read_array
 
     parts = []
-    for entry in manifest["shards"]:
-        path = Path(manifest["dir"]) / entry["file"]
+    for path in shards:
         try:
             parts.append(read_array(path, layer_path(layer, key)))
         except Exception:
@@ -52,7 +50,8 @@ def probe_table(spec: dict) -> str:
     from ..store import read_array
 
     m = load_manifest(spec["manifest"])
-    labels = np.concatenate([read_array(Path(m["dir"]) / e["file"], "labels") for e in m["shards"]])
+    shards = shard_paths(m)
+    labels = np.concatenate([read_array(p, "labels") for p in shards])
     # the data's classes, not the model's outputs (a pretrained head may have 1000 or 21843)
     n_classes = int(labels.max()) + 1
     n = len(labels)
@@ -67,10 +66,10 @@ def probe_table(spec: dict) -> str:
                          f"analysis.n_examples") from None
     rows = []
     for idx, layer in enumerate(m["layers"]):
-        feats = {"mean": _features(m, layer, "pooled_mean")}
+        feats = {"mean": _features(shards, layer, "pooled_mean")}
         cls = None
         try:
-            cls = _features(m, layer, "pooled_cls")
+            cls = _features(shards, layer, "pooled_cls")
         except Exception:
             pass
         if cls is not None and len(cls):
@@ -82,7 +81,7 @@ def probe_table(spec: dict) -> str:
                              "kind": kind, "k": k if kind == "k_shot" else None, "accuracy": r.accuracy,
                              "lam": r.lam, "n_train": r.n_train, "n_test": r.n_test})
         if spec.get("tokens", True):
-            tokens = _features(m, layer, "tokens")
+            tokens = _features(shards, layer, "tokens")
             if len(tokens) >= MIN_TOKEN_PROBE_EXAMPLES:
                 nt = len(tokens)
                 cut = int(round(spec.get("train_fraction", 0.75) * nt))
