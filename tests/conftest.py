@@ -103,3 +103,15 @@ def tiny_local_run(tmp_path_factory):
     cfgfile = write_config(workdir / "tiny.yaml", tiny_config(executor={"default": "local", "resources": {"cpus": 1}}))
     snakemake(workdir, cfgfile, "--cores", "2")
     return workdir, cfgfile
+
+
+def write_image_names(root: Path, n_classes: int, per_class: int, ext: str = ".JPEG") -> Path:
+    """An image folder of empty files named like images (`root/c0000/00000.JPEG`, ...): the config
+    checks count by name and never decode, so empty files stand for images."""
+    for c in range(n_classes):
+        d = root / f"c{c:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            os.close(os.open(d / f"{i:05d}{ext}", os.O_CREAT | os.O_WRONLY))
+    root.mkdir(parents=True, exist_ok=True)
+    return root

@@ -13,11 +13,21 @@ def demo():
     return yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
 
 
-def paper(tmp_path):
+@pytest.fixture(scope="module")
+def paper_folders(tmp_path_factory):
+    """Image folders the paper config accepts, of empty files named like images (the config checks
+    count by name, never decode): 1000 classes of 11 validation images (analysis.n_examples is 10240),
+    and a training folder whose 3% (the smallest train_fraction) fills a batch of 1024."""
+    from conftest import write_image_names
+
+    base = tmp_path_factory.mktemp("paper")
+    return write_image_names(base / "val", 1000, 11), write_image_names(base / "train", 10, 3500)
+
+
+def paper(folders):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["datasets"]["imagenet_val"]["root"] = str(tmp_path)
-    (tmp_path / "train").mkdir(exist_ok=True)
-    cfg["datasets"]["imagenet_train"]["root"] = str(tmp_path / "train")
+    cfg["datasets"]["imagenet_val"]["root"] = str(folders[0])
+    cfg["datasets"]["imagenet_train"]["root"] = str(folders[1])
     return cfg
 
 
@@ -35,8 +45,8 @@ def test_demo_config_validates_and_fills_defaults():
     assert {"vit5_none", "vit5_1", "vit5_4", "vit5_frac_0p1", "vit5_frac_0p3"} <= set(cfg["models"])
 
 
-def test_paper_config_validates(tmp_path):
-    cfg = sc.load(paper(tmp_path))
+def test_paper_config_validates(paper_folders):
+    cfg = sc.load(paper(paper_folders))
     assert cfg["models"]["vit_b32"]["arch"] == "vit_base_patch32_224"
     assert cfg["models"]["vit_b32"]["source"]["timm_name"] == "vit_base_patch32_224.augreg_in21k"
     recipe = cfg["models"]["vitb32_frac_0p03"]["recipe"]   # the paper-scale retraining recipes
@@ -286,7 +296,8 @@ def test_duplicate_keys_are_named_with_their_line(tmp_path):
     f.write_text(DUPLICATE_CKA)
     with pytest.raises(sc.ConfigError) as e:
         sc.check_duplicate_keys(f)
-    assert str(e.value).startswith(f"config file '{f}' line 7: duplicate key 'cka' (first given at line 3)")
+    assert str(e.value).startswith(f"config file '{f}' line 7, column 1: duplicate key 'cka' (first given at "
+                                   "line 3, column 1)")
     text = (ROOT / "config" / "demo.yaml").read_text()
     f.write_text(text.replace("  resnet:\n", "  vit:\n    source: {kind: recipe}\n  resnet:\n", 1))
     with pytest.raises(sc.ConfigError, match=r"duplicate key 'models\.vit'"):
@@ -354,7 +365,7 @@ def test_invalid_layer_regex_is_named_before_the_run():
     assert msg.startswith("config key models.resnet.layers.regex: 'layer[1-4' is not a valid regular expression")
 
 
-def test_k_shot_probes_need_k_training_examples_of_every_class(tmp_path):
+def test_k_shot_probes_need_k_training_examples_of_every_class(paper_folders):
     def m(c):
         c["analysis"]["n_examples"] = 64          # 48 fit the probes: 10 classes x 10 shots do not fit
     msg = bad(m)
@@ -367,10 +378,8 @@ def test_k_shot_probes_need_k_training_examples_of_every_class(tmp_path):
     sc.load(cfg, check_timm=False)
     # an image folder's classes are its sub-folders; the paper config draws no k-shot probes from its
     # ~10 images per ImageNet class
-    pc = paper(tmp_path)
-    for i in range(1000):
-        (tmp_path / f"n{i:08d}").mkdir()
+    pc = paper(paper_folders)                     # 1000 class folders
     sc.load(pc, check_timm=False)
     pc["experiments"]["probes"]["k_shot"] = 10
-    with pytest.raises(sc.ConfigError, match="10-shot probes need 10 training examples of each of the 1001 classes"):
+    with pytest.raises(sc.ConfigError, match="10-shot probes need 10 training examples of each of the 1000 classes"):
         sc.load(pc, check_timm=False)

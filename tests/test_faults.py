@@ -357,3 +357,33 @@ def test_image_folder_with_bad_files(tiny_local_run, tmp_path):
     cfg["datasets"]["val"]["root"] = str(tmp_path / "val2")
     jobs = planned_jobs(snakemake(run, write_config(run / "val.yaml", cfg), "-n", "--quiet", "rules"))
     assert jobs == {"plan": 1, "extract": 3, "cka": 6, "figure_f1": 3, "figure_f2": 3, "figure_f14": 1, "all": 1}
+
+
+def test_non_finite_gram_that_passes_its_checksum_names_shard_layer_and_minibatch(tmp_path):
+    """A Gram written non-finite (its manifest sha256 taken of those very bytes) reaches the CKA step: the
+    error names the shard file, the layer and the minibatch, and removes the shard and its manifest."""
+    import h5py
+
+    from seelike.cka_tables import minibatch_hsic
+    from seelike.fileio import sha256_file
+    from seelike.manifest import load_manifest, write_manifest
+
+    out = tmp_path / "extract" / "m"
+    out.mkdir(parents=True)
+    shard = out / "shard-00000.h5"
+    small_shard(shard)
+    write_manifest(out / "manifest.json", model="m", dataset="synth", plan=PLAN,
+                   plan_digest=Plan.from_dict(PLAN).digest(), shard_files=[shard], provenance={})
+    with h5py.File(shard, "r+") as f:
+        gram = f[layer_path("block0", "gram")]
+        values = gram[()]
+        values[1, 2, :] = values[1, :, 2] = np.nan      # minibatch 1 of the shard, example 2
+        gram[...] = values
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["shards"][0]["sha256"] = sha256_file(shard)
+    (out / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ShardError) as err:
+        minibatch_hsic([load_manifest(out / "manifest.json")], "unbiased")
+    msg = str(err.value)
+    assert f"shard '{shard}'" in msg and "layer 'block0'" in msg and "minibatch 1" in msg, msg
+    assert not shard.exists() and not (out / "manifest.json").exists()

@@ -86,12 +86,13 @@ def test_rendered_split_names_match_what_the_render_step_checks():
 
 
 def test_paper_dag_builds(tmp_path):
-    images = tmp_path / "val"
-    (images / "n01440764").mkdir(parents=True)
+    from conftest import write_image_names
+
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["datasets"]["imagenet_val"]["root"] = str(images)
-    (tmp_path / "train" / "n01440764").mkdir(parents=True)
-    cfg["datasets"]["imagenet_train"]["root"] = str(tmp_path / "train")
+    # empty files named like images: the config counts them by name (1000 classes, 3% of the training
+    # folder fills a batch of 1024)
+    cfg["datasets"]["imagenet_val"]["root"] = str(write_image_names(tmp_path / "val", 1000, 11))
+    cfg["datasets"]["imagenet_train"]["root"] = str(write_image_names(tmp_path / "train", 10, 3500))
     proc = snakemake(tmp_path, write_config(tmp_path / "paper.yaml", cfg), "-n", "--quiet", "rules")
     jobs = planned_jobs(proc)
     n_models = len(sc.load(cfg, check_timm=False)["models"])   # sweeps expanded: 10 public + 10 retrained

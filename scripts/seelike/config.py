@@ -118,8 +118,35 @@ def validate_schema(config: dict, schema: dict | None = None) -> dict:
 
 # --- config files ----------------------------------------------------------------------------
 
+def _mark(mark) -> str:
+    """A YAML position as people count it: 'line 5, column 7' (PyYAML counts from 0)."""
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def yaml_error_message(path: str | os.PathLike, err: yaml.YAMLError, text: str | None = None) -> str:
+    """A YAML syntax error, naming the file, the line and column where the parser stopped and what
+    it expected; where the construct it was reading began, that too. `text`: the file's text, to
+    place a reader error (a character YAML does not allow), which PyYAML names by position only."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is None and isinstance(err, yaml.reader.ReaderError) and text is not None:
+        line = text.count("\n", 0, err.position)
+        column = err.position - (text.rfind("\n", 0, err.position) + 1)
+        ch = f"U+{err.character:04X}" if isinstance(err.character, int) else repr(err.character)
+        return (f"config file '{path}' line {line + 1}, column {column + 1}: not valid YAML: the character {ch} "
+                "is not allowed in YAML; remove it")
+    if mark is None:
+        return f"config file '{path}': not valid YAML: {str(err).replace('<unicode string>', str(path))}"
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or type(err).__name__
+    text = f"config file '{path}' {_mark(mark)}: not valid YAML: {problem}"
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and context != problem:
+        text += f" ({context} at {_mark(context_mark)})"
+    if getattr(err, "note", None):
+        text += f"; {err.note}"
+    return text + "; fix it there (a tab in the indentation or an unclosed bracket or quote is the usual cause)"
+
 def check_duplicate_keys(path: str | os.PathLike) -> None:
-    """Raise ConfigError naming the file, line and key of a key given twice in one mapping.
+    """Raise ConfigError naming the file, line, column and key of a key given twice in one mapping.
 
     YAML loaders (and Snakemake's) keep the last of two equal keys and drop the first without a
     word: a second `cka:` block or a model defined twice would silently replace the first. Keys
@@ -143,13 +170,13 @@ def check_duplicate_keys(path: str | os.PathLike) -> None:
                     continue
                 if isinstance(key_node, yaml.ScalarNode):
                     ident = (key_node.tag, key_node.value)
-                    line = key_node.start_mark.line + 1
+                    at = _mark(key_node.start_mark)
                     if ident in seen:
                         dotted = ".".join(where + [key_node.value])
-                        raise ConfigError(f"config file '{path}' line {line}: duplicate key '{dotted}' (first given "
-                                          f"at line {seen[ident]}); YAML keeps only the last one, so remove or "
+                        raise ConfigError(f"config file '{path}' {at}: duplicate key '{dotted}' (first given "
+                                          f"at {seen[ident]}); YAML keeps only the last one, so remove or "
                                           "rename one of them")
-                    seen[ident] = line
+                    seen[ident] = at
                     walk(value_node, where + [key_node.value])
                 else:
                     walk(value_node, where)
@@ -312,16 +339,81 @@ def _name_sweeps_in(err: ConfigError, origins: dict) -> ConfigError:
     return ConfigError(_sweep_message(m.group(1), origins[m.group(1)], rest, m.group(3), semantic=True))
 
 
+# --- image folders: counted by file name when the DAG is built -----------------------------
+
+def _image_folder_counts(dname: str, d: dict) -> dict[str, int]:
+    """{class folder: image files} of image folder dataset `dname`, counted by name as its reader
+    lists them (data/imagefolder.py: non-hidden class sub-folders, image extensions), nothing
+    decoded; ConfigError naming datasets.<name>.root when the reader would find no images at all.
+    An empty class folder next to full ones is left to the reader, which keeps it (labels stay aligned
+    with the full class list) and warns."""
+    from .data.imagefolder import IMG_EXTENSIONS, count_image_files   # imports torch, as _family does
+
+    where = f"config key datasets.{dname}.root"
+    root = Path(d["root"]).expanduser()
+    which = "training" if d.get("split") == "train" else "validation"
+    if not root.is_dir():
+        raise ConfigError(f"{where}: image folder '{d['root']}' does not exist "
+                          f"(set it to your ImageNet {which} folder: one sub-folder per class)")
+    try:
+        counts = count_image_files(root)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot list image folder '{d['root']}' ({e}); check its permissions") from None
+    layout = f"{str(d['root']).rstrip('/')}/<class>/<image files>"
+    if not counts:
+        raise ConfigError(f"{where}: image folder '{d['root']}' has no class sub-folders; expected the layout {layout} "
+                          f"(set root to the folder that holds the class folders of your ImageNet {which} set)")
+    if not any(counts.values()):
+        n = len(counts)
+        raise ConfigError(f"{where}: image folder '{d['root']}' holds no image files in its {n} class "
+                          f"folder{'s' if n != 1 else ''} (image files are found by extension, in any case: "
+                          f"{', '.join(IMG_EXTENSIONS)}; hidden files are skipped); put the images into the class "
+                          f"folders ({layout}) or set root to the folder that holds them")
+    return counts
+
+
+def _describe_folder(dname: str, d: dict, counts: dict[str, int]) -> str:
+    n = len(counts)
+    return f"image folder '{d['root']}' (datasets.{dname}.root, {n} class folder{'s' if n != 1 else ''})"
+
+
+def _check_analysis_count(a: dict, d: dict, counts: dict[str, int], minibatch_size) -> None:
+    """analysis.n_examples images must be in the folder (an upper bound: on_bad_file: skip may drop some)."""
+    n = sum(counts.values())
+    if a["n_examples"] <= n:
+        return
+    from .plan import MIN_MINIBATCH_SIZE
+
+    fit = n // minibatch_size * minibatch_size if isinstance(minibatch_size, int) and minibatch_size > 0 else 0
+    hint = (f"lower analysis.n_examples to {fit} (the largest multiple of cka.minibatch_size {minibatch_size} that "
+            f"fits), or " if fit >= MIN_MINIBATCH_SIZE else "")
+    raise ConfigError(f"config key analysis.n_examples: {a['n_examples']} examples requested but "
+                      f"{_describe_folder(a['dataset'], d, counts)} holds {n} image files (counted by file name); "
+                      f"{hint}add images to the folder, or set datasets.{a['dataset']}.root to a folder with at "
+                      f"least {a['n_examples']}")
+
+
+def _check_recipe_count(where: str, r: dict, d: dict, counts: dict[str, int]) -> None:
+    """A recipe needs one full batch of training images: batch_size images among those it keeps.
+
+    train_fraction keeps max(1, round(fraction * n)) images of each class holding n (stratified_subset in
+    data/subsets.py), so the count by class name is exact up to unreadable files (on_bad_file: skip).
+    Training would run on fewer (every step one short batch), but not the recipe as written."""
+    bs, f = int(r["batch_size"]), float(r.get("train_fraction", 1.0))
+    n = sum(counts.values())
+    kept = n if f >= 1.0 else sum(max(1, int(round(f * c))) for c in counts.values() if c)
+    if kept >= bs:
+        return
+    held = f"holds {n} image files" + (f", of which train_fraction {f:g} keeps {kept}" if f < 1.0 else "")
+    raise ConfigError(f"config key {where}.recipe.batch_size: one batch needs {bs} training images, but "
+                      f"{_describe_folder(r['dataset'], d, counts)} {held} (counted by file name); lower batch_size "
+                      f"to at most {kept}{', raise train_fraction' if f < 1.0 else ''}, or set "
+                      f"datasets.{r['dataset']}.root to a folder with more images")
+
+
 def _check_semantics(cfg: dict, check_timm: bool) -> None:
     datasets = cfg["datasets"]
-    for dname, d in datasets.items():
-        if d["kind"] == "imagefolder":
-            root = Path(d["root"]).expanduser()
-            if not root.is_dir():
-                which = "training" if d.get("split") == "train" else "validation"
-                raise ConfigError(
-                    f"config key datasets.{dname}.root: image folder '{d['root']}' does not exist "
-                    f"(set it to your ImageNet {which} folder: one sub-folder per class)")
+    counts = {dname: _image_folder_counts(dname, d) for dname, d in datasets.items() if d["kind"] == "imagefolder"}
     a = cfg["analysis"]["dataset"]
     if datasets.get(a, {}).get("split") == "train":
         raise ConfigError(f"config key analysis.dataset: '{a}' is a training folder (split: train); analyses read "
@@ -369,6 +461,8 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
             elif train["kind"] == "imagefolder":
                 raise ConfigError(f"config key {where}.recipe.test_dataset: required when training on an image folder "
                                   "(the evaluation folder with the same classes, for the test accuracy)")
+            if train["kind"] == "imagefolder":
+                _check_recipe_count(where, r, train, counts[r["dataset"]])
             if "remove_skip" in r:
                 if "block" not in r["remove_skip"]:
                     raise ConfigError(f"config key {where}.recipe.remove_skip.block: required (or sweep over it)")
@@ -401,6 +495,8 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
         if a["n_examples"] > available:
             raise ConfigError(f"config key analysis.n_examples: {a['n_examples']} examples requested but split "
                               f"'{a['split']}' of dataset '{a['dataset']}' has {available}")
+    else:
+        _check_analysis_count(a, ds, counts[a["dataset"]], cfg["cka"]["minibatch_size"])
 
     c = cfg["cka"]
     # One example plan serves both estimators (shards are reused when only the estimator changes),
@@ -467,9 +563,13 @@ def load_file(path: str | os.PathLike, check_timm: bool = True) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text ({e}); save it as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        raise ConfigError(yaml_error_message(path, e, text)) from None
     check_duplicate_keys(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys")
