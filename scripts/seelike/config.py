@@ -505,7 +505,8 @@ def _check_semantics(cfg: dict, check_timm: bool) -> None:
         check_minibatch(a["n_examples"], c["minibatch_size"], names=("analysis.n_examples", "cka.minibatch_size"),
                         where="")
     except MinibatchError as e:
-        raise ConfigError(f"config key {e.key}: {e}") from None
+        text = str(e).removeprefix(f"{e.key} = ")   # the key leads the message already
+        raise ConfigError(f"config key {e.key}: {text}") from None
     if c["pairs"] != "all":
         for i, pair in enumerate(c["pairs"]):
             for name in pair:

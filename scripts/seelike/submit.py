@@ -146,6 +146,28 @@ def _failure(step: str, name: str, job, err: BaseException) -> StepFailed:
         f"  ({type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''})")
 
 
+def _echo_job_output(job) -> None:
+    """Copy a finished job's stdout and stderr (progress bars included) into this process's output,
+    which the rule's log file holds, so the rule log tells the whole story under every executor."""
+    for what, read in (("stdout", getattr(job, "stdout", None)), ("stderr", getattr(job, "stderr", None))):
+        try:
+            text = read() if read else None
+        except Exception:   # a job whose files are gone (cleaned up, never started) has nothing to copy
+            text = None
+        if text and text.strip():
+            print(f"----- job {job.job_id} {what} -----\n{text.rstrip()}", flush=True)
+
+
+def _drop_placeholder_folder(folder: Path) -> None:
+    """submitit creates the `%j` folder of the path template itself; the jobs' files go to folders named
+    by their ids, so the template's own folder is left empty: remove it."""
+    if folder.name == "%j" and folder.is_dir():
+        try:
+            folder.rmdir()   # only when empty
+        except OSError:
+            pass
+
+
 def _record_path(marker: str | os.PathLike) -> Path:
     return Path(str(marker) + ".job.json")
 
@@ -254,6 +276,10 @@ def _wait(jobs: Sequence, step: str, name: str, settings: dict, marker) -> list:
             except Exception as err:  # submitit raises FailedJobError / UncompletedJobError
                 failures.append(_failure(step, name, job, err))
                 results.append(None)
+            _echo_job_output(job)
+        folders = sorted({str(Path(job.paths.folder)) for job in jobs})
+        print(f"seelike: log folder{'s' if len(folders) > 1 else ''} of step '{step}' ({name}): "
+              f"{', '.join(folders)}", flush=True)
         if failures:
             raise StepFailed("\n".join(str(f) for f in failures))
         if marker is not None:
@@ -291,6 +317,15 @@ def run_array(settings: dict, target: str, kwargs_list: list[dict], name: str,
     if settings["executor"] == "inline":
         return [call_target(target, kw, threads) for kw in kwargs_list]
     folder = Path(settings["log_dir"]) / step / name / "%j"
+    try:
+        return _run_jobs(settings, target, kwargs_list, name, marker, folder, threads)
+    finally:
+        _drop_placeholder_folder(folder)
+
+
+def _run_jobs(settings: dict, target: str, kwargs_list: list[dict], name: str, marker, folder: Path,
+              threads) -> list:
+    step = settings["step"]
     jobs = _reattach(marker, settings, target, kwargs_list)
     if jobs is None:
         if settings["executor"] == "local":
