@@ -235,7 +235,8 @@ def test_load_split_arrays_cache(tmp_path, monkeypatch):
 def test_rendered_split_is_the_split_and_is_checked_before_use(tmp_path):
     out = tmp_path / "synth" / rendered_split_name(CFG, "test")
     write_rendered_split(CFG, "test", out, block=7)          # blocks that do not divide the split
-    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]   # no temporary file left behind
+    # no temporary file left behind; the sha256 recorded beside it
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name, out.name + ".sha256"]
     ref, ref_labels, _ = render(SPEC, split_indices(SPEC, "test"))
     images, labels = open_rendered_split(CFG, "test", out)
     assert isinstance(images, np.memmap) and np.array_equal(images, ref) and np.array_equal(labels, ref_labels)
@@ -252,17 +253,25 @@ def test_rendered_split_is_the_split_and_is_checked_before_use(tmp_path):
     other = dict(CFG, seed=CFG["seed"] + 1)
     with pytest.raises(ValueError, match="must be named"):
         write_rendered_split(other, "test", out)
-    # a changed pixel in a checked image, a wrong shape, a truncated file: each named
+    # a changed pixel, a wrong shape, a truncated file: each named, by the sha256 recorded at write
+    from seelike.fileio import record_checksum
+
     bad = np.array(images)
     bad[-1, 0, 0, 0] ^= 1
     np.save(out, bad)
+    with pytest.raises(ValueError, match=f"rendered split '{out}' changed since it was written"):
+        open_rendered_split(CFG, "test", out)
+    # and, past a matching sha256 (a file written by another renderer version), by its content
+    record_checksum(out)
     with pytest.raises(ValueError, match="differs from a fresh rendering"):
         open_rendered_split(CFG, "test", out)
     np.save(out, ref[:-1])
+    record_checksum(out)
     with pytest.raises(ValueError, match=r"holds uint8 \(\d+, 32, 32, 3\), expected uint8"):
         open_rendered_split(CFG, "test", out)
     np.save(out, ref)
     out.write_bytes(out.read_bytes()[:1000])
+    record_checksum(out)
     with pytest.raises(ValueError, match=f"rendered split '{out}' is unreadable"):
         open_rendered_split(CFG, "test", out)
 

@@ -22,14 +22,13 @@ def _settings(step: str) -> dict:
 def step_plan(spec: dict) -> None:
     import numpy as np
     from .data import dataset_listing
-    from .fileio import write_json_atomic
-    from .plan import make_plan
+    from .plan import make_plan, write_plan_file
 
     # Plans refer to positions within the split, the index every dataset item carries.
     size, fingerprint, excluded = dataset_listing(spec["dataset"], spec["split"])
     plan = make_plan(f"{spec['dataset_key']}:{fingerprint}", np.arange(size), spec["n_examples"],
                      spec["minibatch_size"], spec["minibatches_per_shard"], spec["seed"], excluded=excluded)
-    write_json_atomic(spec["out"], plan.to_dict())
+    write_plan_file(spec["out"], plan)
     from . import provenance
 
     provenance.write_sidecar(spec["out"], provenance.collect({k: v for k, v in spec.items() if k != "out"}))
@@ -101,10 +100,10 @@ def step_extract(spec: dict) -> None:
     from .fileio import sha256_file
     from .manifest import reusable, shard_path, write_manifest
     from .models import ModelCard
-    from .plan import Plan
+    from .plan import Plan, read_plan_file
     from .submit import run_array
 
-    plan = json.loads(Path(spec["plan_file"]).read_text())
+    plan = read_plan_file(spec["plan_file"])
     card = ModelCard.load(spec["card"])
     check_checkpoint(card, Path(spec["card"]))
     config_hash = digest(spec["provenance_config"])

@@ -136,3 +136,38 @@ def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- recorded checksums
+
+class ChecksumMismatch(ValueError):
+    """A file differs from the sha256 recorded when it was written (or has none recorded)."""
+
+
+def checksum_path(path: PathLike) -> Path:
+    """Where the sha256 of a file written by the workflow is recorded: beside it, `<file>.sha256`."""
+    return Path(str(path) + ".sha256")
+
+
+def record_checksum(path: PathLike, digest: str | None = None) -> str:
+    """Record a file's sha256 beside it (atomically). Writers call it on the complete file, before its
+    final rename when they can (a sidecar for a file not yet renamed is harmless; the reverse is not)."""
+    digest = digest or sha256_file(path)
+    with atomic_write(checksum_path(path)) as tmp:
+        tmp.write_text(digest + "\n")
+    return digest
+
+
+def verify_checksum(path: PathLike, what: str, remedy: str) -> str:
+    """The one check of a file the workflow wrote, wherever it is read: its sha256 against the one recorded
+    at write. Raises ChecksumMismatch naming the file and what to run (`remedy`)."""
+    side = checksum_path(path)
+    try:
+        recorded = side.read_text().strip()
+    except OSError:
+        raise ChecksumMismatch(f"{what} '{path}' has no recorded sha256 ('{side}' is missing); {remedy}") from None
+    actual = sha256_file(path)
+    if actual != recorded:
+        raise ChecksumMismatch(f"{what} '{path}' changed since it was written: sha256 {actual[:16]}..., recorded "
+                               f"{recorded[:16]}... (bit flip or overwrite); {remedy}")
+    return actual

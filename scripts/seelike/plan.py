@@ -295,3 +295,30 @@ def check_same_plan(a, b, a_name: str = "first", b_name: str = "second") -> None
             f"example plans of {a_name} and {b_name} differ in {', '.join(diff)}; "
             f"extract both with the same dataset, analysis and cka settings"
         )
+
+
+# ----------------------------------------------------------------------------- the plan file
+
+def write_plan_file(path, plan: Plan) -> None:
+    """Write the plan step's output: the plan's JSON, its sha256 recorded beside it first."""
+    from .fileio import atomic_write, record_checksum, to_jsonable
+
+    text = (json.dumps(to_jsonable(plan.to_dict()), indent=2) + "\n").encode("utf-8")
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(text)
+        record_checksum(path, hashlib.sha256(text).hexdigest())
+
+
+def read_plan_file(path) -> dict:
+    """The plan step's output as a dict, checked before use: its sha256 against the one recorded at
+    write, then its structure (Plan.from_dict). Errors name the file and what to run."""
+    from .fileio import verify_checksum
+
+    remedy = "run the workflow again with --forcerun plan (every extraction then follows the new plan)"
+    verify_checksum(path, "example plan", remedy)
+    try:
+        doc = json.loads(open(path).read())
+        Plan.from_dict(doc)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"example plan '{path}' is not a valid plan ({e}); {remedy}") from None
+    return doc

@@ -92,7 +92,6 @@ def receptive_fields(model, x, layers: list[dict], num_prefix_tokens: int = 0) -
 
 def compute(spec: dict) -> str:
     """spec: card, plan_file, dataset, split, n_images, batch_size, layers, device, model, out."""
-    import json
     from pathlib import Path
 
     import pandas as pd
@@ -102,7 +101,7 @@ def compute(spec: dict) -> str:
     from ..extract import open_for_model
     from ..models.build import build_model
     from ..models.card import ModelCard
-    from ..plan import Plan
+    from ..plan import Plan, read_plan_file
     from ..runtime import device as pick_device
 
     card_path = Path(spec["card"])
@@ -111,7 +110,7 @@ def compute(spec: dict) -> str:
     model = build_model(card, card_path.parent, device=device)
     for p in model.parameters():
         p.requires_grad_(False)
-    plan = Plan.from_dict(json.loads(Path(spec["plan_file"]).read_text()))
+    plan = Plan.from_dict(read_plan_file(spec["plan_file"]))
     n = int(spec["n_images"])
     idx = [int(i) for i in plan.indices_array[:n]]
     ds = open_for_model(card, spec["dataset"], spec["split"], plan)

@@ -33,6 +33,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from ..fileio import record_checksum, sha256_file, verify_checksum
 from .imagefolder import (
     IMG_EXTENSIONS,
     BadImageError,
@@ -332,6 +333,7 @@ def write_rendered_split(cfg: Mapping, split: str, out, block: int = 2048) -> Pa
         del arr
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        record_checksum(out, sha256_file(tmp))   # checked by open_rendered_split at every read
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -342,7 +344,8 @@ def write_rendered_split(cfg: Mapping, split: str, out, block: int = 2048) -> Pa
 def open_rendered_split(cfg: Mapping, split: str, path) -> tuple[np.ndarray, np.ndarray]:
     """``(images, labels)`` of a file from :func:`write_rendered_split`: images memory-mapped
     read-only, labels from their indices (:func:`render_labels`). Checked before use: the file's name (render
-    key), shape and dtype, and the first and last images re-rendered and compared exactly.
+    key), its sha256 against the one recorded when it was written, shape and dtype, and the first and last
+    images re-rendered and compared exactly (a renderer that changed).
     Raises ValueError naming the file."""
     path = Path(path)
     spec = SyntheticSpec.from_config(cfg)
@@ -350,6 +353,9 @@ def open_rendered_split(cfg: Mapping, split: str, path) -> tuple[np.ndarray, np.
     if path.name != want:
         raise ValueError(f"rendered split '{path}' is not this dataset's split '{split}' (expected a file named "
                          f"'{want}'); run the workflow's render rule again")
+    if not path.is_file():
+        raise ValueError(f"rendered split '{path}' is missing; run the workflow again (its render rule writes it)")
+    verify_checksum(path, "rendered split", "delete it and run the workflow again (its render rule rewrites it)")
     try:
         images = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as e:
