@@ -46,6 +46,7 @@ def test_sweeps_expand_into_models():
     (lambda c: c["experiments"]["data_scale"].update(sweep="nothing"), "experiments.data_scale.sweep"),
     (lambda c: c["models"]["v"]["sweep"].update(values=[9]), "models.v_9.recipe.remove_skip.block"),
     (lambda c: c["models"]["v_gap"]["recipe"].update(init_from="ghost"), "models.v_gap.recipe.init_from"),
+    (lambda c: c["experiments"]["probes"]["models"].append("ghost"), "experiments.probes.models"),
 ])
 def test_bad_experiment_configs_name_the_key(mutate, key):
     cfg = experiments_config()

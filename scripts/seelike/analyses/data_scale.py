@@ -6,7 +6,7 @@ from __future__ import annotations
 from .. import paths
 from ..base import ConfigError
 from ..plotting import finish_figure, pyplot
-from ..registry import Analysis, Figure
+from ..registry import Analysis, Figure, check_model_list
 from .common import experiment_section, sweep_members
 
 
@@ -62,9 +62,7 @@ def _check(cfg: dict) -> None:
         raise ConfigError(f"config key experiments.data_scale.full: unknown model '{s.get('full')}'")
     if s.get("sweep") and not sweep_members(cfg, s["sweep"]):
         raise ConfigError(f"config key experiments.data_scale.sweep: no model is a sweep of '{s['sweep']}'")
-    for m in s.get("subsets") or []:
-        if m not in cfg["models"]:
-            raise ConfigError(f"config key experiments.data_scale.subsets: unknown model '{m}'")
+    check_model_list(cfg, "experiments.data_scale.subsets", s.get("subsets") or [])
 
 
 def _labels(cfg: dict) -> list[str]:

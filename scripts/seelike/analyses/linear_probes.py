@@ -14,7 +14,7 @@ import numpy as np
 from .. import paths
 from ..base import ConfigError
 from ..plotting import finish_figure, pyplot
-from ..registry import Analysis, Figure
+from ..registry import Analysis, Figure, check_model_list
 from .common import experiment_section, shard_paths, write_table
 
 #: Per-token probes fit on `train_fraction` of the examples with stored tokens and score the rest:
@@ -157,9 +157,7 @@ def _check(cfg: dict) -> None:
     probes = experiment_section(cfg, "probes")
     if not probes:
         return
-    for m in probes.get("models", []) or []:
-        if m not in cfg["models"]:
-            raise ConfigError(f"config key experiments.probes.models: unknown model '{m}'")
+    check_model_list(cfg, "experiments.probes.models", probes.get("models") or [])
     full_tokens = int((cfg.get("extraction") or {}).get("full_tokens", 0))
     n_examples = int((cfg.get("analysis") or {}).get("n_examples", full_tokens))
     if probes.get("tokens", True) and min(full_tokens, n_examples) < MIN_TOKEN_PROBE_EXAMPLES:

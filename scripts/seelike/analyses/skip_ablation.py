@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import paths
 from ..base import ConfigError
 from ..plotting import draw_heatmap, finish_figure, pyplot
-from ..registry import Analysis, Figure
+from ..registry import Analysis, Figure, check_model_list
 from .common import experiment_section, sweep_members, write_table
 
 
@@ -78,9 +78,7 @@ def _check(cfg: dict) -> None:
         raise ConfigError(f"config key experiments.skip_ablation.baseline: unknown model '{s.get('baseline')}'")
     if s.get("sweep") and not sweep_members(cfg, s["sweep"]):
         raise ConfigError(f"config key experiments.skip_ablation.sweep: no model is a sweep of '{s['sweep']}'")
-    for m in s.get("models") or []:
-        if m not in names:
-            raise ConfigError(f"config key experiments.skip_ablation.models: unknown model '{m}'")
+    check_model_list(cfg, "experiments.skip_ablation.models", s.get("models") or [])
 
 
 def _cards(cfg: dict) -> dict:
