@@ -37,11 +37,6 @@ def f14_panels(cfg: dict, mixer: str) -> list[tuple[str, str]]:
     return panels
 
 
-def pair_tables(cfg: dict) -> list[tuple[str, str]]:
-    """Every CKA table the config asks for: each model with itself, then the configured pairs."""
-    return [(m, m) for m in cfg["models"]] + cross_pairs(cfg)
-
-
 def draw(spec: dict) -> None:
     """spec: tables (CKA tables), titles, suptitle, outputs, dpi."""
     import pandas as pd
