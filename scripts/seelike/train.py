@@ -99,7 +99,8 @@ class _StopRequested(Exception):
     pass
 
 
-def evaluate(model, source, device, precision, batch_size=256) -> float:
+def evaluate(model, source, device, precision, batch_size=256) -> tuple[float, int]:
+    """(test accuracy, number of test images)."""
     import torch
 
     from .runtime import autocast
@@ -110,7 +111,7 @@ def evaluate(model, source, device, precision, batch_size=256) -> float:
         for x, y in source.test_batches(batch_size, device):
             correct += int((model(x).argmax(-1) == y).sum())
             seen += len(y)
-    return correct / max(1, seen)
+    return correct / max(1, seen), seen
 
 
 def train_model(spec: dict) -> dict:
@@ -258,7 +259,7 @@ def train_model(spec: dict) -> dict:
             signal.signal(sig, h)
 
     batches.close()
-    acc = evaluate(model, source, device, precision)
+    acc, n_test = evaluate(model, source, device, precision)
     import pandas as pd
 
     with atomic_write(out_dir / METRICS_FILE) as tmp:
@@ -273,7 +274,7 @@ def train_model(spec: dict) -> dict:
                      input_size=list(source.preprocessing["input_size"]),
                      pretrained_cfg=source.preprocessing, modifications=modifications)
     card.metrics = {"test_accuracy": acc, "chance": 1.0 / (int(source.labels.max()) + 1),
-                    "train_steps": total, "n_train": int(n), "seed": r["seed"]}
+                    "n_test": n_test, "train_steps": total, "n_train": int(n), "seed": r["seed"]}
     card.provenance = {**card.provenance, **provenance.collect({k: v for k, v in spec.items() if k != "out_dir"},
                                                                 input_digests=inputs)}
     card.save(out_dir / "card.json")

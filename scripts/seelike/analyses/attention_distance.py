@@ -21,7 +21,7 @@ from .reducers import ATTN_DIST, GEOMETRY
 from .. import paths
 from ..base import ConfigError
 from ..paths import dataset_key
-from ..plotting import finish_figure, pyplot
+from ..plotting import finish_figure, layer_axis, pyplot
 from ..registry import Analysis, Figure, check_model_list, models_for, section
 
 
@@ -76,9 +76,7 @@ def _panel(ax, t, title):
     mean = t.groupby("block_index")["distance"].mean()
     ax.plot(mean.index, mean.values, color="0.4", lw=1, zorder=2, label="mean over heads")
     ax.axhline(t["uniform_distance"].iloc[0], color="0.6", ls="--", lw=0.8, label="uniform attention")
-    ax.set_xticks(blocks["block_index"].tolist())
-    ax.set_xticklabels(blocks["block"].tolist(), rotation=90, fontsize=7)
-    ax.set_xlabel("block")
+    layer_axis(ax, "x", blocks["block_index"], blocks["block"], "block", "block")
     ax.set_title(title, fontsize=9)
     return len(heads)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .common import MissingReduction, read_group, shard_paths, write_table
 from .reducers import ATTN_MAPS, GEOMETRY
-from ..plotting import finish_figure, pyplot
+from ..plotting import finish_figure, layer_axis, pyplot
 from .. import paths
 from ..registry import Analysis, Figure, models_for, section
 
@@ -116,17 +116,27 @@ def compute(spec: dict) -> list[str]:
     return [spec["out"], spec["out_similarity"]]
 
 
-def figure_maps(spec: dict, max_examples: int = 6, max_layers: int = 5) -> None:
-    """spec: tables (the attention_maps table), outputs, dpi."""
+def shown_blocks(n_layers: int, max_blocks: int) -> list[int]:
+    """The blocks V3 draws: every block up to `max_blocks`, else `max_blocks` evenly spaced ones
+    from the first to the last."""
+    if n_layers <= max_blocks:
+        return list(range(n_layers))
+    return sorted(set(np.round(np.linspace(0, n_layers - 1, max_blocks)).astype(int).tolist()))
+
+
+def figure_maps(spec: dict, max_examples: int = 6, max_blocks: int = 12) -> None:
+    """spec: tables (the attention_maps table), outputs, dpi. Every block up to `max_blocks` blocks;
+    past it evenly spaced ones, which the title says."""
     import pandas as pd
 
     plt = pyplot()
     t = pd.read_csv(spec["tables"][0], keep_default_na=False)
     examples = list(dict.fromkeys(t.example.tolist()))[:max_examples]
     n_layers = int(t.layer_index.max()) + 1
-    shown = sorted(set(np.round(np.linspace(0, n_layers - 1, min(max_layers, n_layers))).astype(int).tolist()))
+    shown = shown_blocks(n_layers, max_blocks)
+    names = dict(zip(t.layer_index, t.layer))
     cols = 1 + len(shown) + 1
-    fig, axes = plt.subplots(len(examples), cols, figsize=(1.5 * cols, 1.55 * len(examples) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(1.5 * cols, 1.55 * len(examples) + 0.7), squeeze=False)
     for r, e in enumerate(examples):
         s = t[t.example == e]
         im = s[s.kind == "image"]
@@ -135,8 +145,9 @@ def figure_maps(spec: dict, max_examples: int = 6, max_layers: int = 5) -> None:
         img[im.channel.values, im.row.values, im.col.values] = im.value.values
         panels = [("image", img.transpose(1, 2, 0) if c == 3 else img[0], None)]
         for li in shown:
-            panels.append((f"block{li} CLS attn", s[(s.kind == "attention") & (s.layer_index == li)], "viridis"))
-        panels.append(("rollout", s[(s.kind == "rollout") & (s.layer_index == n_layers - 1)], "viridis"))
+            panels.append((names[li], s[(s.kind == "attention") & (s.layer_index == li)], "viridis"))
+        panels.append((f"rollout to {names[n_layers - 1]}",
+                       s[(s.kind == "rollout") & (s.layer_index == n_layers - 1)], "viridis"))
         for ci, (title, data, cmap) in enumerate(panels):
             ax = axes[r][ci]
             if cmap is None:
@@ -151,7 +162,11 @@ def figure_maps(spec: dict, max_examples: int = 6, max_layers: int = 5) -> None:
             if r == 0:
                 ax.set_title(title, fontsize=7)
         axes[r][0].set_ylabel(f"#{e}", fontsize=7)
-    fig.suptitle(f"V3: attention maps and rollout of {t.model.iloc[0]}", fontsize=9)
+    which = (f"all {n_layers} blocks" if len(shown) == n_layers else
+             f"{len(shown)} of its {n_layers} blocks, evenly spaced (the table has every block)")
+    fig.suptitle(f"V3: attention maps of {t.model.iloc[0]}, {which}, then the rollout through all blocks\n"
+                 "attention to each patch, mean over heads (CLS query; without a CLS token: mean over queries); "
+                 "each map scaled to its own range", fontsize=8)
     finish_figure(fig, spec)
 
 
@@ -165,17 +180,14 @@ def figure_similarity(spec: dict) -> None:
     mat = np.zeros((n, n))
     mat[t.index_x.values, t.index_y.values] = t.similarity.values
     names = t.drop_duplicates("index_x").sort_values("index_x").layer_x.tolist()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.8))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.8), layout="constrained")
     im = ax.imshow(mat, origin="lower", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks(range(n))
-    ax.set_xticklabels(names, rotation=90, fontsize=6)
-    ax.set_yticks(range(n))
-    ax.set_yticklabels(names, fontsize=6)
+    layer_axis(ax, "x", range(n), names, "block", "layer_y")
+    layer_axis(ax, "y", range(n), names, "block", "layer_x")
     fig.colorbar(im, ax=ax, shrink=0.85, label="attention-map cosine similarity")
     adj = [mat[i, i + 1] for i in range(n - 1)]
     ax2.plot(range(1, n), adj, marker="o")
-    ax2.set_xticks(range(1, n))
-    ax2.set_xticklabels(names[1:], rotation=90, fontsize=6)
+    layer_axis(ax2, "x", range(1, n), names[1:], "block", "layer_x")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("similarity with the previous block")
     fig.suptitle(f"V4: attention similarity across layers (DeepViT collapse), {t.model.iloc[0]} "

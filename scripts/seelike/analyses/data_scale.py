@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import paths
 from ..base import ConfigError
-from ..plotting import finish_figure, pyplot
+from ..plotting import finish_figure, layer_axis, pyplot
 from ..registry import Analysis, Figure, check_model_list
 from .common import experiment_section, sweep_members
 
@@ -29,25 +29,30 @@ def cka_pairs(cfg: dict) -> list[tuple[str, str]]:
 
 
 def data_scale_figure(spec: dict) -> None:
-    """F12: same-layer CKA of each subset-trained model with the full-data model, a line per fraction."""
+    """F12: same-layer CKA of each subset-trained model with the full-data model, a line per fraction,
+    its band the table's 95% interval (jackknife over minibatches)."""
     import pandas as pd
-    
+
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = plt.subplots(figsize=(5.6, 3.8), layout="constrained")
     full = spec["full"]
+    n_minibatches = set()
     for table, label in zip(spec["tables"], spec["labels"]):
         t = pd.read_csv(table)
         same = t[t.index_x == t.index_y].sort_values("index_x")
-        ax.plot(same.index_x, same.cka, "o-", ms=3, label=label)
-        ax.fill_between(same.index_x, same.ci_low, same.ci_high, alpha=0.2)
+        line, = ax.plot(same.index_x, same.cka, "o-", ms=3, label=label)
+        ax.fill_between(same.index_x, same.ci_low, same.ci_high, alpha=0.2, color=line.get_color())
+        n_minibatches |= set(t.n_minibatches.astype(int))
     t = pd.read_csv(spec["tables"][0])
     layers = t[t.index_x == t.index_y].sort_values("index_x")
-    names = layers.layer_x if layers.model_x.iloc[0] == full else layers.layer_y
-    ax.set_xticks(layers.index_x)
-    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    column = "layer_x" if layers.model_x.iloc[0] == full else "layer_y"
+    layer_axis(ax, "x", layers.index_x, layers[column], f"{full} layer", column)
     ax.set_ylabel(f"CKA with the same layer of {full}")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, title="training data")
+    mb = "/".join(str(n) for n in sorted(n_minibatches))
+    ax.fill_between([], [], [], color="0.6", alpha=0.4,
+                    label=f"shaded: 95% interval of the CKA\n(jackknife over its {mb} minibatches)")
+    ax.legend(fontsize=7, title="training data", title_fontsize=7)
     ax.set_title("F12: representations of models trained on less data", fontsize=9)
     finish_figure(fig, spec)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import paths
 from ..base import ConfigError
-from ..plotting import finish_figure, pyplot
+from ..plotting import finish_figure, layer_axis, pyplot
 from ..registry import Analysis, Figure, check_model_list
 from .common import experiment_section, shard_paths, write_table
 
@@ -94,6 +94,18 @@ def probe_table(spec: dict) -> str:
     return write_table(pd.DataFrame(rows), spec["out"], spec, inputs=[spec["manifest"]])
 
 
+def _f11_title(tables: list) -> str:
+    """F11's title: the model(s) and the features actually probed (two tables: a CLS-trained model
+    beside its GAP-trained twin, the order of :func:`_f11_tables`)."""
+    feats = {"mean": "token mean", "cls": "CLS token", "token": "single tokens"}
+    shown = [name for f, name in feats.items() if any((t.feature == f).any() for t in tables)]
+    what = ", ".join(shown)
+    if len(tables) == 2:
+        cls_model, gap_model = (t.model.iloc[0] for t in tables)
+        return f"F11: linear probes per layer ({what}), CLS-trained {cls_model} beside GAP-trained {gap_model}"
+    return f"F11: linear probes per layer of {tables[0].model.iloc[0]} ({what})"
+
+
 def probe_figure(spec: dict) -> None:
     """F11 (one model per table, side by side) or F13 (all models, token-mean probe, by relative depth)."""
     import pandas as pd
@@ -115,23 +127,31 @@ def probe_figure(spec: dict) -> None:
         axes[0][0].legend(fontsize=7)
         fig.suptitle("F13: linear probes of every layer across models", fontsize=9)
     else:
-        fig, axes = plt.subplots(1, len(tables), figsize=(4.4 * len(tables), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(tables), figsize=(4.4 * len(tables), 3.8), squeeze=False, layout="constrained")
+        styles = {"mean": ("o-", "tab:blue", "token mean"), "cls": ("s-", "tab:orange", "CLS token")}
         for ax, t in zip(axes[0], tables):
-            for feature, style in (("mean", "o-"), ("cls", "s-")):
+            for feature, (style, colour, label) in styles.items():
                 s = t[(t.feature == feature) & (t.kind == "full")].sort_values("index")
                 if len(s):
-                    ax.plot(s["index"], s.accuracy, style, ms=3, label=f"{feature} token" if feature == "cls" else "token mean")
+                    ax.plot(s["index"], s.accuracy, style, ms=3, color=colour, label=label)
             tok = t[t.feature == "token"]
             if len(tok):
                 g = tok.groupby("index").accuracy
-                ax.plot(g.mean().index, g.mean().values, "^-", ms=3, label="single tokens (mean over positions)")
-                ax.fill_between(g.min().index, g.min().values, g.max().values, alpha=0.2)
-            ax.set_xticks(sorted(t["index"].unique()))
-            ax.set_xticklabels(t.drop_duplicates("index").sort_values("index").layer, rotation=90, fontsize=7)
+                ax.plot(g.mean().index, g.mean().values, "^-", ms=3, color="tab:green",
+                        label="single tokens, mean over token positions")
+                ax.fill_between(g.min().index, g.min().values, g.max().values, color="tab:green", alpha=0.15,
+                                label="single tokens, range (min to max) over token positions")
+            layers = t.drop_duplicates("index").sort_values("index")
+            layer_axis(ax, "x", layers["index"], layers.layer, "layer", "layer")
             ax.set_ylabel("probe accuracy")
-            ax.set_title(t.model.iloc[0], fontsize=9)
-            ax.legend(fontsize=7)
-        fig.suptitle("F11: linear probes per layer (CLS vs GAP side by side)", fontsize=9)
+            if len(tables) > 1:
+                ax.set_title(t.model.iloc[0], fontsize=9)
+        legend = {}
+        for ax in axes[0]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=2, fontsize=7)
+        fig.suptitle(_f11_title(tables), fontsize=9)
     finish_figure(fig, spec)
 
 

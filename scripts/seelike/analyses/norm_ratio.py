@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .common import by_unit, read_group, shard_paths, write_table
 from .reducers import NORM_RATIO
-from ..plotting import finish_figure, pyplot
+from ..plotting import finish_figure, layer_axis, pyplot
 from ..registry import Analysis, Figure, models_for
 
 GROUPS = ("cls", "spatial")
@@ -65,13 +65,10 @@ def figure(spec: dict) -> None:
         ax.plot(s["index"], s["ratio"], color=colours.get(kind, "k"), ms=4, lw=1,
                 label=f"{kind}, {'CLS token' if tokens == 'cls' else 'spatial tokens'}", **styles[tokens])
     units = t.drop_duplicates("index").sort_values("index")
-    step = max(1, len(units) // 24)
-    ax.set_xticks(units["index"].tolist()[::step])
-    ax.set_xticklabels(units["sublayer"].tolist()[::step], rotation=90, fontsize=6)
+    layer_axis(ax, "x", units["index"], units["sublayer"], "sublayer", "sublayer")
     ax.set_yscale("log")
     ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
     ax.set_ylabel("||z|| / ||f(z)||")
-    ax.set_xlabel("sublayer (depth order)")
     ax.set_title(f"F7: norm ratio of the residual stream to the branch, {model}", fontsize=9)
     ax.legend(fontsize=7)
     finish_figure(fig, spec)

@@ -1,7 +1,7 @@
 """F8: ViTs trained with the skip connection at block i removed.
 
 Test accuracy of each ablated model and its baseline, from the model cards (table columns: model,
-block, branch, baseline, test_accuracy, chance), beside each ablated model's within-model CKA.
+block, branch, baseline, test_accuracy, chance, n_test: the test images, empty for cards without it), beside each ablated model's within-model CKA.
 The models are ordinary recipes of the registry (usually a sweep over recipe.remove_skip.block);
 `experiments.skip_ablation` names them.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import paths
 from ..base import ConfigError
-from ..plotting import draw_heatmap, finish_figure, pyplot
+from ..plotting import cka_colorbar, draw_heatmap, finish_figure, pyplot
 from ..registry import Analysis, Figure, check_model_list
 from .common import experiment_section, sweep_members, write_table
 
@@ -36,22 +36,25 @@ def skip_table(spec: dict) -> str:
         rs = card.get("modifications", {}).get("remove_skip") or {}
         rows.append({"model": name, "block": rs.get("block", -1), "branch": rs.get("branch", "none") if rs else "none",
                      "baseline": name == spec["baseline"], "test_accuracy": card["metrics"]["test_accuracy"],
-                     "chance": card["metrics"].get("chance")})
+                     "chance": card["metrics"].get("chance"), "n_test": card["metrics"].get("n_test")})
     table = pd.DataFrame(rows).sort_values(["baseline", "block"], ascending=[False, True])
     return write_table(table, spec["out"], spec, inputs=list(spec["cards"].values()))
 
 
 def skip_figure(spec: dict) -> None:
-    """F8: accuracy against the block whose skip was removed, then each ablated model's CKA heatmap."""
+    """F8: accuracy against the block whose skip was removed, then each ablated model's CKA heatmap
+    (one colour bar for them all)."""
     import pandas as pd
-        
+
     plt = pyplot()
     acc = pd.read_csv(spec["tables"][0])
     heat = [pd.read_csv(t) for t in spec["tables"][1:]]
-    fig, axes = plt.subplots(1, 1 + len(heat), figsize=(4.2 * (1 + len(heat)), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, 1 + len(heat), figsize=(4.2 * (1 + len(heat)) + 0.8, 3.8), squeeze=False,
+                             layout="constrained")
     ax = axes[0][0]
     ab = acc[~acc.baseline].sort_values("block")
     ax.plot(ab.block, ab.test_accuracy, "o-", label="skip removed at block i")
+    ax.set_xticks(ab.block.tolist())
     base = acc[acc.baseline]
     if len(base):
         ax.axhline(float(base.test_accuracy.iloc[0]), color="k", ls="--", label=f"{base.model.iloc[0]} (all skips)")
@@ -61,9 +64,16 @@ def skip_figure(spec: dict) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title("F8: accuracy without the skip at block i", fontsize=9)
     ax.legend(fontsize=7)
+    where = {r.model: (int(r.block), r.branch) for r in ab.itertuples()}
+    im = None
     for a, t in zip(axes[0][1:], heat):
-        draw_heatmap(a, t, f"{t.model_x.iloc[0]}")
-    fig.subplots_adjust(wspace=0.5)
+        model = t.model_x.iloc[0]
+        block, branch = where.get(model, (None, None))
+        skips = {"both": "attention and MLP skips", "attn": "attention skip", "mlp": "MLP skip"}.get(branch, branch)
+        title = f"{model}: CKA, no {skips} at block {block}" if block is not None else f"{model}: CKA"
+        im = draw_heatmap(a, t, title)
+    if im is not None:
+        cka_colorbar(fig, im, axes[0][1:])
     finish_figure(fig, spec)
 
 
