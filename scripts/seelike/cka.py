@@ -71,7 +71,7 @@ NONPOSITIVE_SELF_HSIC = "nonpositive_self_hsic"
 
 __all__ = [
     "ESTIMATORS", "MIN_EXAMPLES", "CKAResult", "NegativeHSICWarning", "gram", "u_center",
-    "double_center", "hsic_all_pairs", "cka_from_minibatch_hsic", "cka_all_pairs_from_features",
+    "double_center", "hsic_all_pairs", "cka_from_minibatch_hsic", "hsic_from_features", "cka_all_pairs_from_features",
     "student_t_quantile",
 ]
 
@@ -583,33 +583,56 @@ def cka_from_minibatch_hsic(hsic: np.ndarray) -> CKAResult:
     return CKAResult(cka=cka, se=se, batch_std=batch_std, status=status, n_minibatches=m)
 
 
-def cka_all_pairs_from_features(features: Sequence[torch.Tensor], minibatch_size: int | None = None,
-                                estimator: str = "unbiased", center: bool = True,
-                                chunk_features: int = 1 << 16) -> CKAResult:
-    """Minibatch CKA of every pair of the given layers (each (N, ...), same examples in the same order).
+def _as_features(f, i: int) -> torch.Tensor:
+    """A layer's features as a tensor: numpy arrays are wrapped without a copy (copied only when
+    read-only, which torch cannot wrap)."""
+    if isinstance(f, torch.Tensor):
+        return f
+    if isinstance(f, np.ndarray):
+        return torch.from_numpy(f if f.flags.writeable else f.copy())
+    raise TypeError(f"layer {i}: expected a torch.Tensor or numpy array of shape (n, ...), got {type(f).__name__}")
 
-    Consecutive minibatches of ``minibatch_size`` examples (None: one minibatch of all N);
-    N must be a multiple of it. For cross-model CKA pass model A's layers then model B's and
-    take the off-diagonal block.
+
+def hsic_from_features(features: Sequence, minibatch_size: int | None = None, estimator: str = "unbiased",
+                       center: bool | str = True, chunk_features: int = 1 << 16) -> np.ndarray:
+    """(m, L, L) HSIC of every pair of the given layers in each of the m minibatches.
+
+    features: each (N, ...) torch tensor or numpy array, the same examples in the same order.
+    Consecutive minibatches of ``minibatch_size`` examples (None: one minibatch of all N); N must be a
+    multiple of it. Per minibatch every layer's Gram is taken with :func:`gram` (``center``) and the
+    pairs with :func:`hsic_all_pairs`, as extraction and the CKA tables do from stored Grams.
     """
     _check_estimator(estimator)
-    features = list(features)
+    features = [_as_features(f, i) for i, f in enumerate(features)]
     if not features:
-        raise ValueError("cka_all_pairs_from_features: no layers given")
+        raise ValueError("hsic_from_features: no layers given")
     n_total = features[0].shape[0]
     for i, f in enumerate(features):
         if f.shape[0] != n_total:
-            raise ValueError(f"cka_all_pairs_from_features: layer {i} has {f.shape[0]} examples, layer 0 has {n_total}")
+            raise ValueError(f"hsic_from_features: layer {i} has {f.shape[0]} examples, layer 0 has {n_total}")
     b = n_total if minibatch_size is None else int(minibatch_size)
     if b < MIN_EXAMPLES[estimator]:
-        raise ValueError(f"cka_all_pairs_from_features: minibatch_size {b} is too small for the {estimator} "
+        raise ValueError(f"hsic_from_features: minibatch_size {b} is too small for the {estimator} "
                          f"HSIC estimator (needs >= {MIN_EXAMPLES[estimator]})")
     if n_total % b:
-        raise ValueError(f"cka_all_pairs_from_features: {n_total} examples is not a multiple of minibatch_size {b}")
+        raise ValueError(f"hsic_from_features: {n_total} examples is not a multiple of minibatch_size {b}")
     per_batch = []
     for s in range(0, n_total, b):
         grams = np.empty((len(features), b, b))
         for i, f in enumerate(features):
             grams[i] = gram(f[s:s + b], chunk_features=chunk_features, center=center).cpu().numpy()
         per_batch.append(hsic_all_pairs(grams, estimator))
-    return cka_from_minibatch_hsic(np.stack(per_batch))
+    return np.stack(per_batch)
+
+
+def cka_all_pairs_from_features(features: Sequence, minibatch_size: int | None = None,
+                                estimator: str = "unbiased", center: bool | str = True,
+                                chunk_features: int = 1 << 16) -> CKAResult:
+    """Minibatch CKA of every pair of the given layers (each (N, ...) torch tensor or numpy array, same
+    examples in the same order): :func:`hsic_from_features` then :func:`cka_from_minibatch_hsic`.
+
+    Consecutive minibatches of ``minibatch_size`` examples (None: one minibatch of all N);
+    N must be a multiple of it. For cross-model CKA pass model A's layers then model B's and
+    take the off-diagonal block.
+    """
+    return cka_from_minibatch_hsic(hsic_from_features(features, minibatch_size, estimator, center, chunk_features))

@@ -63,16 +63,27 @@ def minibatch_hsic(manifests: list[dict], estimator: str) -> tuple[np.ndarray, l
 
 def cka_table(manifest_x: dict, manifest_y: dict | None, estimator: str):
     """Tidy table of CKA between every layer of x and every layer of y (y = x when None)."""
-    import pandas as pd
-    from .cka import NegativeHSICWarning, cka_from_minibatch_hsic
-
     same = manifest_y is None or manifest_y["model"] == manifest_x["model"]
     manifests = [manifest_x] if same else [manifest_x, manifest_y]
     hsic, rows, n_examples = minibatch_hsic(manifests, estimator)
+    return hsic_table(hsic, rows, len(manifest_x["layers"]), same, n_examples, estimator)
+
+
+def hsic_table(hsic: np.ndarray, rows: list[tuple[str, int, str]], lx: int, same: bool, n_examples: int,
+               estimator: str, remedy: str = "increase cka.minibatch_size"):
+    """The tidy CKA table (:data:`COLUMNS`) from (m, L, L) per-minibatch HSIC of stacked layers.
+
+    rows: (model, index, layer) of each of the L layers, x's first; lx: how many belong to x; same: x
+    compared with itself (the L rows are x's alone). Every layer of x against every layer of y, with the
+    jackknife standard error and a 95% interval (Student's t, minibatches - 1 degrees of freedom). Layer
+    pairs whose CKA is undefined get a status other than "ok", and a warning that ends with ``remedy``.
+    """
+    import pandas as pd
+    from .cka import NegativeHSICWarning, cka_from_minibatch_hsic
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NegativeHSICWarning)
         res = cka_from_minibatch_hsic(hsic)
-    lx = len(manifest_x["layers"])
     xs = range(lx)
     ys = range(lx) if same else range(lx, len(rows))
     ci_low, ci_high = res.interval(0.95)
@@ -91,7 +102,7 @@ def cka_table(manifest_x: dict, manifest_y: dict | None, estimator: str):
     if len(bad):
         layers = sorted(set(bad.layer_x) | set(bad.layer_y))
         msg = (f"CKA undefined for {len(bad)} layer pairs: the {estimator} self-HSIC estimate is <= 0 for layer(s) "
-               f"{', '.join(layers)}; these rows have status '{bad.status.iloc[0]}' (increase cka.minibatch_size)")
+               f"{', '.join(layers)}; these rows have status '{bad.status.iloc[0]}' ({remedy})")
         warnings.warn(msg, NegativeHSICWarning)
         print(f"seelike: warning: {msg}", flush=True)
     for w in caught:

@@ -23,6 +23,7 @@ TABLES = {
     "dataset": f"{RESULTS}/vision/{{dataset}}/{{table}}/{{stem}}.csv",      # from the analysis dataset's images
     "checkpoint": f"{RESULTS}/vision/checkpoint/{{table}}/{{stem}}.csv",   # the weights alone
     "experiment": f"{RESULTS}/experiments/{{table}}/{{stem}}.csv",         # cards, manifests of retrained models
+    "summary": f"{RESULTS}/{{table}}/{{stem}}.csv",                          # other tables (findings: stem = dataset)
 }
 FIGURE = f"{RESULTS}/figures/{{figure}}/{{stem}}.{{fmt}}"
 ARCHIVE = f"{RESULTS}/archive/{{run_name}}.tar.gz"

@@ -101,3 +101,44 @@ def write_sidecar(path: str | os.PathLike, record: dict) -> Path:
     out = sidecar_path(path)
     write_json_atomic(out, record)
     return out
+
+
+#: Keys every record written by :func:`collect` holds.
+RECORD_KEYS = ("seelike_version", "git", "python", "packages", "host", "created", "config", "config_hash", "inputs")
+
+
+class ProvenanceError(ValueError):
+    """A provenance sidecar that is missing, unreadable, or not a record :func:`collect` writes."""
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    """The provenance record beside the result file ``path``, checked: a JSON object with every key of
+    :data:`RECORD_KEYS`, ``inputs`` a mapping of file to sha256, and ``config_hash`` the digest of
+    ``config``. Raises ProvenanceError naming the sidecar and what to do."""
+    import json
+
+    side = sidecar_path(path)
+    remedy = f"delete '{path}' and run the workflow again to rewrite both"
+    try:
+        text = side.read_text()
+    except FileNotFoundError:
+        raise ProvenanceError(f"result '{path}' has no provenance: '{side}' is missing; {remedy}") from None
+    except OSError as e:
+        raise ProvenanceError(f"provenance '{side}' cannot be read ({e}); {remedy}") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProvenanceError(f"provenance '{side}' is not valid JSON ({e}); it is corrupt or was cut short: "
+                              f"{remedy}") from None
+    if not isinstance(record, dict):
+        raise ProvenanceError(f"provenance '{side}' holds a {type(record).__name__}, not a record; {remedy}")
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise ProvenanceError(f"provenance '{side}' lacks the key(s) {', '.join(missing)}; {remedy}")
+    inputs = record["inputs"]
+    if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
+        raise ProvenanceError(f"provenance '{side}': 'inputs' must map each input file to its sha256; {remedy}")
+    if record["config"] is not None and digest(record["config"]) != record["config_hash"]:
+        raise ProvenanceError(f"provenance '{side}': config_hash {record['config_hash']!r} is not the digest of its "
+                              f"config ({digest(record['config'])!r}): the record was edited or corrupted; {remedy}")
+    return record

@@ -48,6 +48,26 @@ def by_unit(arrays: dict) -> dict:
     return dict(sorted(units.items(), key=lambda kv: int(kv[1].get("index", 0))))
 
 
+def read_table(path, columns=()):
+    """A table another step wrote, checked before use: present, parseable, not empty, with `columns`.
+    Each failure names the file and the next step."""
+    import pandas as pd
+
+    path = Path(path)
+    fix = f"rerun the step that writes it (delete it and run the workflow again, or `snakemake --forcerun {path}`)"
+    if not path.is_file():
+        raise FileNotFoundError(f"table '{path}' is missing: {fix}")
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"table '{path}' cannot be read as CSV ({e}): {fix}") from e
+    missing = [c for c in columns if c not in table.columns]
+    if table.empty or missing:
+        what = "is empty" if table.empty else f"lacks the column(s) {', '.join(missing)}"
+        raise ValueError(f"table '{path}' {what}: {fix}")
+    return table
+
+
 def write_table(table, out, spec: dict, inputs=()) -> str:
     """Tidy CSV, written atomically, with its provenance sidecar."""
     from .. import provenance
