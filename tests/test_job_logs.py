@@ -9,7 +9,9 @@ from seelike.submit import StepFailed, run_step
 
 
 def _settings(tmp_path):
-    return step_executor({"executor": {"default": "local", "log_dir": str(tmp_path / "jobs")}}, "cka")
+    # cka runs on the host unless placed (seelike.config.HOST_STEPS): placed here as a local job
+    return step_executor({"executor": {"default": "local", "log_dir": str(tmp_path / "jobs"),
+                                       "steps": {"cka": {"executor": "local"}}}}, "cka")
 
 
 def test_local_job_output_reaches_the_step_log_and_names_its_folder(tmp_path, capsys):

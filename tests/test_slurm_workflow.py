@@ -44,6 +44,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def slurm_settings(step: str, tmp_path: Path, **resources) -> dict:
     settings = step_executor({"executor": {"default": "slurm", "log_dir": str(tmp_path / "jobs"),
+                                           "steps": {step: {"executor": "slurm"}},   # cka too (a host step)
                                            "resources": {"time_min": 5, "cpus": 1, **resources}}}, step)
     return settings
 
@@ -63,7 +64,8 @@ def test_demo_dag_on_slurm_matches_local(slurm_cluster, tiny_local_run, tmp_path
         assert len(tasks) == 2 and all("_" in t["id"] for t in tasks), tasks
         assert len({t["id"].split("_")[0] for t in tasks}) == 1
         assert all(t["state"] == "COMPLETED" for t in tasks)
-    assert any(j["name"].startswith("seelike-cka-") for j in sacct("-S", started))
+    # the CKA tables run on the host (seelike.config.HOST_STEPS): no SLURM job of theirs
+    assert not any(j["name"].startswith("seelike-cka-") for j in sacct("-S", started))
     # Same results as the local executor (one torch thread each, so training is deterministic).
     local = tiny_local_run[0] / "results" / "cka" / "synth"
     for table in sorted(local.glob("*.csv")):

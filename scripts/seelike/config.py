@@ -24,6 +24,10 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 # Steps whose jobs executor.steps can place. Fetching from the hub is not one: it always runs on the host
 # running Snakemake (compute nodes often have no internet).
 STEPS = ("train", "extract", "cka", "vision", "receptive_field", "probe")
+# Steps whose work is seconds, less than a job's start-up and queue wait: the analyses' tables and the
+# checkpoint views (vision) and the CKA tables (cka) read stored reductions. They run in the rule's own
+# process on the host running Snakemake (`inline`) unless executor.steps.<step>.executor places them.
+HOST_STEPS = ("vision", "cka")
 
 
 def _key(path: Iterable[Any]) -> str:
@@ -579,8 +583,15 @@ def load_file(path: str | os.PathLike, check_timm: bool = True) -> dict:
 
 # --- derived views used by the rules ---------------------------------------------------------
 
+def runs_on_host(cfg: dict, step: str | None) -> bool:
+    """Whether a rule whose work runs under `step` (None: a rule that runs no step) computes in its own
+    process on the host running Snakemake rather than in a submitted job: a Snakemake `localrule`."""
+    return step is None or step_executor(cfg, step)["executor"] == "inline"
+
+
 def step_executor(cfg: dict, step: str) -> dict:
-    """Where a step runs and with which resources: executor.resources, overridden per step."""
+    """Where a step runs and with which resources: executor.resources, overridden per step. The steps of
+    HOST_STEPS run inline unless executor.steps places them; the others where executor.default says."""
     if step not in STEPS:
         raise ConfigError(f"unknown step '{step}'; steps: {', '.join(STEPS)}")
     ex = cfg.get("executor", {})
@@ -589,7 +600,7 @@ def step_executor(cfg: dict, step: str) -> dict:
     resources.update(per_step.get("resources", {}))
     return {
         "step": step,
-        "executor": per_step.get("executor", ex.get("default", "local")),
+        "executor": per_step.get("executor", "inline" if step in HOST_STEPS else ex.get("default", "local")),
         "resources": resources,
         "step_resources": dict(per_step.get("resources", {})),
         "log_dir": ex.get("log_dir", paths.JOB_LOGS),

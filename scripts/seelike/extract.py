@@ -169,7 +169,7 @@ def _same(a, b) -> bool:
 
 def extract_shard(spec: dict, shard_index: int) -> str:
     """spec keys: model, card (path), dataset_key, dataset (config entry), split, plan (dict), out (path
-    template with {shard}), device, precision, sublayers, full_tokens, num_workers, provenance_config;
+    template with {shard}), device, precision, sublayers, full_tokens, num_workers (int or "auto"), provenance_config;
     optional: rendered (the split's file from the render rule, synthetic datasets), taps."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -216,16 +216,19 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
+    from .data import reads_from_memory
     from .models import LayerTaps
-    from .runtime import autocast
+    from .runtime import autocast, loader_options
 
     sp = plan.shard(shard_index)
     layer_specs = select_layers(model, card, spec.get("sublayers", False))
     layers = [l["name"] for l in layer_specs]
     ds = open_for_model(card, spec["dataset"], spec["split"], plan, rendered=spec.get("rendered"))
     b = plan.minibatch_size
-    loader = DataLoader(Subset(ds, [int(i) for i in sp.example_indices]), batch_size=b, shuffle=False,
-                        num_workers=int(spec.get("num_workers", 0)))
+    shard_items = Subset(ds, [int(i) for i in sp.example_indices])
+    loader = DataLoader(shard_items, batch_size=b, shuffle=False,
+                        **loader_options(device, spec.get("num_workers", "auto"), reads_from_memory(shard_items),
+                                        batches=-(-len(shard_items) // b)))
     shard_offset = shard_index * plan.minibatches_per_shard * b
     reducers = [GramReducer(layers), PooledReducer(layers, card.num_prefix_tokens),
                 TokenReducer(layers, int(spec.get("full_tokens", 0)), shard_offset)]

@@ -1,5 +1,6 @@
-"""Where and at what precision models run: device selection, the forward's autocast, and the
-full-float32 context that every Gram and the "fp32" forward use.
+"""Where and at what precision models run: device selection, the forward's autocast, the
+full-float32 context that every Gram and the "fp32" forward use, and the CPUs a job was given with
+the data loader settings that follow from them.
 
 Imports torch: import this module inside the functions that run models, not at the top of modules
 that the torch-free processes (config validation, job submission, waiting) import.
@@ -11,7 +12,7 @@ import os
 
 import torch
 
-__all__ = ["device", "autocast", "full_fp32"]
+__all__ = ["device", "autocast", "full_fp32", "job_cpus", "loader_options", "PREFETCH_BATCHES"]
 
 
 def device(name: str) -> torch.device:
@@ -54,3 +55,56 @@ def full_fp32():
         finally:
             torch.set_float32_matmul_precision(matmul)
             torch.backends.cudnn.allow_tf32 = cudnn
+
+
+#: Minibatches each data loader worker prepares ahead of the forward on a GPU (DataLoader's
+#: ``prefetch_factor``): two keep every worker busy while the GPU consumes the batch before.
+PREFETCH_BATCHES = 2
+
+
+def job_cpus() -> int:
+    """The CPUs this job was given: SLURM's ``--cpus-per-task`` inside a SLURM job (``SLURM_CPUS_PER_TASK``,
+    bounded by the CPUs the process may run on), else :func:`seelike.fileio.cpu_budget` (the step's
+    ``resources.cpus``, which the submission exports as ``OMP_NUM_THREADS``; without it the CPUs of
+    ``os.sched_getaffinity``)."""
+    from .fileio import cpu_budget
+
+    try:
+        slurm = int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+    except ValueError:
+        slurm = 0
+    if slurm > 0:
+        try:
+            allowed = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            allowed = os.cpu_count() or slurm
+        return max(1, min(slurm, allowed))
+    return cpu_budget()
+
+
+def loader_options(device: torch.device, num_workers, reads_from_memory: bool, batches: int | None = None) -> dict:
+    """``torch.utils.data.DataLoader`` keyword arguments of an extraction job.
+
+    ``num_workers``: an int (``extraction.num_workers``) is used as given; ``"auto"`` is the job's CPUs
+    (:func:`job_cpus`), except on a CPU for a dataset whose items are copies out of memory
+    (``reads_from_memory``: a rendered synthetic split fed without a transform, the demo's case),
+    which gets none: there the forward keeps every core busy, and a worker costs more to start and to
+    hand its batches over than such items cost to read (benchmarks/bench_loading.py). On a GPU even
+    those items (about 1 ms per 224 px image on one core) would hold up the forward, so they get
+    workers too. On CUDA, batches go through pinned memory (an asynchronous copy to the GPU) and each
+    worker prepares :data:`PREFETCH_BATCHES` minibatches ahead. ``batches``: the minibatches the loader
+    yields; each worker loads whole minibatches, so more workers than that would only idle."""
+    cuda = torch.device(device).type == "cuda"
+    if num_workers == "auto":
+        workers = 0 if reads_from_memory and not cuda else job_cpus()
+    elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"config key extraction.num_workers: {num_workers!r} is neither auto nor an int >= 0; "
+                         "set it to auto (the job's CPUs) or a number of loader worker processes")
+    else:
+        workers = num_workers
+    if batches is not None:
+        workers = min(workers, max(0, int(batches)))
+    opts = {"num_workers": workers, "pin_memory": cuda}
+    if workers and cuda:
+        opts["prefetch_factor"] = PREFETCH_BATCHES
+    return opts

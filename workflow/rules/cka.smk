@@ -1,4 +1,5 @@
-# CKA of every layer pair from the stored Grams: {x}__{x} within a model, {x}__{y} across.
+# CKA of every layer pair from the stored Grams: {x}__{x} within a model, {x}__{y} across. Seconds of
+# work: on the host running Snakemake unless executor.steps.cka places it (seelike.config.HOST_STEPS).
 rule cka:
     input:
         lambda wc: [paths.manifest(CFG, n) for n in dict.fromkeys((wc.x, wc.y))],
@@ -9,6 +10,7 @@ rule cka:
     wildcard_constraints:
         x=one_of(MODELS),
         y=one_of(MODELS),
+    localrule: seelike_config.runs_on_host(CFG, "cka")
     conda:
         CONDA_ENV
     params:

@@ -71,6 +71,7 @@ __all__ = [
     "load_split_arrays",
     "open_dataset",
     "open_rendered_split",
+    "reads_from_memory",
     "render",
     "render_masks",
     "render_labels",
@@ -163,6 +164,18 @@ def open_dataset(cfg: Mapping, split: str, transform: Callable | None = None, *,
                             "files were added, removed or renamed since, so the plan's indices would point at "
                             "other images")
     return ds
+
+
+def reads_from_memory(ds) -> bool:
+    """Whether an item of ``ds`` (a dataset from :func:`open_dataset`, or a ``torch.utils.data.Subset``
+    of one) is a copy out of memory: a synthetic split read from its rendered file (or preloaded) and
+    fed without a transform. Decoding a file, rendering a scene or running a transform is work that
+    data loader workers can take off the forward; such a copy is not (see seelike.runtime.loader_options)."""
+    import torch.utils.data
+
+    while isinstance(ds, torch.utils.data.Subset):
+        ds = ds.dataset
+    return isinstance(ds, SyntheticDataset) and ds.arrays is not None and ds.transform is None
 
 
 def _planned_fingerprint(plan) -> tuple[str, str]:

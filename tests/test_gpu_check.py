@@ -1,0 +1,57 @@
+"""benchmarks/gpu_check.py --smoke: every section of the GPU check runs its code path on CPU and reports."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_section_and_writes_its_json(tmp_path):
+    out = tmp_path / "gpu_check_smoke.json"
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")]))
+    # a generous budget: the test checks what each section reports, not how fast a busy machine is
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--budget-s", "400",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    meta, res = report["meta"], report["results"]
+    assert meta["smoke"] is True and meta["device"] == "cpu"
+    assert {s: res[s]["status"] for s in ("setup", "extract", "grams", "loading", "workflow")} == dict.fromkeys(
+        ("setup", "extract", "grams", "loading", "workflow"), "ok"), {s: res[s] for s in res if res[s]["status"] != "ok"}
+    # GPU memory cannot be measured on CPU: skipped, saying why
+    assert res["memory"]["status"] == "skipped" and "CUDA" in res["memory"]["reason"]
+
+    rows = res["extract"]["rows"]
+    assert {(r["model"], r["precision"]) for r in rows} == {(m, p) for m in ("vit_b16", "r50x1", "mixer_b16")
+                                                          for p in ("bf16", "fp32")}
+    for r in rows:
+        assert "error" not in r and "skipped" not in r, r
+        assert r["bare_s"] > 0 and r["shard0_s"] > 0 and r["shard1_s"] > 0 and r["shard1_file_bytes"] > 0, r
+        assert r["formula_bytes"] > r["params_bytes"] > 0, r
+        # the workflow's own taps were attached: the paper config's analyses for the model's family
+        assert {"localization", "norm_ratio"} <= set(r["taps"]), r["taps"]
+        if r["model"] == "vit_b16":
+            assert {"attention_distance", "attention_maps", "heads"} <= set(r["taps"]), r["taps"]
+
+    grams = res["grams"]["rows"]
+    assert {g["mode"] for g in grams} == {"highest", "tf32", "high", "medium"}
+    for g in grams:
+        assert g["gram_s"] > 0 and 0 <= g["max_abs_cka_error"] < 1e-3, g
+        if g["mode"] == "highest":   # seelike's own Grams agree with float64 Grams
+            assert g["max_abs_cka_error"] < 1e-5, g
+
+    ld = res["loading"]
+    assert ld["decode_img_s_per_worker"] > 0 and ld["loader_img_s"] > 0 and ld["workers"] >= 1
+
+    wf = res["workflow"]
+    assert wf["device"] == "cpu" and wf["missing_targets"] == [] and wf["ok"] is True
+    assert 0 < wf["state_saved_at_step"] < wf["train_steps"] and wf["resumed_from_saved_state"] is True
+    assert wf["weights_identical"] is True, wf["weights_max_abs_diff_vs_uninterrupted"]
+    assert "extract" in proc.stdout and "workflow (status ok)" in proc.stdout   # the printed table
