@@ -211,4 +211,4 @@ def test_a_new_analysis_is_one_module_and_one_caption(tmp_path):
     assert "blocks" in table.read_text() and (run / target).stat().st_size > 1000
     snakemake(run, cfgfile, "--report", str(run / "report.html"), target, snakefile=snakefile)
     html = (run / "report.html").read_text(errors="replace")
-    assert "T1 toy parameter counts" in html and "one bar per top-level module" in html
+    assert "T01 toy parameter counts" in html and "one bar per top-level module" in html

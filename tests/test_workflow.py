@@ -28,14 +28,15 @@ def planned_jobs(proc) -> dict:
 def test_demo_dag_builds(tmp_path):
     proc = snakemake(tmp_path, ROOT / "config" / "demo.yaml", "-n", "--quiet", "rules")
     jobs = planned_jobs(proc)
-    # 10 models (4 base + 6 from the retraining sweeps); 10 within + 4 configured pairs + 2 data-scale pairs
-    assert jobs["model"] == 10 and jobs["extract"] == 10 and jobs["plan"] == 1
-    # each synthetic split read is rendered once: synth train/test/analysis, synth_small train/test
-    assert jobs["render"] == 5
-    assert jobs["cka"] == 16 and jobs["figure_f1"] == 10 and jobs["figure_f2"] == 4 and jobs["figure_f14"] == 1
+    # 8 models (4 base + 4 from the retraining sweeps); 8 within + 4 configured pairs + 1 more data-scale pair
+    assert jobs["model"] == 8 and jobs["extract"] == 8 and jobs["plan"] == 1
+    # each synthetic split read is rendered once: synth train/test/analysis
+    assert jobs["render"] == 3
+    assert jobs["cka"] == 13 and jobs["figure_f1"] == 8 and jobs["figure_f2"] == 4 and jobs["figure_f14"] == 1
+    assert jobs["table_findings"] == 1
     for fig in ("f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12", "f13", "v1", "v2", "v3", "v4", "v5"):
         assert jobs.get(f"figure_{fig}", 0) >= 1, fig
-    assert sum(jobs.values()) == 107, jobs
+    assert sum(jobs.values()) == 93, jobs
 
 
 def test_catalog_test_config_dry_runs(tmp_path):
@@ -151,7 +152,7 @@ def test_end_to_end_tiny_workflow(tiny_local_run):
     assert "Nothing to be done" in again.stdout + again.stderr
     snakemake(tmp_path, cfgfile, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text(errors="replace")
-    assert "F1 within-model CKA" in html and "F14 MLP-Mixer CKA" in html
+    assert "F01 within-model CKA" in html and "F14 MLP-Mixer CKA" in html
 
 
 TINY_ANALYSES = {"attention_distance": {"n_images": 48, "less_data": ["vit"]},   # vit stands in for F4's model
@@ -205,9 +206,9 @@ def test_end_to_end_tiny_workflow_vision_analyses(tiny_local_run, tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
     snakemake(run, vfile, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text(errors="replace")
-    for category in ("F3 attention distance", "F4 attention distance, less data", "F5 attention heads vs CNN",
-                     "F6 receptive fields", "F7 norm ratios", "F9 localization", "V1 patch-embedding components",
-                     "V5 class separation by depth"):
+    for category in ("F03 attention distance", "F04 attention distance, less data", "F05 attention heads vs CNN",
+                     "F06 receptive fields", "F07 norm ratios", "F09 localization", "V01 patch-embedding components",
+                     "V05 class separation by depth"):
         assert category in html, category
 
 
