@@ -21,7 +21,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake all archive --cores $(CORES) --configfile $(CONFIG)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --report results/report.html
-	@echo "Figures in results/figures/, report at results/report.html"
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/seelike show findings
+	@echo "Figures in results/figures/, report at results/report.html, findings in results/findings/"
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -rs tests

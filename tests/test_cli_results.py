@@ -48,7 +48,7 @@ def test_status_lists_the_run_and_what_the_dag_would_make(run):
     assert "models with cards (2):" in out and "vit_tiny_patch16_224 (vit), 2 layers, test accuracy 0.250" in out
     assert "cnn                resnet18 (cnn), 8 layers" in out
     assert "extractions (2): synth: cnn, vit" in out
-    assert "tables (4):" in out and "cka (2): cka/vit__cnn, cka/vit__vit" in out
+    assert "tables (5):" in out and "cka (3): cka/cnn__cnn, cka/vit__cnn, cka/vit__vit" in out
     assert "vision (1): norm_ratio/vit" in out and "experiment (1): probes/vit" in out
     assert "findings: not written yet" in out
     assert "figures (1 in 2 files): F1 vit" in out

@@ -40,9 +40,9 @@ def test_demo_config_validates_and_fills_defaults():
     assert cfg["models"]["resnet"]["family"] == "cnn"
     from seelike.analyses.cka_maps import cross_pairs
 
-    assert cross_pairs(cfg) == [("vit", "vit_less_data"), ("vit", "resnet"), ("vit", "mixer"), ("resnet", "mixer")]
+    assert cross_pairs(cfg) == [("vit", "resnet"), ("vit", "mixer"), ("vit", "vit_frac_0p3"), ("resnet", "mixer")]
     # sweeps became models of the registry
-    assert {"vit5_none", "vit5_1", "vit5_4", "vit5_frac_0p1", "vit5_frac_0p3"} <= set(cfg["models"])
+    assert {"vit_skip_1", "vit_skip_3", "vit_frac_0p03", "vit_frac_0p3"} <= set(cfg["models"])
 
 
 def test_paper_config_validates(paper_folders):
@@ -200,17 +200,17 @@ def test_sweep_key_typo_names_the_sweep_key():
     """A misspelt sweep key is named as written, instead of adding an unknown key to every expanded
     model (F12's models would then train on all the data)."""
     def m(c):
-        c["models"]["vit5_frac"]["sweep"]["key"] = "recipe.train_fractoin"
+        c["models"]["vit_frac"]["sweep"]["key"] = "recipe.train_fractoin"
     msg = bad(m)
-    assert msg.startswith("config key models.vit5_frac.sweep.key: 'recipe.train_fractoin' is not a key of a model")
+    assert msg.startswith("config key models.vit_frac.sweep.key: 'recipe.train_fractoin' is not a key of a model")
     assert "did you mean 'recipe.train_fraction'" in msg
 
 
 def test_sweep_key_typo_below_a_created_mapping():
     def m(c):
-        c["models"]["vit5"]["sweep"]["key"] = "recipe.remove_skip.blok"
+        c["models"]["vit_skip"]["sweep"]["key"] = "recipe.remove_skip.blok"
     msg = bad(m)
-    assert msg.startswith("config key models.vit5.sweep.key: 'recipe.remove_skip.blok'")
+    assert msg.startswith("config key models.vit_skip.sweep.key: 'recipe.remove_skip.blok'")
     assert "did you mean 'recipe.remove_skip.block'" in msg
 
 
@@ -222,28 +222,28 @@ def test_sweep_key_typo_below_a_created_mapping():
 ])
 def test_bad_sweep_values_name_the_value(key, values, index, words):
     def m(c):
-        c["models"]["vit5_frac"]["sweep"] = {"key": key, "values": values}
+        c["models"]["vit_frac"]["sweep"] = {"key": key, "values": values}
     msg = bad(m)
-    assert msg.startswith(f"config key models.vit5_frac.sweep.values[{index}]: {words}"), msg
+    assert msg.startswith(f"config key models.vit_frac.sweep.values[{index}]: {words}"), msg
     assert key in msg and "\n" not in msg
 
 
 def test_sweep_value_that_breaks_the_model_is_a_schema_error_not_a_crash():
     """Sweeping source.kind to timm_hub is a schema error naming the sweep value, not a KeyError 'timm_name'."""
     def m(c):
-        c["models"]["vit5_frac"]["sweep"] = {"key": "source.kind", "values": ["timm_hub"]}
+        c["models"]["vit_frac"]["sweep"] = {"key": "source.kind", "values": ["timm_hub"]}
     msg = bad(m)
-    assert msg.startswith("config key models.vit5_frac.sweep.values[0]: with source.kind = 'timm_hub'")
+    assert msg.startswith("config key models.vit_frac.sweep.values[0]: with source.kind = 'timm_hub'")
     assert "source.timm_name: required" in msg
 
 
 def test_sweep_over_a_free_form_key_and_created_mapping_defaults():
     cfg = demo()
-    cfg["models"]["vit5_frac"]["sweep"] = {"key": "kwargs.depth", "values": [4, 6]}
-    del cfg["models"]["vit5"]["recipe"]["remove_skip"]          # the sweep creates it: defaults filled
+    cfg["models"]["vit_depth"] = {**cfg["models"]["vit"], "sweep": {"key": "kwargs.depth", "values": [4, 6]}}
+    del cfg["models"]["vit_skip"]["recipe"]["remove_skip"]          # the sweep creates it: defaults filled
     cfg = sc.load(cfg, check_timm=False)
-    assert cfg["models"]["vit5_frac_4"]["kwargs"]["depth"] == 4
-    assert cfg["models"]["vit5_1"]["recipe"]["remove_skip"] == {"block": 1, "branch": "both"}
+    assert cfg["models"]["vit_depth_4"]["kwargs"]["depth"] == 4
+    assert cfg["models"]["vit_skip_1"]["recipe"]["remove_skip"] == {"block": 1, "branch": "both"}
 
 
 # --- datasets, seeds -------------------------------------------------------------------------
@@ -251,6 +251,10 @@ def test_sweep_over_a_free_form_key_and_created_mapping_defaults():
 @pytest.mark.parametrize("dataset", ["synth", "synth_small"])   # the analysis dataset, a training-only one
 def test_synthetic_splits_are_required(dataset):
     def m(c):
+        if dataset == "synth_small":
+            c["datasets"]["synth_small"] = {"kind": "synthetic", "n_classes": 10, "image_size": 32, "seed": 0}
+            c["models"]["vit_gap"]["recipe"]["dataset"] = "synth_small"
+            return
         del c["datasets"][dataset]["splits"]
     assert bad(m) == f"config key datasets.{dataset}.splits: required, but not given"
 
@@ -315,7 +319,7 @@ def test_merge_keys_are_not_duplicates():
 @pytest.mark.parametrize("mutate, role, words", [
     (lambda c: c["analyses"].pop("localization"), "cls", "there is no analyses.localization section"),
     (lambda c: c["analyses"]["localization"].update(enabled=False), "cls", "switched off"),
-    (lambda c: c["analyses"]["localization"].update(models=["vit", "vit5_none"]), "gap", "does not list it"),
+    (lambda c: c["analyses"]["localization"].update(models=["vit", "resnet"]), "gap", "does not list it"),
 ])
 def test_gap_vs_cls_needs_localization_of_both(mutate, role, words):
     msg = bad(mutate)
@@ -324,10 +328,10 @@ def test_gap_vs_cls_needs_localization_of_both(mutate, role, words):
 
 def test_init_from_cycle_names_the_models():
     def m(c):
-        c["models"]["vit"]["recipe"]["init_from"] = "vit_less_data"
-        c["models"]["vit_less_data"]["recipe"]["init_from"] = "vit"
+        c["models"]["vit"]["recipe"]["init_from"] = "vit_gap"
+        c["models"]["vit_gap"]["recipe"]["init_from"] = "vit"
     msg = bad(m)
-    assert msg.startswith("config key models.vit.recipe.init_from: models vit -> vit_less_data -> vit")
+    assert msg.startswith("config key models.vit.recipe.init_from: models vit -> vit_gap -> vit")
 
 
 def test_n_examples_below_one_minibatch_suggests_one_size():
@@ -338,7 +342,7 @@ def test_n_examples_below_one_minibatch_suggests_one_size():
 
 def test_fetch_is_not_a_step():
     def m(c):
-        c["executor"]["steps"]["fetch"] = {"executor": "inline"}
+        c["executor"].setdefault("steps", {})["fetch"] = {"executor": "inline"}
     msg = bad(m)
     assert msg.startswith("config key executor.steps.fetch: there is no fetch step")
     assert "fetch" not in sc.STEPS and sc.step_executor(sc.load(demo(), check_timm=False), "probe")["step"] == "probe"

@@ -1,6 +1,6 @@
 """One archive of a finished run that a researcher can cite and check years later.
 
-The archive (a .tar.gz) holds the figures, tables, HTML report, config, plans, model cards and
+The archive (a .tar.gz) holds the figures, tables (the findings among them), HTML report, config, plans, model cards and
 extraction manifests, plus MANIFEST.json: the sha256 and size of every file in it, the run's
 provenance, and the large files (HDF5 shards, checkpoints) either included or referenced by
 checksum (`archive.include_large`). `verify` checks an archive (or its extracted folder) against
@@ -20,7 +20,8 @@ from .paths import RESULTS
 MANIFEST = "MANIFEST.json"
 SMALL_PATTERNS = ("figures/**/*", "cka/**/*.csv", "cka/**/*.prov.json", "plans/*.json", "models/*/card.json",
                   "models/*/metrics.csv", "models/*/metrics.csv.prov.json", "extract/*/*/manifest.json",
-                  "vision/**/*.csv", "vision/**/*.prov.json", "experiments/**/*.csv", "experiments/**/*.prov.json")
+                  "vision/**/*.csv", "vision/**/*.prov.json", "experiments/**/*.csv", "experiments/**/*.prov.json",
+                  "findings/*.csv", "findings/*.prov.json")
 LARGE_PATTERNS = ("extract/*/*/shard-*.h5", "models/*/weights.safetensors")
 TABLE_DIRS = ("cka", "vision", "experiments")
 
@@ -48,6 +49,8 @@ def _of_this_run(files: list[Path], results: Path, config: dict, figures: list[s
     def keep(p: Path) -> bool:
         rel = p.relative_to(results)
         parts, name = rel.parts, str(rel)
+        if name.removesuffix(".prov.json") in wanted:     # a target: a figure, or a table no figure draws
+            return True
         if parts[0] == "figures":
             return name.removesuffix(".prov.json") in wanted
         if parts[0] in TABLE_DIRS:

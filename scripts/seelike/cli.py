@@ -404,7 +404,11 @@ def _show_table(table, results: Path, rows: int) -> int:
     frame = table.frame
     print(f"table {table.name}" + (f" ({table.kind})" if table.kind else "") + f": {table.path}")
     print(f"{len(frame)} rows x {len(frame.columns)} columns")
-    if rows and len(frame) > rows:
+    if table.kind == "findings":
+        from .analyses.findings import format_table
+
+        print(format_table(frame, detail=True))
+    elif rows and len(frame) > rows:
         print(frame.to_string(max_rows=rows, min_rows=rows))
         print(f"(the first and last {rows // 2} of {len(frame)} rows; --rows 0 prints them all, "
               f"seelike.api.load_tables loads them as DataFrames)")

@@ -44,7 +44,10 @@ class Figure:
 
     @property
     def category(self) -> str:
-        return f"{self.id} {self.title}"
+        """The report category: the id with its number zero-padded (F01 ... F14, V01), then the title.
+        Snakemake's report lists categories sorted as text; padded, that order is the natural one."""
+        _, head, num = natural_key(self.id)
+        return f"{head}{num:02d} {self.title}" if head != self.id else f"{self.id} {self.title}"
 
     @property
     def caption(self) -> str:
@@ -70,6 +73,8 @@ class Analysis:
     settings: Optional[dict] = None            # JSON-schema properties of `analyses.<name>` besides enabled and
                                                # models; None: the analysis has no `analyses:` entry
     figures: tuple = ()
+    report_rows: Optional[dict] = None         # a table that is a report item: row name -> the ids of the figures
+                                               # that show it ("F1 F2"), linked on the report's first page
     code: tuple = ()                           # other package modules whose change reruns it
     module: str = field(default="", compare=False)       # set at discovery: the declaring module's file
 
@@ -269,6 +274,11 @@ def final_figures(cfg: dict) -> list[str]:
         for stem in figure_stems(cfg, f, a):
             out += paths.figures(cfg, f.id, stem)
     return out
+
+
+def final_tables(cfg: dict) -> list[str]:
+    """The tables of analyses that draw no figure (the findings): targets in their own right."""
+    return [p for a in with_tables() if not a.figures for stem in stems(cfg, a) for p in table_paths(cfg, a, stem)]
 
 
 # ----------------------------------------------------------------------------- step entry points

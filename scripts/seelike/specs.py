@@ -109,5 +109,6 @@ def archive_spec(cfg: dict, config_file: str, snakefile: str) -> dict:
 
 
 def final_targets(cfg: dict) -> list[str]:
-    """Every figure the config asks for (the CKA, vision and experiment tables are their inputs)."""
-    return registry.final_figures(cfg)
+    """Every figure the config asks for (the CKA, vision and experiment tables are their inputs), and the
+    tables no figure draws (the findings)."""
+    return registry.final_tables(cfg) + registry.final_figures(cfg)

@@ -2,6 +2,15 @@
 # generated from the registry. Which model gets which analysis: the `analyses:` and `experiments:`
 # config sections; what each computes and draws: its module under scripts/seelike/analyses/. Their
 # input and params functions are in rules/common.smk.
+#
+# The HTML report (workflow/report/workflow.rst is its first page) holds one item per figure: the
+# file of the first format in REPORT_FORMATS that figures.formats lists; the other formats stay in
+# results/figures. Each figure family is a category named by registry.Figure.category, each item is
+# labelled by its model(s). Summary tables (the findings) are items of FINDINGS_CATEGORY, a name
+# that sorts before the figures'; the first page shows every table item of the report.
+REPORT_FORMATS = ("png", "svg", "pdf")
+REPORT_FORMAT = next(f for f in REPORT_FORMATS if f in FORMATS)
+FINDINGS_CATEGORY = "Checked findings"
 
 
 for analysis in registry.with_tables():
@@ -16,12 +25,23 @@ for analysis in registry.with_tables():
         input:
             table_inputs(analysis),
         output:
-            outputs,
+            (
+                [
+                    report(
+                        o,
+                        category=FINDINGS_CATEGORY,
+                        labels={"table": t, **(analysis.report_rows or {})},
+                    )
+                    for o, t in zip(outputs, analysis.table_names)
+                ]
+                if analysis.source == "summary"
+                else outputs
+            ),
         log:
             paths.log(outputs[0]),
         wildcard_constraints:
             stem=one_of(registry.stems(CFG, analysis)),
-        localrule: analysis.step is None
+        localrule: seelike_config.runs_on_host(CFG, analysis.step)
         conda:
             CONDA_ENV
         params:
@@ -45,12 +65,19 @@ for figure, analysis in registry.figures():
         input:
             figure_tables(figure.id),
         output:
-            report(
-                expand(pattern, fmt=FORMATS, allow_missing=True),
-                caption=str(caption),
-                category=figure.category,
-                subcategory="{stem}",
-            ),
+            [
+                (
+                    report(
+                        paths.partial(pattern, fmt=fmt),
+                        caption=str(caption),
+                        category=figure.category,
+                        labels=lambda wc: {"model": wc.stem.replace("__", " vs ")},
+                    )
+                    if fmt == REPORT_FORMAT
+                    else paths.partial(pattern, fmt=fmt)
+                )
+                for fmt in FORMATS
+            ],
         log:
             paths.log(pattern),
         wildcard_constraints:
