@@ -28,8 +28,9 @@ The statistics (their names are the ``statistic`` column):
    depth (layer index / (layers - 1)), mean over such pairs, ViT minus CNN. A ViT's uniform
    representation keeps it high; a CNN's stages make it fall.
 2. ``local_heads_more - local_heads_less``: fraction of the lower half's attention heads whose mean
-   distance is below ``LOCAL`` x the distance of uniform attention, more-data model minus
-   less-data model; the more-data model must also have local heads (fraction above 0).
+   distance is below ``LOCAL`` x the distance of uniform attention, more-data model (of the
+   less-data model's architecture when one is configured) minus less-data model; the more-data
+   model must also have local heads (fraction above 0).
 3. ``accuracy_cost``: test accuracy of the baseline minus that of the model whose skip connection
    was removed at the ablated block nearest the middle of the depth.
 4. ``peak_cls - peak_gap``: localization peak (CKA of the input patch at p with the final-layer
@@ -65,8 +66,8 @@ STATEMENTS = {
     6: "MLP-Mixer representations are closer to a ViT's than to a CNN's",
 }
 FIGURES = {1: "F1 F2", 2: "F3 F4", 3: "F7 F8", 4: "F9 F10", 5: "F12 F13", 6: "F14"}
-COLUMNS = ["finding", "statement", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict",
-           "models", "tables", "figures", "detail"]
+COLUMNS = ["finding", "statement", "verdict", "statistic", "value", "ci_low", "ci_high", "threshold", "figures",
+           "models", "tables", "detail"]
 
 
 @dataclass(frozen=True)
@@ -295,9 +296,12 @@ def plan(cfg: dict) -> list[dict]:
     less = [m for m in section(cfg, "attention_distance").get("less_data", []) if m in dist]
     more = [m for m in dist if m not in less]
     if less and more:
-        out.append({"finding": 2, "models": {"more": more[0], "less": less[0]},
+        # the more-data twin of the less-data model: the same architecture when one is configured
+        arch = cfg["models"][less[0]].get("arch")
+        twin = next((m for m in more if cfg["models"][m].get("arch") == arch), more[0])
+        out.append({"finding": 2, "models": {"more": twin, "less": less[0]},
                     "tables": {r: paths.table(cfg, "dataset", "attention_distance", m)
-                               for r, m in (("more", more[0]), ("less", less[0]))}})
+                               for r, m in (("more", twin), ("less", less[0]))}})
     else:
         out.append({"finding": 2, "missing": "a ViT trained on less data in analyses.attention_distance.less_data, "
                                              "and one trained on more data in analyses.attention_distance.models"})
