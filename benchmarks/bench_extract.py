@@ -166,7 +166,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
     shard extract_shard wrote (read back), as extraction writes them."""
     import h5py
     from seelike.cka import gram
-    from seelike.extract import GramReducer, PooledReducer, TokenReducer, Batch, check_finite, select_layers
+    from seelike.extract import GramReducer, PooledReducer, TokenReducer, check_finite, select_layers
     from seelike.models import LayerTaps, ModelCard, build_model, verify_checkpoint
     from seelike.store import write_shard
 
@@ -199,8 +199,6 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
                 out = clock("forward_with_taps", lambda: model(x))
                 acts = {l: taps.outputs[l] for l in layers}
                 taps.clear()
-    batch = Batch(minibatch_id=0, positions=pos, example_indices=idx, activations=acts,
-                  num_prefix_tokens=card.num_prefix_tokens)
     flops = arithmetic(model, x, acts)
     cont = {l: (a.mT if not a.is_contiguous() and a.mT.is_contiguous() else a) for l, a in acts.items()}
     for _ in range(reps + 1):                              # first round: warm-up, dropped below
@@ -211,7 +209,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
             r = make()
             if hasattr(r, "begin"):                        # Reducer.begin where the package has it (no-op)
                 r.begin(pos, idx)
-            clock(name, lambda: r.update(batch))
+            clock(name, lambda: [r.consume(l, acts[l]) for l in layers])   # what each layer's hook does
         clock("logits", lambda: out.float().cpu().numpy())
         # What-if (not part of extraction): CNN taps are (n, h*w, c) transposed views of NCHW memory;
         # the NaN check and the Gram are the same on the contiguous (n, c, h*w) view, with no copy.
@@ -219,7 +217,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
         clock("whatif_gram_contiguous", lambda: [gram(a) for a in cont.values()])
     for k in steps[2:]:
         t[k], tc[k] = t[k][1:], tc[k][1:]
-    del acts, batch, cont, model
+    del acts, cont, model
     gc.collect()
 
     with h5py.File(shard_file, "r") as f:

@@ -33,7 +33,7 @@ import torch
 
 import seelike.models.archs  # noqa: F401
 from seelike.analyses.reducers import vision_reducers
-from seelike.extract import Batch, GramReducer, PooledReducer, TokenReducer, attached, check_finite
+from seelike.extract import Batch, GramReducer, LayerStream, PooledReducer, TokenReducer, attached
 from seelike.models.card import ModelCard
 from seelike.models.layers import LayerTaps, detect_family, enumerate_layers
 
@@ -80,16 +80,16 @@ def run_extraction(model, card, layers, x, taps: dict | None, minibatches: int) 
         reducers += vision_reducers(taps, model=model, card=card, model_name=card.name, layer_specs=layers,
                                     shard_offset=0, device=x.device)
     n = len(x)
-    with LayerTaps(model, layers, card.num_prefix_tokens) as t, attached(reducers, model), torch.no_grad():
+    stream = LayerStream(names, reducers)    # each layer checked and reduced inside its hook, as in extraction
+    with LayerTaps(model, layers, card.num_prefix_tokens, consume=stream), attached(reducers, model), torch.no_grad():
         for mb in range(minibatches):
             idx = np.arange(mb * n, (mb + 1) * n)
             for r in reducers:
                 r.begin(idx, idx)
-            t.clear()
+            stream.begin(idx)
             out = model(x)
-            acts = {l: t.outputs[l] for l in names}
-            check_finite(acts, idx)
-            batch = Batch(mb, idx, idx, acts, card.num_prefix_tokens, inputs=x)
+            stream.end()
+            batch = Batch(mb, idx, idx, card.num_prefix_tokens, inputs=x)
             for r in reducers:
                 r.update(batch)
             out.float().cpu().numpy()

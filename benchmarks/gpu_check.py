@@ -24,7 +24,7 @@ extract   ViT-B/16, BiT-R50x1 (timm resnetv2_50x1_bit) and Mixer-B/16 at 224 px,
           (`seelike.runtime.loader_options`, num_workers auto) takes to hand the shard's minibatches to the
           device with nothing else running, as % of the k bare forwards (above 100%: loading binds).
 memory    (CUDA only) peak `torch.cuda.max_memory_allocated` of the bare forward and of each extract_shard
-          against config/README.md's formula: parameters + b x sum over layers (tokens x dim) x 4 bytes.
+          against config/README.md's device estimate: 1.25 x parameters + input + the family's working set.
 grams     for each Gram precision: `highest` (float32 products, TF32 off: what seelike.cka.gram uses),
           `tf32` (torch.backends.cuda.matmul.allow_tf32 = True), `high`
           (torch.set_float32_matmul_precision("high")), `medium` (bf16 products): seelike.cka.gram
@@ -242,17 +242,13 @@ class Setup:
 
 
 def formula_bytes(model, card, x: torch.Tensor) -> dict:
-    """config/README.md's peak formula: parameters + b x sum over tapped layers (tokens x dim) x 4 bytes."""
-    from seelike.models import LayerTaps
+    """config/README.md's device estimate ("Extraction memory"): 1.25 P + the minibatch's input + the
+    family's forward working set Wf; the formula itself is bench_memory.formula_bytes's."""
+    from bench_memory import formula_bytes as extraction_formula
 
-    with torch.no_grad(), LayerTaps(model, card.layers, card.num_prefix_tokens) as taps:
-        model(x[:2])
-        per_example = sum(a[0].numel() for a in taps.outputs.values())
-        taps.clear()
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    acts = x.shape[0] * per_example * 4
-    return {"params_bytes": params, "activations_bytes": acts, "formula_bytes": params + acts,
-            "tokens_x_dim_per_example": per_example}
+    f = extraction_formula(model, card, card.family, x.shape[0], full_tokens=0)
+    device = f["params"] + f["params"] // 4 + f["inputs"] // 2 + f["work"]
+    return {"params_bytes": f["params"], "activations_bytes": f["work"], "formula_bytes": device}
 
 
 # ----------------------------------------------------------------------------- sections

@@ -417,15 +417,15 @@ def test_gram_auto_keeps_cka_accurate_for_offset_activations():
 def test_extraction_stores_the_centred_gram():
     """The shard's Gram is H K H of the layer's activations (float64 reference), for ordinary
     activations and for a transformer-like residual stream with a large common offset."""
-    from types import SimpleNamespace
     from seelike.extract import GramReducer
 
     g = torch.Generator().manual_seed(11)
     acts = {"relu": torch.relu(torch.randn(32, 4, 5, 5, generator=g)),
             "stream": torch.randn(32, 9, 16, generator=g) + 200.0 * torch.randn(9, 16, generator=g)}
     r = GramReducer(list(acts))
-    r.update(SimpleNamespace(activations=acts))
-    r.update(SimpleNamespace(activations={k: v.flip(0) for k, v in acts.items()}))
+    for feats in (acts, {k: v.flip(0) for k, v in acts.items()}):
+        for name, x in feats.items():
+            r.consume(name, x)
     out = r.result()
     for name, x in acts.items():
         stored = out[f"layers/{name}/gram"]

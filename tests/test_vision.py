@@ -90,7 +90,7 @@ def test_attention_distance_through_a_real_vit_with_rectangular_patches():
         assert not vit.blocks[0].attn.fused_attn          # explicit path only while tapping
         r.begin(np.arange(4), np.arange(10, 14))
         vit(x)
-        r.update(Batch(0, np.arange(4), np.arange(10, 14), {}, 1, inputs=x))
+        r.update(Batch(0, np.arange(4), np.arange(10, 14), 1, inputs=x))
     assert vit.blocks[0].attn.fused_attn                  # restored
     out = r.result()
     ref = _mean_pairwise_reference((4, 4), (4.0, 8.0))
@@ -233,7 +233,10 @@ def test_patches_passed_through_unchanged_give_a_diagonal_localization_map():
         x = torch.rand(b, 3, 12, 12)
         patches = x.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).reshape(b, 9, 48)
         tokens = torch.cat([torch.randn(b, 1, 48), patches], 1)          # a CLS token, then the patches
-        r.update(Batch(mb, np.arange(mb * b, (mb + 1) * b), np.arange(b), {"final": tokens}, 1, inputs=x))
+        pos = np.arange(mb * b, (mb + 1) * b)
+        r.begin(pos, np.arange(b))
+        r.consume("final", tokens)
+        r.update(Batch(mb, pos, np.arange(b), 1, inputs=x))
     out = r.result()
     assert out["layers/final/positions/gram"].shape == (m, 9, b, b)
     cka, se, status, n = localization_cka(out["reductions/localization/input/gram"], out["layers/final/positions/gram"])
@@ -453,7 +456,7 @@ def test_norm_ratio_refuses_a_stream_modified_in_place():
 ])
 def test_all_taps_leave_the_outputs_unchanged(arch, kwargs, size, expect_layer):
     from seelike.analyses.reducers import vision_reducers
-    from seelike.extract import GramReducer
+    from seelike.extract import GramReducer, LayerStream
     from seelike.models.card import ModelCard
     from seelike.models.layers import detect_family
 
@@ -474,16 +477,18 @@ def test_all_taps_leave_the_outputs_unchanged(arch, kwargs, size, expect_layer):
         ref = [model(xb) for xb in x]
     reducers = [GramReducer(names)] + vision_reducers(taps, model=model, card=card, model_name="m", layer_specs=layers,
                                                       shard_offset=0, device="cpu")
-    with LayerTaps(model, layers, card.num_prefix_tokens) as t, attached(reducers, model), torch.no_grad():
+    stream = LayerStream(names, reducers)
+    with LayerTaps(model, layers, card.num_prefix_tokens, consume=stream), attached(reducers, model), torch.no_grad():
         for mb, xb in enumerate(x):
             idx = np.arange(mb * 8, mb * 8 + 8)
             for r in reducers:
                 r.begin(idx, idx)
-            t.clear()
+            stream.begin(idx)
             out = model(xb)
+            stream.end()
             torch.testing.assert_close(out, ref[mb], rtol=0, atol=1e-5)
             for r in reducers:
-                r.update(Batch(mb, idx, idx, {n: t.outputs[n] for n in names}, card.num_prefix_tokens, inputs=xb))
+                r.update(Batch(mb, idx, idx, card.num_prefix_tokens, inputs=xb))
     arrays = {k: v for r in reducers for k, v in r.result().items()}
     assert int(arrays["reductions/localization/layer_index"]) == names.index(expect_layer)
     assert arrays[f"layers/{expect_layer}/positions/gram"].shape[:2] == (2, int(np.prod(arrays["reductions/localization/grid"])))

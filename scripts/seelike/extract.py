@@ -5,9 +5,9 @@ features (CLS token and token mean), and full tokens only for the first `full_to
 the plan. Reductions are small objects with one method per minibatch, so later analyses (attention
 distances, norm ratios, per-position Grams) add a reducer rather than restructure the store.
 
-Peak memory: one forward pass of `cka.minibatch_size` examples with every tapped layer held until
-its Gram is taken, i.e. about b * sum_layers(tokens * dim) * 4 bytes on the device, plus the
-model. Lower `cka.minibatch_size` to bound it.
+Every tapped layer is reduced inside its forward hook, as soon as its output exists (finite check,
+Gram, pooled features, the first examples' tokens), and dropped: the peak is the forward pass's own
+working set plus about one layer and its Gram's float32 chunk (README, "Extraction memory").
 """
 from __future__ import annotations
 
@@ -32,11 +32,10 @@ class GramReducer(Reducer):
         self.layers = layers
         self.grams = {l: [] for l in layers}
 
-    def update(self, batch):
+    def consume(self, layer, a):
         from .cka import gram
 
-        for l in self.layers:
-            self.grams[l].append(gram(batch.activations[l], center="auto").cpu().numpy())
+        self.grams[layer].append(gram(a, center="auto").cpu().numpy())
 
     def result(self):
         from .store import layer_path
@@ -53,12 +52,11 @@ class PooledReducer(Reducer):
         self.cls = {l: [] for l in layers}
         self.mean = {l: [] for l in layers}
 
-    def update(self, batch):
-        for l in self.layers:
-            a = batch.activations[l].float()
-            if self.p:
-                self.cls[l].append(a[:, 0].cpu().numpy())
-            self.mean[l].append(a[:, self.p:].mean(1).cpu().numpy())
+    def consume(self, layer, a):
+        a = a.float()
+        if self.p:   # a copy: on the CPU a[:, 0].numpy() is a view that would keep the whole layer alive
+            self.cls[layer].append(a[:, 0].cpu().numpy().copy())
+        self.mean[layer].append(a[:, self.p:].mean(1).cpu().numpy())
 
     def result(self):
         from .store import layer_path
@@ -78,14 +76,14 @@ class TokenReducer(Reducer):
     def __init__(self, layers, plan_positions_limit: int, shard_offset: int):
         self.layers, self.limit, self.offset = layers, plan_positions_limit, shard_offset
         self.tokens = {l: [] for l in layers}
+        self._sel = np.zeros(0, dtype=np.int64)
 
-    def update(self, batch):
-        keep = (batch.positions + self.offset) < self.limit
-        if not keep.any():
-            return
-        sel = np.flatnonzero(keep)
-        for l in self.layers:
-            self.tokens[l].append(batch.activations[l][sel].float().cpu().numpy())
+    def begin(self, positions, example_indices):
+        self._sel = np.flatnonzero((np.asarray(positions) + self.offset) < self.limit)
+
+    def consume(self, layer, a):
+        if self._sel.size:
+            self.tokens[layer].append(a[self._sel].float().cpu().numpy())
 
     def result(self):
         from .store import layer_path
@@ -104,6 +102,38 @@ def attached(reducers, model):
     finally:
         while handles:
             handles.pop().remove()
+
+
+class LayerStream:
+    """LayerTaps' ``consume`` during extraction: each tapped layer's output, as soon as it exists, is
+    checked for NaN/Inf and handed to every reducer's ``consume``, then dropped. Each tapped layer must
+    run exactly once per forward pass (a module run twice would be reduced twice)."""
+
+    def __init__(self, layers: list[str], reducers: list[Reducer]):
+        self.layers, self.reducers = list(layers), reducers
+        self.seen: set[str] = set()
+        self.example_indices = np.zeros(0, dtype=np.int64)
+
+    def begin(self, example_indices: np.ndarray) -> None:
+        self.example_indices = example_indices
+        self.seen.clear()
+
+    def __call__(self, layer: str, activation) -> None:
+        from .runtime import full_fp32
+
+        if layer in self.seen:
+            raise RuntimeError(f"layer '{layer}' ran twice in one forward pass; extraction taps each layer once")
+        self.seen.add(layer)
+        # Reductions are float32 at full precision, outside the forward's autocast (a hook runs inside it).
+        with full_fp32():
+            check_finite({layer: activation}, self.example_indices)
+            for r in self.reducers:
+                r.consume(layer, activation)
+
+    def end(self) -> None:
+        missing = [l for l in self.layers if l not in self.seen]
+        if missing:
+            raise RuntimeError(f"tapped layers that did not run in the forward pass: {', '.join(missing)}")
 
 
 def check_finite(activations: dict, example_indices: np.ndarray) -> None:
@@ -242,7 +272,9 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
     bar = tqdm(total=len(sp.example_indices), desc=f"extract {spec['model']} shard {shard_index}",
                file=sys.stderr, unit="img", mininterval=5)
     pos = 0
-    with LayerTaps(model, layer_specs, card.num_prefix_tokens) as taps, attached(reducers, model), torch.no_grad():
+    stream = LayerStream(layers, reducers)
+    with (LayerTaps(model, layer_specs, card.num_prefix_tokens, consume=stream), attached(reducers, model),
+          torch.no_grad()):
         for x, y, idx in loader:
             n = len(y)
             idx = np.asarray(idx)
@@ -250,15 +282,13 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
                 raise RuntimeError(f"data loader order differs from the plan in shard {shard_index}")
             for r in reducers:
                 r.begin(np.arange(pos, pos + n), idx)
-            taps.clear()
+            stream.begin(idx)
             x = x.to(device, non_blocking=True)
             with autocast(device, precision):
-                out = model(x)
-            acts = {l: taps.outputs[l] for l in layers}
-            check_finite(acts, idx)
+                out = model(x)       # every tapped layer is reduced inside its hook (LayerStream)
+            stream.end()
             batch = Batch(minibatch_id=int(sp.minibatch_ids[pos]), positions=np.arange(pos, pos + n),
-                          example_indices=idx, activations=acts, num_prefix_tokens=card.num_prefix_tokens,
-                          inputs=x)
+                          example_indices=idx, num_prefix_tokens=card.num_prefix_tokens, inputs=x)
             for r in reducers:
                 r.update(batch)
             logits.append(out.float().cpu().numpy())
@@ -266,7 +296,6 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
             pos += n
             bar.update(n)
     bar.close()
-    taps.clear()
     arrays = {"logits": np.concatenate(logits), "labels": np.concatenate(labels).astype(np.int64)}
     for r in reducers:
         arrays.update(r.result())

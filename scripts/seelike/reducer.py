@@ -20,7 +20,6 @@ class Batch:
     minibatch_id: int
     positions: np.ndarray         # positions of these examples within the shard
     example_indices: np.ndarray   # dataset indices
-    activations: dict             # layer name -> tensor (b, t, d), token layout
     num_prefix_tokens: int
     inputs: Any = None            # the model's input (b, C, H, W) on the device
 
@@ -28,8 +27,11 @@ class Batch:
 class Reducer:
     """Consumes minibatches, returns arrays keyed by store path. Subclasses declare `name`.
 
-    A reducer that needs more than the layers' outputs registers its own hooks in `attach` (and
-    reduces inside them, so nothing is held across blocks); `begin` runs before each forward pass.
+    Per minibatch: `begin` before the forward pass; `consume` inside it, once per tapped layer, as
+    soon as that layer's output exists; `update` after it. A layer's tensor is reduced in `consume`
+    and dropped, so that only one tapped layer is alive at a time; a reducer that needs a layer
+    after the forward keeps that one reference itself, and only that one. A reducer that needs more
+    than the layers' outputs registers its own hooks in `attach` (and reduces inside them too).
     """
     name = "reducer"
 
@@ -40,8 +42,11 @@ class Reducer:
     def begin(self, positions: np.ndarray, example_indices: np.ndarray) -> None:
         """Called before the forward pass of the minibatch at these shard positions."""
 
+    def consume(self, layer: str, activation) -> None:
+        """Inside the forward pass: `activation` (b, t, d), token layout, on the device, of tapped `layer`."""
+
     def update(self, batch: Batch) -> None:
-        raise NotImplementedError
+        """After the forward pass of the minibatch."""
 
     def result(self) -> dict:
         raise NotImplementedError

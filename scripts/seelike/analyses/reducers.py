@@ -14,7 +14,7 @@ Store paths (all per shard; sums over images are sums, so shards combine exactly
     reductions/heads/<block>/gram (m, heads, b, b), .../index  per-head Grams per CKA minibatch
     reductions/norm_ratio/<sublayer>/{z_norm_sum, f_norm_sum, ratio_sum, count, ratio_count} (2,) [cls, spatial]
     reductions/norm_ratio/<sublayer>/index
-    layers/<layer>/positions/gram (m', Q, b, b)                per-position Grams of the localization layer
+    layers/<layer>/positions/gram (m', Q, b, b) float32        per-position Grams of the localization layer
     reductions/localization/input/gram (m', P, b, b)           Grams of the input cells at the chosen positions
     reductions/localization/{positions (P, 2), grid (2,), cell (2,), minibatch_ids (m',), layer_index}
 """
@@ -281,20 +281,39 @@ class PositionGramReducer(Reducer):
     name = "localization"
 
     def __init__(self, layer: str, layer_index: int, grid, cell, input_hw, positions: list, n_images: int,
-                 shard_offset: int, num_prefix_tokens: int, resolve=None):
+                 shard_offset: int, num_prefix_tokens: int, resolve=None, rank=None):
         """`positions`: grid cells (row, col). With `resolve` (a callable returning layer, layer_index, grid,
-        cell, positions) these are found at the first minibatch instead (layer ... positions: None)."""
-        self.input_hw, self.resolve = input_hw, resolve
+        cell, positions) these are found after the first minibatch's forward pass instead (layer ... positions:
+        None); `rank(name)` then tells, inside that pass, which layers `resolve` may pick (None: not this one),
+        and the highest-ranked layer seen is the one kept."""
+        self.input_hw, self.resolve, self.rank = input_hw, resolve, rank
         if resolve is None:
             self._set(layer, layer_index, grid, cell, positions)
         self.n_images, self.offset, self.p = int(n_images), int(shard_offset), int(num_prefix_tokens)
         self.layer_grams, self.input_grams, self.minibatch_ids = [], [], []
+        self._held = None        # (rank, layer, tokens): the one layer output kept past the forward pass
+        self._active = False
 
     def _set(self, layer, layer_index, grid, cell, positions):
         self.layer, self.layer_index = layer, int(layer_index)
         self.grid, self.cell = tuple(int(g) for g in grid), tuple(float(c) for c in cell)
         self.rows, self.cols = geometry.cell_bounds(self.grid, self.cell, self.input_hw)
         self.positions = [tuple(p) for p in positions]
+
+    def begin(self, positions, example_indices):
+        self._held = None
+        self._active = self.offset + int(positions[0]) < self.n_images
+
+    def consume(self, layer, a):
+        if not self._active:
+            return
+        if self.resolve is None:
+            if layer == self.layer:
+                self._held = (0, layer, a)
+            return
+        r = self.rank(layer)
+        if r is not None and (self._held is None or r > self._held[0]):
+            self._held = (r, layer, a)
 
     def update(self, batch):
         import torch
@@ -304,15 +323,19 @@ class PositionGramReducer(Reducer):
         if self.resolve is not None:
             self._set(*self.resolve())
             self.resolve = None
-        if self.offset + int(batch.positions[0]) >= self.n_images:
+        held, self._held = self._held, None
+        if not self._active:
             return
-        tok = batch.activations[self.layer]
+        if held is None or held[1] != self.layer:
+            raise RuntimeError(f"localization layer {self.layer}: its output was not kept during the forward pass")
+        tok = held[2]
         spatial = tok[:, self.p:] if tok.shape[1] == self.p + self.grid[0] * self.grid[1] else tok
         if spatial.shape[1] != self.grid[0] * self.grid[1]:
             raise ValueError(f"localization layer {self.layer}: {spatial.shape[1]} positions, expected grid {self.grid}")
         s = spatial.transpose(0, 1).float()                            # (Q, b, d)
         with torch.no_grad(), full_fp32():
-            self.layer_grams.append((s @ s.transpose(1, 2)).double().cpu().numpy())
+            # float32 products, stored as float32: the same bits a float64 copy would hold, half the bytes
+            self.layer_grams.append((s @ s.transpose(1, 2)).cpu().numpy().astype(np.float32, copy=False))
         x = batch.inputs
         cells = [x[:, :, self.rows[r]:self.rows[r + 1], self.cols[c]:self.cols[c + 1]] for r, c in self.positions]
         self.input_grams.append(np.stack([gram(c, center="auto").cpu().numpy() for c in cells]))
@@ -325,7 +348,7 @@ class PositionGramReducer(Reducer):
         b = self.layer_grams[0].shape[-1] if self.layer_grams else 0
         return {
             layer_path(self.layer, "positions/gram"): (np.stack(self.layer_grams) if self.layer_grams
-                                                       else np.zeros((0, q, b, b))),
+                                                       else np.zeros((0, q, b, b), dtype=np.float32)),
             f"{LOCALIZATION}/input/gram": np.stack(self.input_grams) if self.input_grams else np.zeros((0, pcount, b, b)),
             f"{LOCALIZATION}/positions": np.asarray(self.positions, dtype=np.int64).reshape(-1, 2),
             f"{LOCALIZATION}/grid": np.asarray(self.grid, dtype=np.int64),
@@ -353,10 +376,11 @@ class LayerShapes(Reducer):
 
         for layer in self.layer_specs:
             module, name = get_module(model, layer["module"]), layer["name"]
+            # prepend: the shape is known before any other hook on the module sees its output
             if layer.get("tap", "output") == "input":
-                h = module.register_forward_pre_hook(lambda m, a, n=name: record(n, a))
+                h = module.register_forward_pre_hook(lambda m, a, n=name: record(n, a), prepend=True)
             else:
-                h = module.register_forward_hook(lambda m, a, o, n=name: record(n, o))
+                h = module.register_forward_hook(lambda m, a, o, n=name: record(n, o), prepend=True)
             self._handles.append(h)
         return list(self._handles)
 
@@ -407,6 +431,11 @@ def layer_grids(model, layer_specs: list[dict], input_size, num_prefix_tokens: i
                              (int(input_size[1]), int(input_size[2])))
 
 
+def _localizable(g) -> bool:
+    """Whether a layer with this (grid, cell) can be F9's layer: a spatial map of at least 2 x 2."""
+    return g is not None and g[0][0] >= 2 and g[0][1] >= 2
+
+
 def _localization_layer(model_name: str, layers: list[str], grids: dict, requested: str | None) -> str:
     if requested:
         if requested not in layers:
@@ -416,8 +445,7 @@ def _localization_layer(model_name: str, layers: list[str], grids: dict, request
             raise ValueError(f"analyses.localization: layer '{requested}' of '{model_name}' has no spatial grid")
         return requested
     for name in reversed(layers):   # the final layer, unless its map is smaller than 2 x 2
-        g = grids.get(name)
-        if g is not None and g[0][0] >= 2 and g[0][1] >= 2:
+        if _localizable(grids.get(name)):
             return name
     raise ValueError(f"analyses.localization: no layer of '{model_name}' has a spatial grid of at least 2 x 2")
 
@@ -455,8 +483,15 @@ def vision_reducers(taps: dict, *, model, card, model_name: str, layer_specs: li
             grid, cell = grids[layer]
             return layer, names.index(layer), grid, cell, geometry.cells_from_fractions(t["positions"], grid)
 
+        def rank(name):   # inside the first forward pass: may `resolve` pick this layer? (its shape is known)
+            if t.get("layer"):
+                return 0 if name == t["layer"] else None
+            spec = layer_specs[names.index(name)]
+            return names.index(name) if _localizable(grids_from_shapes(model, [spec], probe.shapes, p, hw).get(name)) \
+                else None
+
         if t.get("layer") and t["layer"] not in names:   # a bad name fails before the first minibatch
             _localization_layer(model_name, names, {}, t["layer"])
         out += [probe, PositionGramReducer(None, 0, None, None, hw, None, int(t["n_images"]), shard_offset, p,
-                                           resolve=resolve)]
+                                           resolve=resolve, rank=rank)]
     return out

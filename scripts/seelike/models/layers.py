@@ -402,14 +402,19 @@ class LayerTaps:
     Tensors are detached (``detach=False`` keeps the graph, e.g. for receptive fields) and
     stay on the device. A module that runs twice in one forward keeps its last value.
     Hooks are removed on exit, also when the block raises.
+
+    With ``consume`` (a callable ``consume(name, tensor)``) nothing is kept: each layer's tensor
+    is handed to ``consume`` inside its hook, as soon as it exists, and ``outputs`` stays empty.
+    Extraction reduces every layer there, so no more than one tapped layer is alive at a time.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[Dict[str, Any]], num_prefix_tokens: int = 0,
-                 detach: bool = True):
+                 detach: bool = True, consume: Optional[Callable[[str, torch.Tensor], None]] = None):
         self.model = model
         self.layers = [dict(layer) for layer in layers]
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.detach = detach
+        self.consume = consume
         self._store: Dict[str, torch.Tensor] = {}
         self._handles: List[Any] = []
         names = [layer["name"] for layer in self.layers]
@@ -446,7 +451,11 @@ class LayerTaps:
 
     # -- storage
     def store(self, layer: Dict[str, Any], value: torch.Tensor) -> None:
-        self._store[layer["name"]] = value.detach() if self.detach else value
+        value = value.detach() if self.detach else value
+        if self.consume is not None:
+            self.consume(layer["name"], value)
+        else:
+            self._store[layer["name"]] = value
 
     def clear(self) -> None:
         self._store.clear()

@@ -1,0 +1,137 @@
+"""Extraction reduces every tapped layer inside its forward hook and drops it (seelike.extract.LayerStream).
+
+The shard must hold exactly what reducing the layers after the forward pass gives: the reference here
+is that post-forward path, written out independently (LayerTaps holding every layer's output until
+the forward ends, then Grams, pooled features, tokens, per-position Grams), and every float array
+must be bit-equal to it, not merely close.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+MODELS = {
+    "vit": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2,
+                                     "num_classes": 10}),
+    "resnet": ("resnet18", {"num_classes": 10, "channels": [8, 16, 32, 64]}),
+}
+N, B, FULL_TOKENS, LOC_IMAGES = 48, 16, 20, 40
+
+
+def _post_forward_reference(card_path, cfg, plan, rendered, shard, loc_layer):
+    """The shard's arrays as the post-forward path computes them: every layer held until the forward ends."""
+    from torch.utils.data import DataLoader, Subset
+
+    from seelike.cka import gram
+    from seelike.extract import open_for_model
+    from seelike.models import LayerTaps, ModelCard, build_model
+    from seelike.runtime import full_fp32
+
+    card = ModelCard.load(card_path)
+    model = build_model(card, card_path.parent, device=torch.device("cpu"), verify=False)
+    layers = [l["name"] for l in card.layers]
+    p = card.num_prefix_tokens
+    sp = plan.shard(shard)
+    ds = Subset(open_for_model(card, cfg, "analysis", plan, rendered=rendered), [int(i) for i in sp.example_indices])
+    offset = shard * plan.minibatches_per_shard * B
+    ref = {f"layers/{l}/{k}": [] for l in layers for k in ("gram", "pooled_mean", "pooled_cls", "tokens")}
+    ref.update(logits=[], positions=[])
+    pos = 0
+    with LayerTaps(model, card.layers, p) as taps, torch.no_grad():
+        for x, y, idx in DataLoader(ds, batch_size=B, shuffle=False):
+            taps.clear()
+            with full_fp32():
+                out = model(x)
+            acts = taps.outputs
+            keep = np.flatnonzero(np.arange(pos, pos + len(y)) + offset < FULL_TOKENS)
+            for l in layers:
+                a = acts[l]
+                ref[f"layers/{l}/gram"].append(gram(a, center="auto").numpy())
+                ref[f"layers/{l}/pooled_mean"].append(a.float()[:, p:].mean(1).numpy())
+                if p:
+                    ref[f"layers/{l}/pooled_cls"].append(a.float()[:, 0].numpy())
+                if keep.size:
+                    ref[f"layers/{l}/tokens"].append(a[keep].float().numpy())
+            if offset + pos < LOC_IMAGES:
+                s = acts[loc_layer][:, p:].transpose(0, 1).float()
+                with full_fp32():
+                    ref["positions"].append((s @ s.transpose(1, 2)).numpy())   # stored as float32
+            ref["logits"].append(out.float().numpy())
+            pos += len(y)
+    stack = {"gram", "positions"}
+    return {k: (np.stack(v) if k.rsplit("/", 1)[-1] in stack else np.concatenate(v)) for k, v in ref.items() if v}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_streamed_shard_is_bit_equal_to_the_post_forward_reduction(tmp_path, name):
+    from bench_pipeline import dataset_cfg, extract_spec, make_model_dir
+    from seelike.data import dataset_fingerprint, rendered_split_name, write_rendered_split
+    from seelike.extract import extract_shard
+    from seelike.models import ModelCard
+    from seelike.plan import make_plan
+
+    cfg = dataset_cfg(N)
+    rendered = write_rendered_split(cfg, "analysis", tmp_path / rendered_split_name(cfg, "analysis"))
+    plan = make_plan(f"synth:{dataset_fingerprint(cfg)}", np.arange(N), N, B, 2, 0)   # 2 shards of 2 minibatches
+    arch, kwargs = MODELS[name]
+    card = make_model_dir(tmp_path / "models", name, arch, kwargs, seed=0)
+    spec = extract_spec(name, card, cfg, plan, tmp_path / "out", full_tokens=FULL_TOKENS, rendered=rendered)
+    spec["taps"] = {"norm_ratio": {}, "localization": {"positions": [[0, 0], [1, 1]], "n_images": LOC_IMAGES,
+                                                        "layer": None}}
+    for shard in range(plan.n_shards):
+        with h5py.File(extract_shard(spec, shard), "r") as f:
+            loc_index = int(f["reductions/localization/layer_index"][()])
+            stored = {}
+            f.visititems(lambda k, obj: stored.update({k: obj[()]}) if isinstance(obj, h5py.Dataset) else None)
+        names = [l["name"] for l in ModelCard.load(card).layers]
+        loc_layer = names[loc_index]
+        ref = _post_forward_reference(card, cfg, plan, rendered, shard, loc_layer)
+        ref[f"layers/{loc_layer}/positions/gram"] = ref.pop("positions", np.zeros((0,)))
+        if shard == 1:                                        # the second shard is past FULL_TOKENS and LOC_IMAGES
+            assert not any(k.endswith("/tokens") for k in stored)
+            assert stored[f"layers/{loc_layer}/positions/gram"].shape[0] == 1
+        for key, want in ref.items():
+            if key.endswith("positions/gram") and want.size == 0:
+                continue
+            got = stored[key]
+            assert got.dtype == want.dtype and got.shape == want.shape, key
+            assert got.tobytes() == want.tobytes(), f"{name} shard {shard}: {key} differs from the post-forward path"
+        assert all(k in stored for k in ref), sorted(set(ref) - set(stored))
+
+
+def test_a_layer_that_runs_twice_in_one_forward_is_refused():
+    from seelike.extract import GramReducer, LayerStream
+    from seelike.models import LayerTaps
+
+    block = torch.nn.Linear(4, 4)
+    net = torch.nn.Sequential(block, torch.nn.ReLU(), block)        # the same module twice
+    stream = LayerStream(["l"], [GramReducer(["l"])])
+    with LayerTaps(net, [{"name": "l", "module": "0"}], consume=stream) as taps, torch.no_grad():
+        stream.begin(np.arange(3))
+        with pytest.raises(RuntimeError, match="ran twice"):
+            net(torch.randn(3, 4))
+        assert not taps.outputs                                      # nothing is held
+
+
+def test_a_non_finite_layer_stops_the_forward_pass_naming_layer_and_example():
+    from seelike.extract import GramReducer, LayerStream, NonFiniteActivation
+    from seelike.models import LayerTaps
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    with torch.no_grad():
+        net[1].bias[0] = float("inf")
+    reducer = GramReducer(["a", "b"])
+    stream = LayerStream(["a", "b"], [reducer])
+    layers = [{"name": "a", "module": "0"}, {"name": "b", "module": "1"}]
+    with LayerTaps(net, layers, consume=stream), torch.no_grad():
+        stream.begin(np.arange(100, 103))
+        with pytest.raises(NonFiniteActivation, match=r"layer 'b'.*dataset index 100"):
+            net(torch.randn(3, 4))
+    assert len(reducer.grams["a"]) == 1 and not reducer.grams["b"]     # checked before any reducer saw it
