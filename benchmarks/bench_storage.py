@@ -1,35 +1,35 @@
-"""Benchmark: bytes on disk per example per layer of real shards against storing raw activations.
+"""Benchmark: bytes on disk of real shards, by kind of dataset, against the disk formula.
 
-    python benchmarks/bench_storage.py            # full run (~1 min on 2 CPU cores)
-    python benchmarks/bench_storage.py --quick    # the same at n = 128 (seconds)
+    python benchmarks/bench_storage.py            # demo models + ViT-B/16 and BiT-R50x1 at 224 px (~2-3 min, 2 cores)
+    python benchmarks/bench_storage.py --quick    # demo models at n = 128 only (under a minute)
 
-Writes benchmarks/out/bench_storage.json.
+Writes benchmarks/out/bench_storage.json and prints three tables: measured vs formula per kind,
+a gzip what-if, and the formula's projection for every model of config/config.yaml.
 
-Measured: the demo models of config/demo.yaml (architectures and kwargs read from it, one model
-per distinct architecture, randomly initialised; the demo's extraction settings: `minibatches_per_shard` 4, `full_tokens` 8) are
-extracted through `seelike.extract.extract_shard` on n = 512 synthetic images, once at the demo's
-`cka.minibatch_size` (64) and once at the paper's 256. Every HDF5 dataset's bytes on disk are read
-with h5py (`Dataset.id.get_storage_size()`; the store writes them uncompressed) and summed
-per kind over all shards:
-    grams     /layers/<l>/gram                 (m, b, b) float64, uncompressed
-    pooled    /layers/<l>/pooled_cls + _mean   (n, d) float32 each, not compressed
-    tokens    /layers/<l>/tokens               (k, t, d) float32, not compressed, k = full_tokens examples
-    rest      logits, labels, plan arrays and HDF5 metadata (file size - the above)
-"per example per layer" = bytes / (n * L) for grams and pooled; tokens are reported per stored
-example per layer (bytes / (k * L)) and as a total, because only the plan's first k examples keep
-them. Raw = what storing every example's activations would take: tokens x dim x 2 bytes (fp16) or
-x 4 bytes (fp32), per layer from the layer's real shape, averaged over layers.
-If results/extract/*/*/shard-*.h5 exist (a demo run), they are measured too (trained weights).
+Measured (random weights, shards written by `seelike.extract.extract_shard`, every dataset's bytes
+read with h5py `Dataset.id.get_storage_size()`, metadata = file size - arrays):
+  * one model per distinct architecture of config/demo.yaml at its n_examples, cka.minibatch_size,
+    full_tokens and minibatches_per_shard, each with the taps the demo config gives it;
+  * ViT-B/16 (vit_base_patch16_224) and BiT-R50x1 (resnetv2_50x1_bit) at 224 px, 1000 classes, on
+    --paper-n synthetic images (32) at b = --paper-b (16), k = --paper-k (8), one minibatch per shard,
+    with the taps config/config.yaml gives vit_b16 and r50x1 (localization on).
+If results/extract/*/*/shard-*.h5 exist (a demo run), they are measured too (no formula row).
 
-Analytic (the same accounting, no gzip), ViT-B/16 (12 blocks, d 768) and ViT-L/16 (24 blocks,
-d 1024) at 224 px (t = 1 + 14*14 = 197 tokens), minibatch b = 256:
-    grams   b * b * 8 bytes per minibatch and layer          = 8 b        bytes / example / layer
-    pooled  CLS + token mean, float32                         = 2 * 4 d    bytes / example / layer
-    raw     t * d * 2 (fp16), t * d * 4 (fp32)                             bytes / example / layer
-    tokens  k * t * d * 4 bytes per layer for the whole plan (k = full_tokens = 64)
-    per run (n = 10240, the paper config): n * L * (8 b + 8 d) + L * k * t * d * 4
-The measured rows check the formula: measured grams are exactly 8 b bytes / example / layer and
-pooled exactly 8 d (CLS + mean) or 4 d (spatial mean only).
+The formula (`formula`), bytes of one model's extraction; n examples (a multiple of b), b minibatch,
+layers l = 1..L with t_l tokens (ViT: prefix included; CNN: h*w) and width d_l, p prefix tokens,
+C classes, k = extraction.full_tokens, S = ceil(n / (b * minibatches_per_shard)) shards:
+    grams           8 n b L                    (n/b, b, b) float64 per layer
+    pooled          4 n sum_l d_l  (x 2 if p > 0: CLS + token mean, float32)
+    tokens          4 min(k, n) sum_l t_l d_l  float32
+    logits          4 n C;   labels + plan     24 n (three int64 per example)
+    localization    ceil(min(n_loc, n) / b) b^2 (4 Q + 8 P)   Q grid cells of the layer (float32),
+                    P input positions (distinct grid cells, float64); n_loc = analyses.localization.n_images
+    heads           8 n b sum(heads of the first B_h blocks)  (analyses.head_cka.blocks = B_h)
+    attention maps  4 k_a (sum over blocks of heads t^2 + 3 H W)  k_a = analyses.attention_maps.n_images
+    other           attention distances and norm ratios: S x (tens of float64 per block)
+    metadata        S (plan JSON + 700 B of HDF5 header per dataset)
+The model's t_l, d_l, C, heads and Q come from one forward pass of a blank image (the meta device for
+the projection: no weights, no memory); taps from seelike.registry.extraction_taps.
 """
 from __future__ import annotations
 
@@ -49,10 +49,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import DATASET_KEY, OUT, dataset_cfg, extract_spec, host_meta, make_model_dir, seelike_extract_model  # noqa: E402
+from bench_pipeline import DATASET_KEY, OUT, host_meta  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER = {"ViT-B/16": {"layers": 12, "d": 768, "t": 197}, "ViT-L/16": {"layers": 24, "d": 1024, "t": 197}}
 
 
 def demo_models() -> dict:
@@ -68,39 +67,69 @@ def demo_models() -> dict:
     return out
 
 
+KINDS = ("grams", "pooled", "tokens", "localization", "heads", "attention_maps", "other_reductions", "logits",
+         "labels_plan", "metadata")
+
+
+def kind_of(key: str) -> str:
+    """The formula's kind of one stored dataset path (seelike/store.py and analyses/reducers.py layouts)."""
+    parts = key.split("/")
+    if parts[0] == "layers":
+        last = parts[-1] if len(parts) == 3 else "/".join(parts[2:])
+        return {"gram": "grams", "pooled_cls": "pooled", "pooled_mean": "pooled", "tokens": "tokens",
+                "positions/gram": "localization"}.get(last, "other_reductions")
+    if key.startswith("reductions/localization/"):
+        return "localization"
+    if key.startswith("reductions/heads/"):
+        return "heads"
+    if key.startswith("reductions/attention_maps/"):
+        return "attention_maps"
+    if key.startswith("reductions/"):
+        return "other_reductions"
+    if key == "logits":
+        return "logits"
+    if key in ("labels", "plan/example_indices", "plan/minibatch_ids"):
+        return "labels_plan"
+    return "metadata"          # plan/json
+
+
 def measure_shards(files: list[Path]) -> dict:
-    """Bytes on disk by kind and per-layer shapes over the shards of one (model, dataset)."""
+    """Bytes on disk of every kind of dataset (KINDS) summed over the shards of one (model, dataset);
+    metadata = file sizes - every array's storage (HDF5 headers, attributes, the plan JSON)."""
     import h5py
 
-    acc = {"grams": 0, "pooled": 0, "tokens": 0, "file": 0}
+    acc = {k: 0 for k in KINDS}
     n = k = 0
-    shapes, b = {}, None
+    shapes, b, n_datasets, plan_json = {}, None, 0, 0
+    file_bytes = 0
     for p in files:
-        acc["file"] += p.stat().st_size
+        file_bytes += p.stat().st_size
         with h5py.File(p, "r") as f:
             layers = json.loads(f.attrs["layers"])
             n += len(f["plan/example_indices"])
+            b = f[f"layers/{layers[0]}/gram"].shape[-1]
+            plan_json += len(f["plan/json"][()])
+            keys = []
+            f.visititems(lambda key, obj: keys.append(key) if isinstance(obj, h5py.Dataset) else None)
+            n_datasets += len(keys)
+            for key in keys:
+                if key != "plan/json":
+                    acc[kind_of(key)] += f[key].id.get_storage_size()
             for l in layers:
-                g = f[f"layers/{l}/gram"]
-                b = g.shape[-1]
-                acc["grams"] += g.id.get_storage_size()
-                for key in ("pooled_cls", "pooled_mean"):
-                    if key in f[f"layers/{l}"]:
-                        acc["pooled"] += f[f"layers/{l}/{key}"].id.get_storage_size()
                 if "tokens" in f[f"layers/{l}"]:
                     ds = f[f"layers/{l}/tokens"]
-                    acc["tokens"] += ds.id.get_storage_size()
                     shapes[l] = ds.shape[1:]
                     if l == layers[0]:
                         k += ds.shape[0]
+    acc["metadata"] = file_bytes - sum(v for kk, v in acc.items() if kk != "metadata")
     L = len(layers)
-    raw_elems = float(np.mean([t * d for t, d in shapes.values()]))
+    raw_elems = float(np.mean([t * d for t, d in shapes.values()])) if shapes else float("nan")
     rec = {
         "n_examples": n, "layers": L, "minibatch": b, "full_tokens": k, "shards": len(files),
-        "bytes": acc,
+        "datasets_per_shard": n_datasets / len(files), "plan_json_bytes_per_shard": plan_json / len(files),
+        "bytes": dict(acc, file=file_bytes),
         "grams_B_per_ex_layer": acc["grams"] / (n * L),
         "pooled_B_per_ex_layer": acc["pooled"] / (n * L),
-        "rest_B_per_ex": (acc["file"] - acc["grams"] - acc["pooled"] - acc["tokens"]) / n,
         "tokens_B_per_stored_ex_layer": acc["tokens"] / (k * L) if k else None,
         "raw_fp16_B_per_ex_layer": 2 * raw_elems, "raw_fp32_B_per_ex_layer": 4 * raw_elems,
         "layer_shapes_t_d": {l: list(s) for l, s in shapes.items()},
@@ -108,8 +137,101 @@ def measure_shards(files: list[Path]) -> dict:
     rec["reduced_B_per_ex_layer"] = rec["grams_B_per_ex_layer"] + rec["pooled_B_per_ex_layer"]
     rec["raw_fp16_over_reduced"] = rec["raw_fp16_B_per_ex_layer"] / rec["reduced_B_per_ex_layer"]
     rec["raw_fp32_over_reduced"] = rec["raw_fp32_B_per_ex_layer"] / rec["reduced_B_per_ex_layer"]
-    rec["formula_grams_B_per_ex_layer"] = 8.0 * b   # formula check: measured grams are exactly 8 b
     return rec
+
+
+# ----------------------------------------------------------------------------- the disk formula
+
+#: HDF5 object header and attributes per stored dataset, bytes (fitted once on real shards; the plan
+#: JSON is counted separately). Only shards of tiny models notice it.
+HEADER_BYTES = 700
+
+
+def model_dims(model, family: str, input_size, name: str = "model") -> dict:
+    """What the formula needs of one model, read off one forward pass of a blank image (on the meta
+    device for paper-sized models): per tapped layer (tokens t, width d), prefix tokens p, classes C,
+    heads per attention block, attention blocks, and Q (grid cells of the localization layer: the last
+    layer with at least 2 x 2 positions, as seelike.analyses.reducers picks it)."""
+    from seelike.models import LayerTaps, enumerate_layers
+    from seelike.models.residual import NoAttentionError, attention_modules, residual_branches
+
+    layers = enumerate_layers(model, family, sublayers=False)
+    p = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    dev = next(model.parameters()).device
+    with LayerTaps(model, layers, p) as taps, torch.no_grad():
+        out = model(torch.zeros((1, *input_size), device=dev))
+        td = [(int(taps.outputs[l["name"]].shape[1]), int(taps.outputs[l["name"]].shape[2])) for l in layers]
+    try:
+        attn = attention_modules(model, name)
+    except NoAttentionError:
+        attn = []
+    q = next((t - (p if t > p else 0) for t, _ in reversed(td) if t - p >= 4), 0)
+    try:
+        branches = len(residual_branches(model, family, name))
+    except ValueError:
+        branches = 0
+    return {"layers_t_d": td, "branches": branches, "p": p, "classes": int(out.shape[-1]), "input_size": [int(v) for v in input_size],
+            "heads": [a["num_heads"] for a in attn], "Q": q}
+
+
+def formula(dims: dict, *, n: int, b: int, k: int, mb_per_shard: int, taps: dict, plan_json_bytes: float,
+            datasets_per_shard: float) -> dict:
+    """Bytes of one model's extraction by kind (see the module docstring). n examples (a multiple of b),
+    minibatch b, k = extraction.full_tokens, taps = seelike.registry.extraction_taps of the model."""
+    from seelike.analyses import geometry
+
+    td, p, C = dims["layers_t_d"], dims["p"], dims["classes"]
+    L = len(td)
+    m = -(-n // b)
+    S = -(-m // mb_per_shard)
+    kk = min(k, n)
+    out = {
+        "grams": 8 * n * b * L,                                        # (m, b, b) float64 per layer
+        "pooled": 4 * n * sum(d for _, d in td) * (2 if p else 1),     # mean (+ CLS) float32
+        "tokens": 4 * kk * sum(t * d for t, d in td),                  # first k examples, float32
+        "logits": 4 * n * C,
+        "labels_plan": 8 * n * 3,                                      # labels, example indices, minibatch ids (int64)
+    }
+    loc = taps.get("localization")
+    out["localization"] = 0
+    if loc:
+        m_loc = -(-min(int(loc["n_images"]), n) // b)
+        side = int(round(np.sqrt(dims["Q"])))                           # square grids (square inputs)
+        P = len(geometry.cells_from_fractions(loc["positions"], (side, side)))   # distinct cells
+        out["localization"] = m_loc * b * b * (4 * dims["Q"] + 8 * P)   # layer float32 (Q), input float64 (P)
+    H = dims["heads"]
+    out["heads"] = 8 * n * b * sum(H[:int(taps["heads"]["blocks"])]) if "heads" in taps else 0
+    out["attention_maps"] = 0
+    if "attention_maps" in taps and H:
+        ka = min(int(taps["attention_maps"]["n_images"]), n)
+        t = td[-1][0]
+        out["attention_maps"] = 4 * ka * (sum(H) * t * t + int(np.prod(dims["input_size"]))) + 8 * ka
+    other = 0
+    if "attention_distance" in taps and H:
+        other += S * len(H) * 8 * (4 * H[0] + 2)
+    if "norm_ratio" in taps:
+        other += S * dims["branches"] * 8 * (5 * 2 + 1)                 # 5 x 2 sums + index per residual sublayer
+    out["other_reductions"] = other
+    out["metadata"] = S * (plan_json_bytes + HEADER_BYTES * datasets_per_shard)
+    out["total"] = sum(out.values())
+    return out
+
+
+def expected_datasets(dims: dict, taps: dict, k: int) -> int:
+    """Datasets per shard (for the header term): per layer gram, pooled (1-2), tokens; logits, labels, plan (3)."""
+    L, p, H = len(dims["layers_t_d"]), dims["p"], dims["heads"]
+    count = L * (1 + (2 if p else 1) + (1 if k else 0)) + 5
+    if taps.get("localization"):
+        count += 1 + 6
+    if "heads" in taps:
+        count += 2 * int(taps["heads"]["blocks"])
+    if "attention_maps" in taps and H:
+        count += 3
+    if "attention_distance" in taps and H:
+        count += 6 * len(H) + 3
+    if "norm_ratio" in taps:
+        count += 6 * dims["branches"]
+    return count
 
 
 def rewrite_whatif(shard: Path, tmp: Path) -> dict:
@@ -139,60 +261,143 @@ def rewrite_whatif(shard: Path, tmp: Path) -> dict:
     return out
 
 
-def analytic(name, L, d, t, b=256, n=10240, k=64) -> dict:
-    grams, pooled = 8 * b, 8 * d
-    reduced = grams + pooled
-    return {
-        "model": name, "layers": L, "d": d, "tokens": t, "minibatch": b, "n_examples": n, "full_tokens": k,
-        "grams_B_per_ex_layer": grams, "pooled_B_per_ex_layer": pooled, "reduced_B_per_ex_layer": reduced,
-        "raw_fp16_B_per_ex_layer": 2 * t * d, "raw_fp32_B_per_ex_layer": 4 * t * d,
-        "raw_fp16_over_reduced": 2 * t * d / reduced, "raw_fp32_over_reduced": 4 * t * d / reduced,
-        "tokens_B_per_stored_ex_layer": 4 * t * d,
-        "run_reduced_GB": n * L * reduced / 1e9, "run_tokens_GB": L * k * t * d * 4 / 1e9,
-        "run_raw_fp16_GB": n * L * 2 * t * d / 1e9, "run_raw_fp32_GB": n * L * 4 * t * d / 1e9,
-    }
+def demo_setup() -> tuple[dict, dict]:
+    import yaml
+    from seelike import config
+
+    return config.load(yaml.safe_load((REPO / "config" / "demo.yaml").read_text()), check_timm=False), demo_models()
+
+
+def paper_config(tmp: Path) -> dict:
+    """config/config.yaml, loaded with folders of empty files named like images standing for ImageNet (the
+    config counts images by name, never decodes them): the models, their sweeps and taps as the workflow sees them."""
+    import yaml
+    from seelike import config
+
+    def folder(root: Path, classes: int, per_class: int) -> str:
+        for c in range(classes):
+            (root / f"c{c:04d}").mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                (root / f"c{c:04d}" / f"{i:05d}.JPEG").touch()
+        return str(root)
+
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["datasets"]["imagenet_val"]["root"] = folder(tmp / "val", 1000, 11)
+    raw["datasets"]["imagenet_train"]["root"] = folder(tmp / "train", 10, 3500)
+    return config.load(raw, check_timm=False)
+
+
+def meta_model(m: dict):
+    """A config model on the meta device (no memory, no weights): a hub model by its timm name (its tag's
+    class count), a recipe by arch and kwargs."""
+    from seelike.models import create_timm_model
+    from seelike.models.build import import_timm
+
+    with torch.device("meta"):
+        if m["source"]["kind"] == "timm_hub":
+            return import_timm().create_model(m["source"]["timm_name"], pretrained=False).eval()
+        return create_timm_model(m["arch"], dict(m.get("kwargs") or {}), pretrained=False).eval()
+
+
+def projection(cfg: dict) -> list[dict]:
+    """The formula at the config's own n_examples, minibatch, full_tokens and taps, for every model."""
+    from seelike import registry
+    from seelike.plan import make_plan
+
+    n, b = int(cfg["analysis"]["n_examples"]), int(cfg["cka"]["minibatch_size"])
+    k, mps = int(cfg["extraction"]["full_tokens"]), int(cfg["extraction"]["minibatches_per_shard"])
+    plan_json = len(json.dumps(make_plan("imagenet_val:x", np.arange(n), n, b, mps, 0).to_dict(), sort_keys=True))
+    rows = []
+    for name, m in cfg["models"].items():
+        model = meta_model(m)
+        size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        dims = model_dims(model, m["family"], size, name)
+        taps = registry.extraction_taps(cfg, name)
+        f = formula(dims, n=n, b=b, k=k, mb_per_shard=mps, taps=taps, plan_json_bytes=plan_json,
+                    datasets_per_shard=expected_datasets(dims, taps, k))
+        rows.append({"model": name, "retrained": m["source"]["kind"] == "recipe", "family": m["family"],
+                     "L": len(dims["layers_t_d"]), "d_max": max(d for _, d in dims["layers_t_d"]),
+                     "t_max": max(t for t, _ in dims["layers_t_d"]), "classes": dims["classes"], "Q": dims["Q"],
+                     "taps": sorted(taps), "n": n, "b": b, "k": k, "bytes": f})
+    return rows
+
+
+def measure_model(tmp: Path, label: str, arch: str, kwargs: dict, taps: dict, *, n: int, b: int, k: int, mps: int,
+                  image_size: int, seed: int) -> dict:
+    """Extract one randomly initialised model through seelike.extract (real shards), measure every kind
+    of dataset, and the formula for the same model, settings and taps."""
+    from bench_pipeline import extract_spec, make_model_dir, seelike_extract_model
+    from seelike.data import dataset_fingerprint, dataset_size
+    from seelike.models import ModelCard, build_model
+    from seelike.plan import make_plan
+
+    ds_cfg = {"kind": "synthetic", "n_classes": 10, "image_size": image_size, "seed": 0,
+              "splits": {"train": 16, "test": 16, "analysis": n}}
+    size = (3, image_size, image_size)
+    card = make_model_dir(tmp / "models", label, arch, kwargs, seed=seed, input_size=size)
+    plan = make_plan(f"{DATASET_KEY}:{dataset_fingerprint(ds_cfg)}", np.arange(dataset_size(ds_cfg, "analysis")),
+                     n, b, mps, 0)
+    out_dir = tmp / f"{label}-b{b}"
+    spec = extract_spec(label, card, ds_cfg, plan, out_dir, k)
+    spec["taps"] = taps
+    print(f"# extracting {label} ({arch}, {image_size} px) at n = {n}, b = {b}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    seelike_extract_model(spec, plan)
+    wall = time.perf_counter() - t0
+    shards = sorted(out_dir.glob("shard-*.h5"))
+    rec = measure_shards(shards)
+    c = ModelCard.load(card)
+    model = build_model(c, card.parent, device="cpu", verify=False)
+    dims = model_dims(model, c.family, size, label)
+    f = formula(dims, n=n, b=b, k=k, mb_per_shard=mps, taps=taps, plan_json_bytes=rec["plan_json_bytes_per_shard"],
+                datasets_per_shard=expected_datasets(dims, taps, k))
+    rec.update({"model": label, "arch": arch, "image_size": image_size, "taps": sorted(taps), "extract_wall_s": wall,
+                "formula_bytes": f, "formula_datasets_per_shard": expected_datasets(dims, taps, k),
+                "formula_over_measured": f["total"] / rec["bytes"]["file"]})
+    rec["compression_whatif_shard0"] = rewrite_whatif(shards[0], tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return rec
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="n = 128 instead of 512")
+    ap.add_argument("--quick", action="store_true", help="demo models only, n = 128; no 224 px models")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--minibatches", default="64,256", help="minibatch sizes to extract at")
-    ap.add_argument("--full-tokens", type=int, default=8, help="demo config: 8")
-    ap.add_argument("--minibatches-per-shard", type=int, default=4, help="demo config: 4")
+    ap.add_argument("--paper-n", type=int, default=32, help="examples for the 224 px paper architectures")
+    ap.add_argument("--paper-b", type=int, default=16, help="their minibatch size")
+    ap.add_argument("--paper-k", type=int, default=8, help="their full_tokens")
     ap.add_argument("--no-results", action="store_true", help="skip shards found under results/extract")
     ap.add_argument("--out", type=Path, default=OUT / "bench_storage.json")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    from seelike.data import dataset_fingerprint, dataset_size
-    from seelike.plan import make_plan
+    from seelike import registry
 
-    n = 128 if args.quick else args.n
-    bs = [int(x) for x in args.minibatches.split(",") if x]
-    if args.quick:
-        bs = [b for b in bs if b <= n] or [64]
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="seelike-bench-storage-"))
     measured = []
     try:
-        models = demo_models()
-        ds_cfg = dataset_cfg(max(n, 256))
-        cards = {nm: make_model_dir(tmp / "models", nm, a, kw, seed=i) for i, (nm, (a, kw)) in enumerate(models.items())}
-        for b in bs:
-            plan = make_plan(f"{DATASET_KEY}:{dataset_fingerprint(ds_cfg)}",
-                             np.arange(dataset_size(ds_cfg, "analysis")), n, b, args.minibatches_per_shard, 0)
-            for nm in models:
-                out_dir = tmp / f"b{b}" / nm
-                spec = extract_spec(nm, cards[nm], ds_cfg, plan, out_dir, args.full_tokens)
-                print(f"# extracting {nm} at b = {b}", file=sys.stderr, flush=True)
-                seelike_extract_model(spec, plan)
-                shards = sorted(out_dir.glob("shard-*.h5"))
-                rec = measure_shards(shards)
-                rec.update({"model": nm, "source": "random init, demo arch", "arch": models[nm][0]})
-                rec["compression_whatif_shard0"] = rewrite_whatif(shards[0], tmp)
+        demo_cfg, models = demo_setup()
+        n = 128 if args.quick else int(demo_cfg["analysis"]["n_examples"])
+        b = int(demo_cfg["cka"]["minibatch_size"])
+        k = int(demo_cfg["extraction"]["full_tokens"])
+        mps = int(demo_cfg["extraction"]["minibatches_per_shard"])
+        for i, (nm, (arch, kw)) in enumerate(models.items()):
+            rec = measure_model(tmp, nm, arch, kw, registry.extraction_taps(demo_cfg, nm), n=n, b=b, k=k, mps=mps,
+                                image_size=int(demo_cfg["datasets"]["synth"]["image_size"]), seed=i)
+            rec["source"] = "demo arch, random init, demo taps"
+            measured.append(rec)
+        paper_cfg = paper_config(tmp / "folders")
+        if not args.quick:
+            for nm in ("vit_b16", "r50x1"):
+                m = paper_cfg["models"][nm]
+                arch = m["source"]["timm_name"].split(".")[0]
+                taps = registry.extraction_taps(paper_cfg, nm)
+                rec = measure_model(tmp, nm, arch, {"num_classes": 1000}, taps, n=args.paper_n, b=args.paper_b,
+                                    k=args.paper_k, mps=1, image_size=224, seed=10)
+                rec["source"] = "paper arch 224 px, random init, paper taps"
                 measured.append(rec)
+        proj = projection(paper_cfg)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not args.no_results:
@@ -205,54 +410,61 @@ def main(argv=None):
             except Exception as e:   # a demo run rewriting its results
                 print(f"# skipped {d}: {e}", file=sys.stderr)
                 continue
-            rec.update({"model": Path(d).name, "source": f"{Path(d).relative_to(REPO)} (demo run, trained)",
-                        "arch": None})
+            rec.update({"model": Path(d).name, "source": f"{Path(d).relative_to(REPO)} (demo run, trained)", "arch": None})
             measured.append(rec)
-    paper = [analytic(name, **{"L": v["layers"], "d": v["d"], "t": v["t"]}) for name, v in PAPER.items()]
-    print_tables(measured, paper)
-    meta = dict(host_meta(args.threads), quick=args.quick, n_examples=n, minibatches=bs, full_tokens=args.full_tokens,
-                minibatches_per_shard=args.minibatches_per_shard, total_wall_s=time.perf_counter() - t_start,
-                formula=("grams 8b + pooled 8d bytes / example / layer (b minibatch, d width); raw t*d*2 (fp16), "
-                         "t*d*4 (fp32); tokens k*t*d*4 per layer per plan"))
+    print_tables(measured, proj)
+    meta = dict(host_meta(args.threads), quick=args.quick, total_wall_s=time.perf_counter() - t_start,
+                header_bytes=HEADER_BYTES, formula=FORMULA)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "measured": measured, "analytic": paper}, indent=1, default=str))
+    args.out.write_text(json.dumps({"meta": meta, "measured": measured, "projection": proj}, indent=1, default=str))
     print(f"\nwrote {args.out} ({meta['total_wall_s']:.0f} s)")
 
 
-def print_tables(measured, paper):
-    print("Measured shards: bytes on disk per example per layer (grams + pooled), vs raw activations")
-    hdr = (f"{'model':<13} {'source':<28} {'L':>3} {'b':>4} {'n':>5} {'grams':>7} {'pooled':>7} {'reduced':>8} "
-           f"{'raw fp16':>9} {'raw fp32':>9} {'fp16/red':>8} {'fp32/red':>8} {'tokens/ex/L':>11} {'tok total':>10} "
-           f"{'file/ex':>8}")
+FORMULA = ("grams 8nbL; pooled 4n sum(d_l) (x2 with a CLS token); tokens 4k sum(t_l d_l); logits 4nC; labels+plan 24n; "
+           "localization ceil(min(n_loc,n)/b) b^2 (4Q + 8P); heads 8nb sum(heads of the first B_h blocks); "
+           "attention maps 4k_a(sum_blocks heads t^2 + 3HW); metadata S(plan JSON + 700 B per dataset)")
+
+
+def print_tables(measured, proj):
+    short = {"grams": "grams", "pooled": "pooled", "tokens": "tokens", "localization": "loc", "heads": "heads",
+             "attention_maps": "maps", "other_reductions": "other", "logits": "logits", "labels_plan": "lab+plan",
+             "metadata": "meta"}
+    print("Measured shards against the formula, MB (measured / formula per kind)")
+    hdr = f"{'model':<9} {'px':>3} {'n':>4} {'b':>3} {'k':>3} {'L':>3} " + " ".join(f"{v:>13}" for v in short.values()) + \
+          f" {'total':>15} {'f/m':>5}"
     print(hdr)
     print("-" * len(hdr))
     for r in measured:
-        tok = r["tokens_B_per_stored_ex_layer"]
-        print(f"{r['model']:<13} {r['source'][:28]:<28} {r['layers']:>3} {r['minibatch']:>4} {r['n_examples']:>5} "
-              f"{r['grams_B_per_ex_layer']:>7.0f} {r['pooled_B_per_ex_layer']:>7.0f} {r['reduced_B_per_ex_layer']:>8.0f} "
-              f"{r['raw_fp16_B_per_ex_layer']:>9.0f} {r['raw_fp32_B_per_ex_layer']:>9.0f} "
-              f"{r['raw_fp16_over_reduced']:>7.1f}x {r['raw_fp32_over_reduced']:>7.1f}x "
-              f"{(tok or 0):>11.0f} {r['bytes']['tokens'] / 1e6:>8.2f}MB {r['bytes']['file'] / r['n_examples']:>8.0f}")
-    print("(bytes per example per layer unless noted; tokens/ex/L: float32 full tokens per stored example\n"
-          " per layer, only the plan's first full_tokens examples; file/ex: whole shard files / n, all layers)")
+        f = r.get("formula_bytes")
+        cells = []
+        for kind in short:
+            mv = r["bytes"][kind] / 1e6
+            cells.append(f"{mv:>6.2f}/{f[kind] / 1e6:<6.2f}" if f else f"{mv:>13.2f}")
+        tot = f"{r['bytes']['file'] / 1e6:>7.2f}/{f['total'] / 1e6:<7.2f}" if f else f"{r['bytes']['file'] / 1e6:>15.2f}"
+        ratio = f"{r['formula_over_measured']:>5.2f}" if f else f"{'':>5}"
+        print(f"{r['model']:<9} {r.get('image_size') or '':>3} {r['n_examples']:>4} {r['minibatch']:>4} "
+              f"{r['full_tokens']:>3} {r['layers']:>3} " + " ".join(cells) + f" {tot} {ratio}")
+    print("(f/m: formula total / measured file bytes)")
     print("\nWhat-if: shard 0 of each model written again with write_shard(compression='gzip') and without (the default)")
-    print(f"{'model':<13} {'b':>4} {'gzip bytes':>11} {'none bytes':>11} {'gzip s':>7} {'none s':>7}")
+    print(f"{'model':<9} {'b':>4} {'gzip bytes':>11} {'none bytes':>11} {'gzip s':>7} {'none s':>7}")
     for r in measured:
         w = r.get("compression_whatif_shard0")
         if w:
-            print(f"{r['model']:<13} {r['minibatch']:>4} {w['gzip']['bytes']:>11} {w['None']['bytes']:>11} "
+            print(f"{r['model']:<9} {r['minibatch']:>4} {w['gzip']['bytes']:>11} {w['None']['bytes']:>11} "
                   f"{w['gzip']['seconds']:>7.3f} {w['None']['seconds']:>7.3f}")
-    print("\nAnalytic, minibatch 256, 224 px (no gzip): bytes per example per layer, and per run of n = 10240")
-    hdr = (f"{'model':<9} {'L':>3} {'d':>5} {'t':>4} {'grams':>6} {'pooled':>7} {'reduced':>8} {'raw fp16':>9} "
-           f"{'raw fp32':>9} {'fp16/red':>8} {'fp32/red':>8} {'run red GB':>10} {'tokens GB':>9} {'raw16 GB':>9} {'raw32 GB':>9}")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in paper:
-        print(f"{r['model']:<9} {r['layers']:>3} {r['d']:>5} {r['tokens']:>4} {r['grams_B_per_ex_layer']:>6} "
-              f"{r['pooled_B_per_ex_layer']:>7} {r['reduced_B_per_ex_layer']:>8} {r['raw_fp16_B_per_ex_layer']:>9} "
-              f"{r['raw_fp32_B_per_ex_layer']:>9} {r['raw_fp16_over_reduced']:>7.1f}x {r['raw_fp32_over_reduced']:>7.1f}x "
-              f"{r['run_reduced_GB']:>10.2f} {r['run_tokens_GB']:>9.2f} {r['run_raw_fp16_GB']:>9.1f} {r['run_raw_fp32_GB']:>9.1f}")
-    print("(tokens GB: full_tokens = 64 examples, float32, all layers; run: 10240 examples, the paper config)")
+    if proj:
+        p0 = proj[0]
+        print(f"\nProjection, config/config.yaml: n = {p0['n']}, b = {p0['b']}, k = {p0['k']}, each model's taps; GB")
+        hdr = f"{'model':<16} {'L':>3} {'Q':>4} {'C':>6} " + " ".join(f"{v:>8}" for v in short.values()) + f" {'total':>7}"
+        print(hdr)
+        print("-" * len(hdr))
+        for r in proj:
+            print(f"{r['model']:<16} {r['L']:>3} {r['Q']:>4} {r['classes']:>6} " +
+                  " ".join(f"{r['bytes'][kind] / 1e9:>8.3f}" for kind in short) + f" {r['bytes']['total'] / 1e9:>7.2f}")
+        pub = sum(r["bytes"]["total"] for r in proj if not r["retrained"]) / 1e9
+        ret = sum(r["bytes"]["total"] for r in proj if r["retrained"]) / 1e9
+        print(f"public models ({sum(not r['retrained'] for r in proj)}): {pub:.1f} GB; retrained "
+              f"({sum(r['retrained'] for r in proj)}): {ret:.1f} GB; all: {pub + ret:.1f} GB")
 
 
 if __name__ == "__main__":
