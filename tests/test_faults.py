@@ -356,7 +356,8 @@ def test_image_folder_with_bad_files(tiny_local_run, tmp_path):
     shutil.copytree(folder, tmp_path / "val2")
     cfg["datasets"]["val"]["root"] = str(tmp_path / "val2")
     jobs = planned_jobs(snakemake(run, write_config(run / "val.yaml", cfg), "-n", "--quiet", "rules"))
-    assert jobs == {"plan": 1, "extract": 3, "cka": 6, "figure_f1": 3, "figure_f2": 3, "figure_f14": 1, "all": 1}
+    assert jobs == {"plan": 1, "extract": 3, "cka": 6, "figure_f1": 3, "figure_f2": 3, "figure_f14": 1,
+                    "table_findings": 1, "all": 1}
 
 
 def test_non_finite_gram_that_passes_its_checksum_names_shard_layer_and_minibatch(tmp_path):

@@ -46,21 +46,23 @@ def test_adding_a_model_runs_only_its_chain_and_its_pairs(finished_run):
 def test_changing_one_models_recipe_reruns_its_chain(finished_run):
     run, cfg = finished_run
     cfg["models"]["resnet"]["recipe"]["lr"] = 0.001
+    # ... and the findings table, which reads the CNN's within-model table
     assert plan_after(run, cfg) == {"model": 1, "extract": 1, "cka": 3, "figure_f1": 1, "figure_f2": 2,
-                                    "figure_f14": 1, "all": 1}
+                                    "figure_f14": 1, "table_findings": 1, "all": 1}
 
 
 def test_changing_the_estimator_reruns_tables_and_figures_only(finished_run):
     run, cfg = finished_run
     cfg["cka"]["estimator"] = "biased"
-    assert plan_after(run, cfg) == {"cka": 6, "figure_f1": 3, "figure_f2": 3, "figure_f14": 1, "all": 1}
+    assert plan_after(run, cfg) == {"cka": 6, "figure_f1": 3, "figure_f2": 3, "figure_f14": 1, "table_findings": 1,
+                                    "all": 1}
 
 
 def test_changing_the_minibatch_size_keeps_the_models(finished_run):
     run, cfg = finished_run
     cfg["cka"]["minibatch_size"] = 8
     assert plan_after(run, cfg) == {"plan": 1, "extract": 3, "cka": 6, "figure_f1": 3, "figure_f2": 3,
-                                    "figure_f14": 1, "all": 1}
+                                    "figure_f14": 1, "table_findings": 1, "all": 1}
 
 
 def test_changing_figure_dpi_reruns_figures_only(finished_run):
@@ -83,7 +85,9 @@ def test_changing_plotting_code_reruns_only_figures(finished_run, tmp_path):
     for part in ("workflow", "scripts", "config"):
         shutil.copytree(root / part, repo / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     figures = repo / "scripts" / "seelike" / "plotting.py"
-    figures.write_text(figures.read_text().replace('cmap="magma"', 'cmap="viridis"'))
+    text = figures.read_text()
+    assert 'colormaps["magma"]' in text
+    figures.write_text(text.replace('colormaps["magma"]', 'colormaps["viridis"]'))
     cfgfile = write_config(run / "edited.yaml", cfg)
     proc = snakemake(run, cfgfile, "-n", "--quiet", "rules", snakefile=repo / "workflow" / "Snakefile")
     assert planned_jobs(proc) == {"figure_f1": 3, "figure_f2": 3, "figure_f14": 1, "all": 1}

@@ -448,4 +448,4 @@ ANALYSIS = Analysis(
     inputs=_inputs,
     spec=lambda cfg, stem: {"plan": plan(cfg)},
     report_rows={f"finding {k}": ids for k, ids in FIGURES.items()},
-    code=("analyses/cka_maps.py", "analyses/data_scale.py", "analyses/gap_vs_cls.py", "analyses/skip_ablation.py"))
+    code=("analyses/cka_maps.py", "analyses/data_scale.py", "analyses/skip_ablation.py"))
