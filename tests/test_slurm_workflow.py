@@ -196,8 +196,11 @@ def test_ctrl_c_cancels_submitted_jobs_unless_configured(slurm_cluster, tmp_path
             f"s = step_executor({{'executor': json.loads(sys.argv[1])}}, 'extract'); "
             f"run_step(s, 'jobs:sleep', {{'seconds': 300}}, name={name!r})")
     env = dict(os.environ, PYTHONPATH=f"{Path(__file__).parent}:{os.environ.get('PYTHONPATH', '')}")
+    # SIGINT as a terminal delivers it: the child starts with the default disposition, not one inherited
+    # from this test process (a SIGINT ignored here would stay ignored there, and Python then raises nothing)
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(executor)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     job = wait_for(lambda: squeue(f"seelike-extract-{name}", "R,PD"), 60, "the job to be queued")
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
