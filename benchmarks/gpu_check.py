@@ -13,8 +13,9 @@ stderr; the table to stdout; the JSON to `--out`.
 extract   ViT-B/16, BiT-R50x1 (timm resnetv2_50x1_bit) and Mixer-B/16 at 224 px, b = 256, random
           weights, in bf16 and fp32 (`precision`): a bare forward (`seelike.runtime.autocast`, images
           already on the device; median of 3 after a warm-up) against the extract job's own code path,
-          `seelike.extract.extract_shard`, over shards of k = 4 minibatches with every vision tap the paper
-          config (config/config.yaml's `analyses:`) attaches to the model. Specs, plan and rendered split
+          `seelike.extract.extract_shard`, over shards of k = 4 minibatches: the Grams' pass (held to the
+          goal) and, timed apart, the model's vision pass with every vision tap the paper config
+          (config/config.yaml's `analyses:`) attaches to the model (a forward of its own by design: "vision"). Specs, plan and rendered split
           come from the workflow's own steps (`seelike.specs`, `seelike.cli.step_plan`,
           `seelike.cli.step_render`) on a synthetic 224 px dataset whose tensors the models take as they
           are, so no JPEG decoding is timed here (see `loading`). Shard 0 also stores the full tokens of the
@@ -197,12 +198,14 @@ class Setup:
 
         return sc.load(dict(self.raw, precision=precision), check_timm=False)
 
-    def job_spec(self, name: str, precision: str) -> dict:
-        """What `seelike step extract` hands each shard's job (seelike.cli.step_extract)."""
+    def job_spec(self, name: str, precision: str, vision: bool = False) -> dict:
+        """What `seelike step extract` hands each shard's job (seelike.cli.step_extract): the Grams' pass,
+        or with `vision` the model's vision pass."""
         from seelike import specs
         from seelike.plan import read_plan_file
 
-        spec = specs.extract_spec(self.config(precision), name)
+        make = specs.vision_extract_spec if vision else specs.extract_spec
+        spec = make(self.config(precision), name)
         return dict(spec, plan=read_plan_file(spec["plan_file"]), out=str(Path(spec["out_dir"]) / "shard-{shard:05d}.h5"))
 
     def shard_loading_s(self, shard: int) -> tuple[float, dict]:
@@ -305,12 +308,24 @@ def run_extract(setup: Setup, budget: Budget, out: dict, mem: dict) -> dict:
                         row[f"shard{shard}_peak_bytes"] = torch.cuda.max_memory_allocated(device)
                     row[f"shard{shard}_file_bytes"] = Path(spec["out"].format(shard=shard)).stat().st_size
                 shutil.rmtree(spec["out_dir"], ignore_errors=True)
+                vision = setup.job_spec(name, precision, vision=True)
+                if vision.get("taps"):
+                    budget.check(f"{name} {precision} vision pass")
+                    say(f"extract: {name} {precision}: extract_shard 1 of the vision pass")
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats(device)
+                    row["vision_shard1_s"] = timed(lambda: extract_shard(vision, 1), device)
+                    if cuda:
+                        row["vision_shard1_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+                    shutil.rmtree(vision["out_dir"], ignore_errors=True)
+                    row["taps"] = sorted(vision["taps"])
                 kb = setup.k * row["bare_s"]
                 row["overhead_pct"] = 100.0 * (row["shard1_s"] / kb - 1.0)
                 row["overhead_excl_build_pct"] = 100.0 * ((row["shard1_s"] - row["build_s"]) / kb - 1.0)
                 row["goal_met"] = None if setup.args.smoke else row["overhead_excl_build_pct"] <= GOAL_PCT
                 row["loading_pct_of_bare"] = 100.0 * out["loading_s"] / kb   # the loader alone, same shard
-                row["taps"] = sorted(spec.get("taps") or {})
+                if "vision_shard1_s" in row:   # one more forward by design: reported, not held to the goal
+                    row["vision_over_bare_pct"] = 100.0 * (row["vision_shard1_s"] / kb - 1.0)
             except OverBudget as e:
                 row["skipped"] = str(e)
             except Exception as e:   # noqa: BLE001 -- the next model still runs
@@ -321,7 +336,8 @@ def run_extract(setup: Setup, budget: Budget, out: dict, mem: dict) -> dict:
     if cuda:
         mem["rows"] = [{"model": r["model"], "precision": r["precision"],
                         **{k: r.get(k) for k in ("bare_peak_bytes", "shard0_peak_bytes", "shard1_peak_bytes",
-                                                 "params_bytes", "activations_bytes", "formula_bytes")},
+                                                 "vision_shard1_peak_bytes", "params_bytes", "activations_bytes",
+                                                 "formula_bytes")},
                         "extract_over_formula": (r["shard1_peak_bytes"] / r["formula_bytes"]
                                                  if r.get("shard1_peak_bytes") and r.get("formula_bytes") else None),
                         "extract_over_bare": (r["shard1_peak_bytes"] / r["bare_peak_bytes"]
@@ -598,7 +614,7 @@ def print_report(results: dict) -> None:
     if ex:
         print(f"\nextract (status {ex['status']}): extract_shard of a k-minibatch shard against k bare forwards")
         print(f"{'model':<10} {'prec':<5} {'b':>4} {'bare img/s':>10} {'shard0 s':>9} {'shard1 s':>9} {'build s':>8} "
-              f"{'overhead':>9} {'excl build':>10} {'loader':>8}  goal <=25%")
+              f"{'overhead':>9} {'excl build':>10} {'loader':>8} {'vision':>8}  goal <=25%")
         for r in ex.get("rows", []):
             state = r.get("error") or r.get("skipped")
             if state:
@@ -607,19 +623,22 @@ def print_report(results: dict) -> None:
             goal = "n/a (smoke)" if r["goal_met"] is None else "met" if r["goal_met"] else "NOT met"
             print(f"{r['model']:<10} {r['precision']:<5} {r['b']:>4} {r['bare_img_s']:>10.1f} {r['shard0_s']:>9.2f} "
                   f"{r['shard1_s']:>9.2f} {r['build_s']:>8.2f} {r['overhead_pct']:>8.1f}% "
-                  f"{r['overhead_excl_build_pct']:>9.1f}% {r['loading_pct_of_bare']:>7.1f}%  {goal}")
+                  f"{r['overhead_excl_build_pct']:>9.1f}% {r['loading_pct_of_bare']:>7.1f}% "
+                  f"{fmt(r.get('vision_over_bare_pct'), '.1f'):>7}%  {goal}")
         print(f"loader: extraction's own data loader ({ex.get('loader')}) handing one shard's minibatches to the "
               f"device alone, {fmt(ex.get('loading_s'), '.2f')} s, as % of the k bare forwards")
+        print("vision: shard 1 of the model's vision pass (every paper tap, receptive fields in shard 0 only) "
+              "over k bare forwards - 1")
     mem = results.get("memory")
     if mem:
         print(f"\nmemory (status {mem['status']}{': ' + mem['reason'] if mem.get('reason') else ''})")
     if mem and mem.get("rows"):
-        print(f"{'model':<10} {'prec':<5} {'bare GB':>8} {'extract GB':>10} {'formula GB':>10} {'extract/formula':>15} "
-              f"{'extract/bare':>12}")
+        print(f"{'model':<10} {'prec':<5} {'bare GB':>8} {'extract GB':>10} {'vision GB':>9} {'formula GB':>10} "
+              f"{'extract/formula':>15} {'extract/bare':>12}")
         for r in mem["rows"]:
             print(f"{r['model']:<10} {r['precision']:<5} {gb(r['bare_peak_bytes']):>8} {gb(r['shard1_peak_bytes']):>10} "
-                  f"{gb(r['formula_bytes']):>10} {fmt(r['extract_over_formula'], '.2f'):>15} "
-                  f"{fmt(r['extract_over_bare'], '.2f'):>12}")
+                  f"{gb(r.get('vision_shard1_peak_bytes')):>9} {gb(r['formula_bytes']):>10} "
+                  f"{fmt(r['extract_over_formula'], '.2f'):>15} {fmt(r['extract_over_bare'], '.2f'):>12}")
     gr = results.get("grams")
     if gr:
         print(f"\ngrams (status {gr['status']}): seelike.cka.gram per matmul precision, one minibatch, every layer"

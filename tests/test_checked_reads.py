@@ -15,7 +15,7 @@ from conftest import snakemake, write_config
 pytestmark = pytest.mark.slow
 
 ANALYSES = {"attention_distance": {"n_images": 32}, "head_cka": {"blocks": 1}, "norm_ratio": {},
-            "localization": {}, "snn_loss": {}}
+            "localization": {}, "snn_loss": {}, "receptive_field": {"n_images": 4, "models": ["resnet"]}}
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,18 @@ def tables_run(tiny_local_run, tmp_path_factory):
     return run, cfgfile
 
 
-# step -> (target table, model whose shard is damaged, dataset in that shard the step reads)
+# step -> (target table, the extraction whose shard is damaged (a model's Grams' pass, or <model>/vision: its
+# vision pass), dataset in that shard the step reads)
 CASES = {
     "cka": ("results/cka/synth/vit__resnet.csv", "resnet", "layers/{layer}/gram"),
-    "attention_distance": ("results/vision/synth/attention_distance/vit.csv", "vit",
-                           "reductions/attention_distance/{block}/sum"),
-    "head_cka": ("results/vision/synth/head_cka/vit__resnet.csv", "vit", "reductions/heads/{block}/gram"),
-    "norm_ratio": ("results/vision/synth/norm_ratio/resnet.csv", "resnet", "reductions/norm_ratio/{unit}/z_norm_sum"),
-    "localization": ("results/vision/synth/localization/vit.csv", "vit", "reductions/localization/input/gram"),
+    "attention_distance": ("results/vision/synth/attention_distance/vit.csv", "vit/vision",
+                           "reductions/attention_distance/{block}/minibatch_sums"),
+    "head_cka": ("results/vision/synth/head_cka/vit__resnet.csv", "vit/vision", "reductions/heads/{block}/gram"),
+    "norm_ratio": ("results/vision/synth/norm_ratio/resnet.csv", "resnet/vision",
+                   "reductions/norm_ratio/{unit}/z_norm_sum"),
+    "localization": ("results/vision/synth/localization/vit.csv", "vit/vision", "reductions/localization/input/gram"),
+    "receptive_field": ("results/vision/synth/receptive_field/resnet.csv", "resnet/vision",
+                        "reductions/receptive_field/{layer}/sum"),
     "snn_loss": ("results/vision/synth/snn_loss/vit.csv", "vit", "layers/{layer}/pooled_mean"),
     "probes": ("results/experiments/probes/resnet.csv", "resnet", "layers/{layer}/pooled_mean"),
 }

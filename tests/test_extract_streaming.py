@@ -1,6 +1,7 @@
 """Extraction reduces every tapped layer inside its forward hook and drops it (seelike.extract.LayerStream).
 
-The shard must hold exactly what reducing the layers after the forward pass gives: the reference here
+The shards (the Grams' pass and the vision pass) must hold exactly what reducing the layers after the
+forward pass gives: the reference here
 is that post-forward path, written out independently (LayerTaps holding every layer's output until
 the forward ends, then Grams, pooled features, tokens, per-position Grams), and every float array
 must be bit-equal to it, not merely close.
@@ -83,13 +84,19 @@ def test_streamed_shard_is_bit_equal_to_the_post_forward_reduction(tmp_path, nam
     arch, kwargs = MODELS[name]
     card = make_model_dir(tmp_path / "models", name, arch, kwargs, seed=0)
     spec = extract_spec(name, card, cfg, plan, tmp_path / "out", full_tokens=FULL_TOKENS, rendered=rendered)
-    spec["taps"] = {"norm_ratio": {}, "localization": {"positions": [[0, 0], [1, 1]], "n_images": LOC_IMAGES,
-                                                        "layer": None}}
+    # the vision pass: the same plan through the same step, with the taps and without the Grams
+    vision = dict(spec, kind="vision", out=str(tmp_path / "vision" / "shard-{shard:05d}.h5"),
+                  taps={"norm_ratio": {}, "localization": {"positions": [[0, 0], [1, 1]], "n_images": LOC_IMAGES,
+                                                           "layer": None}})
     for shard in range(plan.n_shards):
-        with h5py.File(extract_shard(spec, shard), "r") as f:
-            loc_index = int(f["reductions/localization/layer_index"][()])
-            stored = {}
-            f.visititems(lambda k, obj: stored.update({k: obj[()]}) if isinstance(obj, h5py.Dataset) else None)
+        stored = {}
+        for s in (spec, vision):
+            with h5py.File(extract_shard(s, shard), "r") as f:
+                assert f.attrs["kind"] == s.get("kind", "activations")
+                if s is vision:
+                    loc_index = int(f["reductions/localization/layer_index"][()])
+                    assert not any(k.endswith("/gram") and "positions" not in k for k in f.attrs["datasets"])
+                f.visititems(lambda k, obj: stored.update({k: obj[()]}) if isinstance(obj, h5py.Dataset) else None)
         names = [l["name"] for l in ModelCard.load(card).layers]
         loc_layer = names[loc_index]
         ref = _post_forward_reference(card, cfg, plan, rendered, shard, loc_layer)

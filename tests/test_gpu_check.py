@@ -37,6 +37,7 @@ def test_gpu_check_smoke_runs_every_section_and_writes_its_json(tmp_path):
         assert r["formula_bytes"] > r["params_bytes"] > 0, r
         # the workflow's own taps were attached: the paper config's analyses for the model's family
         assert {"localization", "norm_ratio"} <= set(r["taps"]), r["taps"]
+        assert r["vision_shard1_s"] > 0, r
         if r["model"] == "vit_b16":
             assert {"attention_distance", "attention_maps", "heads"} <= set(r["taps"]), r["taps"]
 

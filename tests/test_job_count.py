@@ -2,7 +2,7 @@
 
 A job of the DAG becomes a SLURM job when its rule runs a step (what `seelike step <rule>` submits through
 seelike.submit) whose executor, per seelike.config.step_executor, is `slurm`. One extraction of one
-model is one job array (its shards), so it counts as one. Rules that run no step (render, plan, figures,
+model is one job array (its shards), so it counts as one; so is its vision pass. Rules that run no step (render, plan, figures,
 archive, fetching pretrained weights, the tables computed from other tables) and steps placed inline
 run in the rule's process on the host running Snakemake.
 """
@@ -48,6 +48,8 @@ def submitted_step(cfg: dict, rule: str, wildcards: dict) -> str | None:
         return "train" if cfg["models"][wildcards["model"]]["source"]["kind"] == "recipe" else None
     if rule in ("extract", "cka"):
         return rule
+    if rule == "extract_vision":   # a model's vision pass: the extract step again
+        return "extract"
     if rule.startswith("table_"):
         return registry.get(rule[len("table_"):]).step
     raise AssertionError(f"rule '{rule}' is new to this test: say which step it submits in submitted_step")
@@ -77,8 +79,12 @@ def test_paper_dag_submits_at_most_60_slurm_jobs(paper_dry_run):
     per_step = slurm_jobs(cfg, jobs)
     n_models = len(cfg["models"])
     recipes = sum(m["source"]["kind"] == "recipe" for m in cfg["models"].values())
-    # the heavy steps are submitted: every training and one extraction array per model
-    assert per_step["train"] == recipes == 10 and per_step["extract"] == n_models == 20, per_step
+    # the heavy steps are submitted: every training, one extraction array per model and one vision-pass
+    # array per model some vision analysis taps (receptive fields included: no job of their own)
+    vision = registry.vision_models(cfg)
+    assert per_step["train"] == recipes == 10 and n_models == 20 and len(vision) >= 10, (per_step, vision)
+    assert per_step["extract"] == n_models + len(vision), (per_step, vision)
+    assert sum(rule == "extract_vision" for rule, _ in jobs) == len(vision)
     # the tables (vision, checkpoint views, CKA) run on the host
     assert per_step["vision"] == 0 and per_step["cka"] == 0, per_step
     print(f"SLURM jobs of the paper DAG: {sum(per_step.values())} {dict(per_step)}")

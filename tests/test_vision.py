@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch import nn
 
 import seelike.models.archs  # noqa: F401  (registers seelike_mixer)
 from seelike.analyses import geometry
+from seelike.analyses.attention_distance import selected_sums
 from seelike.analyses.attention_maps import layer_similarity, rollout
 from seelike.analyses.patch_embedding import patch_embedding_conv, principal_components
 from seelike.analyses.position_embedding import position_cosine
@@ -83,7 +85,7 @@ def test_attention_distance_through_a_real_vit_with_rectangular_patches():
     from seelike.models.residual import patch_geometry
 
     r = AttentionReducer(attn, 1, lambda n: patch_geometry(vit, n, (16, 32)), [3, 16, 32], shard_offset=0,
-                         n_distance=3, n_maps=1)
+                         distances=True, n_maps=1)
     x = torch.randn(4, 3, 16, 32)
     assert vit.blocks[0].attn.fused_attn
     with torch.no_grad(), attached([r], vit):
@@ -94,14 +96,46 @@ def test_attention_distance_through_a_real_vit_with_rectangular_patches():
     assert vit.blocks[0].attn.fused_attn                  # restored
     out = r.result()
     ref = _mean_pairwise_reference((4, 4), (4.0, 8.0))
+    units = {b: {k: out[f"reductions/attention_distance/{b}/{k}"]
+                 for k in ("minibatch_sums", "minibatch_counts", "per_image", "index")} for b in ("block0", "block1")}
     for b in ("block0", "block1"):
-        assert int(out[f"reductions/attention_distance/{b}/count"]) == 3     # n_images: first 3 of the plan
-        np.testing.assert_allclose(out[f"reductions/attention_distance/{b}/sum"] / 3, ref, rtol=1e-5)
-        np.testing.assert_allclose(out[f"reductions/attention_distance/{b}/prefix_mass_sum"] / 3, 1 / 17, rtol=1e-4)
+        assert out[f"reductions/attention_distance/{b}/per_image"].shape == (4, 3, 2)   # every image, every head
+        np.testing.assert_allclose(out[f"reductions/attention_distance/{b}/per_image"][:, 0], ref, rtol=1e-5)
+    for b, (acc, count, _) in selected_sums(units, 0, 3).items():           # n_images: the first 3 of the plan
+        assert count == 3
+        np.testing.assert_allclose(acc[0] / 3, ref, rtol=1e-5)
+        np.testing.assert_allclose(acc[3] / 3, 1 / 17, rtol=1e-4)
     assert out["reductions/attention_maps/weights"].shape == (1, 2, 2, 17, 17)
     np.testing.assert_allclose(out["reductions/attention_maps/weights"], 1 / 17, rtol=1e-5)
     assert out["reductions/attention_maps/example_indices"].tolist() == [10]
     assert out["reductions/geometry/grid"].tolist() == [4, 4] and out["reductions/geometry/cell"].tolist() == [4, 8]
+
+
+@pytest.mark.parametrize("n_images", [1, 7, 8, 13, 16, 29, 40, 1000])
+def test_selected_attention_distances_match_a_float64_reference(n_images):
+    """A table's selection of the stored images (whole minibatches from their stored sums, the last one from
+    its per-image values) against sums taken directly in float64 over the first n_images images, with
+    adversarial values (large offsets, tiny spreads), across two shards of three and two minibatches."""
+    rng = np.random.default_rng(n_images)
+    heads, counts = 3, [[8, 8, 8], [8, 5]]                   # plan positions 0-23 in shard 0, 24-36 in shard 1
+    values = (1e4 + rng.standard_normal((37, 3, heads)) * 1e-3).astype(np.float32)
+    values[:, 2] = rng.random((37, heads)).astype(np.float32)
+    ref = values[:n_images].astype(np.float64)
+    want = np.stack([ref[:, 0].sum(0), (ref[:, 0] ** 2).sum(0), ref[:, 1].sum(0), ref[:, 2].sum(0)])
+    got, n, start = 0.0, 0, 0
+    for shard in counts:
+        v = values[start:start + sum(shard)].astype(np.float64)
+        edges = np.cumsum([0] + shard)
+        sums = np.stack([np.stack([v[a:b, 0].sum(0), (v[a:b, 0] ** 2).sum(0), v[a:b, 1].sum(0), v[a:b, 2].sum(0)])
+                         for a, b in zip(edges[:-1], edges[1:])])
+        unit = {"minibatch_sums": sums, "minibatch_counts": np.asarray(shard), "index": 0,
+                "per_image": values[start:start + sum(shard)]}
+        acc, c, _ = selected_sums({"block0": unit}, start, n_images)["block0"]
+        if c:
+            got, n = got + acc, n + c
+        start += sum(shard)
+    assert n == min(n_images, 37)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
 
 
 def test_explicit_attention_tap_matches_the_model():
@@ -339,20 +373,24 @@ def test_analyses_config_selection_taps_and_errors():
     assert registry.models_for(cfg, "norm_ratio") == ["vit", "resnet", "mixer", "vit_small_data"]
     assert registry.models_for(cfg, "patch_embedding") == ["vit", "mixer", "vit_small_data"]
     assert head_cka.pairs(cfg) == [("vit", "resnet"), ("vit_small_data", "resnet")]
-    taps = specs.extract_spec(cfg, "vit")["taps"]
-    assert set(taps) == {"attention_distance", "attention_maps", "heads", "norm_ratio", "localization"}
-    assert taps["attention_distance"]["n_images"] == 64          # 5000 capped at analysis.n_examples
-    assert set(specs.extract_spec(cfg, "resnet")["taps"]) == {"norm_ratio", "localization"}
+    taps = specs.vision_extract_spec(cfg, "vit")["taps"]
+    assert set(taps) == {"attention_distance", "attention_maps", "heads", "norm_ratio", "localization", "receptive_field"}
+    assert taps["attention_distance"] == {}          # every image is stored; the table selects
+    assert registry.table_spec(cfg, "attention_distance", "vit")["n_images"] == 64   # 5000 capped at n_examples
+    assert set(specs.vision_extract_spec(cfg, "resnet")["taps"]) == {"norm_ratio", "localization", "receptive_field"}
+    # the Grams' pass carries no vision setting at all
+    assert "taps" not in specs.extract_spec(cfg, "vit") and "n_images" not in json.dumps(specs.extract_spec(cfg, "vit"))
+    assert registry.vision_models(cfg) == ["vit", "resnet", "mixer", "vit_small_data"]
     assert "results/figures/F4/synth.png" in vision_targets(cfg)
-    # no `analyses` section: no taps, no vision targets (extraction unchanged)
+    # no `analyses` section: no taps, no vision pass, no vision targets
     bare = _cfg()
     del bare["analyses"]
     bare = sc.load(bare)
-    assert "taps" not in specs.extract_spec(bare, "vit") and vision_targets(bare) == []
+    assert registry.vision_models(bare) == [] and vision_targets(bare) == []
     # switched off
     off = _cfg()
     off["analyses"]["norm_ratio"] = {"enabled": False}
-    assert "norm_ratio" not in specs.extract_spec(sc.load(off), "vit")["taps"]
+    assert "norm_ratio" not in specs.vision_extract_spec(sc.load(off), "vit")["taps"]
 
     def bad(mutate, key, *words):
         c = _cfg()

@@ -1,6 +1,8 @@
 """The real workflow: DAGs of both shipped configs, bad configs through Snakemake, a small end-to-end run."""
 from __future__ import annotations
 
+import copy
+
 import json
 import re
 from pathlib import Path
@@ -30,13 +32,14 @@ def test_demo_dag_builds(tmp_path):
     jobs = planned_jobs(proc)
     # 8 models (4 base + 4 from the retraining sweeps); 8 within + 4 configured pairs + 1 more data-scale pair
     assert jobs["model"] == 8 and jobs["extract"] == 8 and jobs["plan"] == 1
+    assert jobs["extract_vision"] == 4     # vit, resnet, mixer and vit_frac_0p3: those a vision analysis covers
     # each synthetic split read is rendered once: synth train/test/analysis
     assert jobs["render"] == 3
     assert jobs["cka"] == 13 and jobs["figure_f1"] == 8 and jobs["figure_f2"] == 4 and jobs["figure_f14"] == 1
     assert jobs["table_findings"] == 1
     for fig in ("f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12", "f13", "v1", "v2", "v3", "v4", "v5"):
         assert jobs.get(f"figure_{fig}", 0) >= 1, fig
-    assert sum(jobs.values()) == 93, jobs
+    assert sum(jobs.values()) == 97, jobs
 
 
 def test_catalog_test_config_dry_runs(tmp_path):
@@ -163,9 +166,12 @@ TINY_ANALYSES = {"attention_distance": {"n_images": 48, "less_data": ["vit"]},  
 
 @pytest.mark.slow
 def test_end_to_end_tiny_workflow_vision_analyses(tiny_local_run, tmp_path):
-    """The finished tiny run with every vision analysis switched on: the models are reused, extraction runs
-    once more with the taps (one pass over the images serves F3, F5, F7, F9 and the attention views), every
-    figure is drawn from its table, and the report has a caption for each."""
+    """The finished tiny run with every vision analysis switched on: the models, their Grams and the CKA tables
+    are reused; each model gets a vision pass (one pass over the images, with its receptive-field gradients,
+    serves F3, F5, F6, F7, F9 and the attention views), every figure is drawn from its table, and the report
+    has a caption for each. Then the reruns a vision setting plans: a key that only selects (n_images of
+    the attention distances, the CNN layers F5 plots) reruns its tables and figures; a tap setting (the
+    localization positions) reruns the vision passes, never the Grams' pass or a CKA table."""
     import shutil
 
     from seelike import config as sc
@@ -178,7 +184,8 @@ def test_end_to_end_tiny_workflow_vision_analyses(tiny_local_run, tmp_path):
     cfg["analyses"] = TINY_ANALYSES
     vfile = write_config(run / "vision.yaml", cfg)
     planned = planned_jobs(snakemake(run, vfile, "-n", "--quiet", "rules"))
-    assert "model" not in planned and planned["extract"] == 3 and planned["table_receptive_field"] == 3, planned
+    assert planned["extract_vision"] == 3 and planned["table_receptive_field"] == 3, planned
+    assert not {"model", "extract", "cka"} & set(planned), planned
     snakemake(run, vfile, "--cores", "2")
     res, vis = run / "results", run / "results" / "vision" / "synth"
 
@@ -204,6 +211,24 @@ def test_end_to_end_tiny_workflow_vision_analyses(tiny_local_run, tmp_path):
         assert (run / (target + ".prov.json")).is_file()
     again = snakemake(run, vfile, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    def plan_after(**analyses):
+        edited = copy.deepcopy(cfg)
+        for name, settings in analyses.items():
+            edited["analyses"][name] = {**edited["analyses"][name], **settings}
+        return planned_jobs(snakemake(run, write_config(run / "edited.yaml", edited), "-n", "--quiet", "rules"))
+
+    # selecting fewer of the stored images: the distances, the head table that reads them, their figures
+    assert plan_after(attention_distance={"n_images": 20}) == {
+        "table_attention_distance": 1, "table_head_cka": 1, "figure_f3": 1, "figure_f4": 1, "figure_f5": 1,
+        "all": 1}
+    assert plan_after(head_cka={"cnn_layers": ["layer1.0", "layer4.1"]}) == {"table_head_cka": 1, "figure_f5": 1,
+                                                                           "all": 1}
+    # a tap setting: the vision passes and what reads them; the Grams and CKA tables stay
+    moved = plan_after(localization={"positions": [[0.25, 0.25], [0.75, 0.5]]})
+    assert moved["extract_vision"] == 3 and moved["table_localization"] == 3, moved
+    assert not {"model", "extract", "cka", "figure_f1", "figure_f2", "figure_f14"} & set(moved), moved
+
     snakemake(run, vfile, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text(errors="replace")
     for category in ("F03 attention distance", "F04 attention distance, less data", "F05 attention heads vs CNN",

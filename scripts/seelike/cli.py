@@ -115,9 +115,11 @@ def step_extract(spec: dict) -> None:
     todo = [s for s in range(n_shards) if not reusable(files[s], s, plan, config_hash, card.sha256, card_sha256)]
     job_spec = dict(spec, plan=plan, out=str(out_dir / "shard-{shard:05d}.h5"))
     if todo:
-        print(f"seelike: extracting {len(todo)} of {n_shards} shard(s) of '{spec['model']}'", flush=True)
+        what = "the vision pass of " if spec.get("kind") == "vision" else ""
+        print(f"seelike: extracting {len(todo)} of {n_shards} shard(s) of {what}'{spec['model']}'", flush=True)
         run_array(_settings("extract"), "seelike.extract:extract_shard",
-                  [{"spec": job_spec, "shard_index": s} for s in todo], name=f"{spec['model']}",
+                  [{"spec": job_spec, "shard_index": s} for s in todo],
+                  name=spec["model"] + ("-vision" if spec.get("kind") == "vision" else ""),
                   marker=out_dir / "manifest.json")
     write_manifest(out_dir / "manifest.json", model=spec["model"], dataset=spec["dataset_key"], plan=plan,
                    plan_digest=Plan.from_dict(plan).digest(), shard_files=files,

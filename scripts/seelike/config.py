@@ -23,7 +23,7 @@ from .plan import MinibatchError, check_minibatch
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # Steps whose jobs executor.steps can place. Fetching from the hub is not one: it always runs on the host
 # running Snakemake (compute nodes often have no internet).
-STEPS = ("train", "extract", "cka", "vision", "receptive_field", "probe")
+STEPS = ("train", "extract", "cka", "vision", "probe")
 # Steps whose work is seconds, less than a job's start-up and queue wait: the analyses' tables and the
 # checkpoint views (vision) and the CKA tables (cka) read stored reductions. They run in the rule's own
 # process on the host running Snakemake (`inline`) unless executor.steps.<step>.executor places them.
@@ -85,6 +85,9 @@ def _schema_error_parts(err) -> tuple[list, str]:
     if best.validator == "enum" and path == ["executor", "steps"] and best.instance == "fetch":
         return path + ["fetch"], ("there is no fetch step to place: pretrained weights are always fetched on the host "
                                   "running Snakemake (compute nodes often have no internet); remove this entry")
+    if best.validator == "enum" and path == ["executor", "steps"] and best.instance == "receptive_field":
+        return path + ["receptive_field"], ("receptive fields are computed in each model's vision pass, a job of "
+                                            "the `extract` step: place `extract` instead and remove this entry")
     if best.validator == "required" and isinstance(best.instance, dict):
         missing = [k for k in best.validator_value if k not in best.instance]
         if missing:

@@ -198,9 +198,10 @@ def _same(a, b) -> bool:
 
 
 def extract_shard(spec: dict, shard_index: int) -> str:
-    """spec keys: model, card (path), dataset_key, dataset (config entry), split, plan (dict), out (path
-    template with {shard}), device, precision, sublayers, full_tokens, num_workers (int or "auto"), provenance_config;
-    optional: rendered (the split's file from the render rule, synthetic datasets), taps."""
+    """spec keys: model, kind ("activations": the Grams' pass; "vision": the vision pass, with taps), card
+    (path), dataset_key, dataset (config entry), split, plan (dict), out (path template with {shard}), device,
+    precision, sublayers, full_tokens (activations), taps (vision), num_workers (int or "auto"),
+    provenance_config; optional: rendered (the split's file from the render rule, synthetic datasets)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import provenance
@@ -233,7 +234,8 @@ def extract_shard(spec: dict, shard_index: int) -> str:
                               input_digests={str(card_path.parent / card.checkpoint): card.sha256})
     prov["seconds"] = round(time.time() - t_start, 3)
     sp = plan.shard(shard_index)
-    write_shard(out_path, model=spec["model"], dataset=spec["dataset_key"], shard_index=shard_index,
+    write_shard(out_path, kind=spec.get("kind", "activations"), model=spec["model"], dataset=spec["dataset_key"],
+                shard_index=shard_index,
                 n_shards=plan.n_shards, plan=plan.to_dict(), plan_digest=plan.digest(), layers=layers,
                 example_indices=sp.example_indices, minibatch_ids=sp.minibatch_ids, arrays=arrays,
                 provenance=prov)
@@ -260,16 +262,18 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
                         **loader_options(device, spec.get("num_workers", "auto"), reads_from_memory(shard_items),
                                         batches=-(-len(shard_items) // b)))
     shard_offset = shard_index * plan.minibatches_per_shard * b
-    reducers = [GramReducer(layers), PooledReducer(layers, card.num_prefix_tokens),
-                TokenReducer(layers, int(spec.get("full_tokens", 0)), shard_offset)]
-    if spec.get("taps"):  # the vision analyses' taps (F3-F9); none configured: nothing extra runs
+    vision = spec.get("kind") == "vision"
+    if vision:  # the vision pass: only the vision analyses' taps (F3-F9); the Grams are the other pass's
         from .analyses.reducers import vision_reducers
 
-        reducers += vision_reducers(spec["taps"], model=model, card=card, model_name=spec["model"],
-                                    layer_specs=layer_specs, shard_offset=shard_offset, device=device)
+        reducers = vision_reducers(spec["taps"], model=model, card=card, model_name=spec["model"],
+                                   layer_specs=layer_specs, shard_offset=shard_offset, device=device)
+    else:
+        reducers = [GramReducer(layers), PooledReducer(layers, card.num_prefix_tokens),
+                    TokenReducer(layers, int(spec.get("full_tokens", 0)), shard_offset)]
     logits, labels = [], []
     precision = spec.get("precision", "fp32")
-    bar = tqdm(total=len(sp.example_indices), desc=f"extract {spec['model']} shard {shard_index}",
+    bar = tqdm(total=len(sp.example_indices), desc=f"extract {spec['model']}{' (vision pass)' if vision else ''} shard {shard_index}",
                file=sys.stderr, unit="img", mininterval=5)
     pos = 0
     stream = LayerStream(layers, reducers)
@@ -291,12 +295,13 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
                           example_indices=idx, num_prefix_tokens=card.num_prefix_tokens, inputs=x)
             for r in reducers:
                 r.update(batch)
-            logits.append(out.float().cpu().numpy())
-            labels.append(np.asarray(y))
+            if not vision:
+                logits.append(out.float().cpu().numpy())
+                labels.append(np.asarray(y))
             pos += n
             bar.update(n)
     bar.close()
-    arrays = {"logits": np.concatenate(logits), "labels": np.concatenate(labels).astype(np.int64)}
+    arrays = {} if vision else {"logits": np.concatenate(logits), "labels": np.concatenate(labels).astype(np.int64)}
     for r in reducers:
         arrays.update(r.result())
     return layers, arrays

@@ -48,13 +48,16 @@ def write_manifest(manifest: str | os.PathLike, *, model: str, dataset: str, pla
     shard_files = list(shard_files)
     infos = [validate_shard(p, expected_plan=plan, expected_shard=i) for i, p in enumerate(shard_files)]
     layers = infos[0].layers if infos else None
+    kind = infos[0].kind if infos else None
     for p, info in zip(shard_files, infos):
         if info.layers != layers:
             raise ValueError(f"shard '{p}' has layers {info.layers}, shard 0 has {layers}")
+        if info.kind != kind:
+            raise ValueError(f"shard '{p}' is of kind '{info.kind}', shard 0 of kind '{kind}'")
     shards = [{"file": p.name, "shard_index": info.shard_index, "sha256": digest, "bytes": p.stat().st_size,
                "n_examples": int(len(info.example_indices))}
               for p, info, digest in zip(shard_files, infos, sha256_files(shard_files))]
-    doc = {"model": model, "dataset": dataset, "plan_digest": plan_digest, "plan": plan, "layers": layers,
+    doc = {"model": model, "kind": kind, "dataset": dataset, "plan_digest": plan_digest, "plan": plan, "layers": layers,
            "shards": shards, "provenance": provenance}
     write_json_atomic(manifest, doc)
     return doc

@@ -17,6 +17,10 @@ CARD = f"{MODEL_DIR}/card.json"
 WEIGHTS = f"{MODEL_DIR}/weights.safetensors"
 EXTRACT_DIR = f"{RESULTS}/extract/{{dataset}}/{{model}}"
 MANIFEST = f"{EXTRACT_DIR}/manifest.json"
+# The vision pass: the vision analyses' taps (attention, norm ratios, localization, receptive fields), a
+# forward pass of its own so that no vision setting reruns the Grams above or the CKA tables.
+VISION_DIR = f"{EXTRACT_DIR}/vision"
+VISION_MANIFEST = f"{VISION_DIR}/manifest.json"
 CKA_TABLE = f"{RESULTS}/cka/{{dataset}}/{{x}}__{{y}}.csv"
 # The tables of registered analyses, by where they are computed from.
 TABLES = {
@@ -85,6 +89,14 @@ def extract_dir(cfg: dict, model: str) -> str:
 
 def manifest(cfg: dict, model: str) -> str:
     return fill(MANIFEST, dataset=dataset_key(cfg), model=model)
+
+
+def vision_dir(cfg: dict, model: str) -> str:
+    return fill(VISION_DIR, dataset=dataset_key(cfg), model=model)
+
+
+def vision_manifest(cfg: dict, model: str) -> str:
+    return fill(VISION_MANIFEST, dataset=dataset_key(cfg), model=model)
 
 
 def cka_table(cfg: dict, x: str, y: str) -> str:

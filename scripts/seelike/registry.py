@@ -68,7 +68,8 @@ class Analysis:
     stems: Optional[Stems] = None              # default: models_for(cfg, name)
     inputs: Optional[PerStem] = None           # (cfg, stem) -> input files; default: the stem's manifest/card
     spec: Optional[PerStem] = None             # (cfg, stem) -> the step's settings
-    taps: Optional[Callable[[dict, str], dict]] = None   # (cfg, model) -> extraction taps ({} if none)
+    taps: Optional[Callable[[dict, str], dict]] = None   # (cfg, model) -> the vision pass's taps ({} if none);
+                                               # an analysis with taps reads the vision pass (vision_manifest)
     check: Optional[Callable[[dict], None]] = None       # raises ConfigError naming the key
     settings: Optional[dict] = None            # JSON-schema properties of `analyses.<name>` besides enabled and
                                                # models; None: the analysis has no `analyses:` entry
@@ -223,7 +224,7 @@ def table_inputs(cfg: dict, a: Analysis, stem: str) -> list[str]:
     if a.source == "checkpoint":
         return [paths.card(stem)]
     if a.source == "dataset":
-        return [paths.manifest(cfg, stem)]
+        return [manifest_of(cfg, a, stem)]
     return []
 
 
@@ -240,7 +241,7 @@ def table_spec(cfg: dict, name: str, stem: str) -> dict:
     elif a.source == "dataset":
         spec["dataset_key"] = paths.dataset_key(cfg)
         if not a.inputs:
-            spec["manifest"] = paths.manifest(cfg, stem)
+            spec["manifest"] = manifest_of(cfg, a, stem)
     spec.update(a.spec(cfg, stem) if a.spec else {})
     spec["out"] = table_paths(cfg, a, stem)[0]
     spec["provenance_config"] = _provenance(spec, code=code_digest(a))
@@ -259,12 +260,24 @@ def figure_spec(cfg: dict, figure_id: str, stem: str) -> dict:
 
 
 def extraction_taps(cfg: dict, model: str) -> dict:
-    """What extraction of `model` must tap and reduce for the analyses that cover it ({}: nothing extra)."""
+    """What the vision pass of `model` must tap and reduce for the analyses that cover it ({}: no
+    vision pass)."""
     taps: dict = {}
     for a in analyses():
         if a.taps:
             taps.update(a.taps(cfg, model) or {})
     return taps
+
+
+def vision_models(cfg: dict) -> list[str]:
+    """The models with a vision pass: those some analysis taps."""
+    return [m for m in cfg["models"] if extraction_taps(cfg, m)]
+
+
+def manifest_of(cfg: dict, a: Analysis, model: str) -> str:
+    """The extraction an analysis of `source: dataset` reads for `model`: its vision pass when the
+    analysis taps one, else the Grams' pass."""
+    return paths.vision_manifest(cfg, model) if a.taps else paths.manifest(cfg, model)
 
 
 def final_figures(cfg: dict) -> list[str]:

@@ -78,9 +78,12 @@ def model_spec(cfg: dict, name: str) -> dict:
 
 
 def extract_spec(cfg: dict, name: str) -> dict:
+    """The model's pass for the CKA Grams (and pooled features, logits, full tokens). No vision setting
+    enters it: those are the vision pass's (:func:`vision_extract_spec`), so they never rerun it or the
+    CKA tables."""
     d = dataset_key(cfg)
-    spec = {"model": name, "dataset_key": d, "dataset": cfg["datasets"][d], "split": cfg["analysis"]["split"],
-            "device": cfg["device"], "precision": cfg["precision"],
+    spec = {"model": name, "kind": "activations", "dataset_key": d, "dataset": cfg["datasets"][d],
+            "split": cfg["analysis"]["split"], "device": cfg["device"], "precision": cfg["precision"],
             "sublayers": cfg["extraction"]["sublayers"], "full_tokens": cfg["extraction"]["full_tokens"],
             "num_workers": cfg["extraction"]["num_workers"],
             "card": paths.card(name), "plan_file": paths.plan(d), "out_dir": paths.extract_dir(cfg, name)}
@@ -89,9 +92,17 @@ def extract_spec(cfg: dict, name: str) -> dict:
         spec["rendered"] = rendered
     spec["provenance_config"] = {k: spec[k] for k in ("model", "dataset_key", "dataset", "split", "precision",
                                                         "sublayers", "full_tokens")}
-    taps = registry.extraction_taps(cfg, name)   # what the analyses need from this model's pass
-    if taps:
-        spec["taps"] = spec["provenance_config"]["taps"] = taps
+    return spec
+
+
+def vision_extract_spec(cfg: dict, name: str) -> dict:
+    """The model's vision pass: what the vision analyses that cover it tap and reduce
+    (:func:`seelike.registry.extraction_taps`), over the same plan, in a forward pass of its own."""
+    spec = extract_spec(cfg, name)
+    del spec["full_tokens"]
+    spec.update(kind="vision", out_dir=paths.vision_dir(cfg, name), taps=registry.extraction_taps(cfg, name))
+    spec["provenance_config"] = {k: spec[k] for k in ("model", "kind", "dataset_key", "dataset", "split",
+                                                        "precision", "sublayers", "taps")}
     return spec
 
 

@@ -2,7 +2,7 @@
 
 Layout (schema version 1):
 
-    /                         attrs: format, schema_version, model, dataset, shard_index, n_shards,
+    /                         attrs: format, schema_version, kind, model, dataset, shard_index, n_shards,
                                      plan_digest, layers (JSON list, depth order),
                                      datasets (JSON list of every array path written), provenance (JSON),
                                      complete = 1 (set last)
@@ -19,6 +19,9 @@ Layout (schema version 1):
     /layers/<layer>/<other>   any per-layer reduction a later analysis adds
     /reductions/<name>/...    model-level reductions (attention distances, norm ratios, ...)
                               (the vision analyses' paths: seelike/analyses/reducers.py)
+
+`kind` is "activations" (the pass for CKA: labels, logits, Grams, pooled features and tokens of
+every layer) or "vision" (the vision pass: only the vision analyses' reductions, below; no Grams).
 
 Every array lands under a path recorded in the `datasets` attribute, so validation checks
 whatever reductions were switched on without knowing them. A shard is written in full under a
@@ -38,6 +41,7 @@ import numpy as np
 
 FORMAT = "seelike-shard"
 SCHEMA_VERSION = 1
+KINDS = ("activations", "vision")
 
 
 class ShardError(ValueError):
@@ -68,6 +72,7 @@ class ShardInfo:
     provenance: dict
     example_indices: np.ndarray
     minibatch_ids: np.ndarray
+    kind: str = "activations"
 
 
 def layer_path(layer: str, name: str) -> str:
@@ -76,7 +81,7 @@ def layer_path(layer: str, name: str) -> str:
     return f"layers/{layer}/{name}"
 
 
-def write_shard(path: str | os.PathLike, *, model: str, dataset: str, shard_index: int, n_shards: int,
+def write_shard(path: str | os.PathLike, *, kind: str = "activations", model: str, dataset: str, shard_index: int, n_shards: int,
                 plan: dict, plan_digest: str, layers: list[str], example_indices: np.ndarray,
                 minibatch_ids: np.ndarray, arrays: Mapping[str, np.ndarray], provenance: dict,
                 compression: str | None = None) -> Path:
@@ -105,7 +110,7 @@ def write_shard(path: str | os.PathLike, *, model: str, dataset: str, shard_inde
             use = compression if arr.size >= 4096 and not key.endswith("/gram") else None
             f.create_dataset(key, data=arr, compression=use)
         f.attrs.update({
-            "format": FORMAT, "schema_version": SCHEMA_VERSION, "model": model, "dataset": dataset,
+            "format": FORMAT, "schema_version": SCHEMA_VERSION, "kind": kind, "model": model, "dataset": dataset,
             "shard_index": shard_index, "n_shards": n_shards, "plan_digest": plan_digest,
             "layers": json.dumps(list(layers)),
             "datasets": json.dumps(sorted(all_arrays)), "provenance": json.dumps(provenance, default=str),
@@ -187,14 +192,20 @@ def validate_shard(path: str | os.PathLike, *, expected_plan: dict | None = None
                 raise ShardError(f"shard '{path}' was never completed")
             layers = json.loads(a["layers"])
             datasets = json.loads(a["datasets"])
+            kind = str(a.get("kind", "activations"))
+            if kind not in KINDS:
+                raise ShardError(f"shard '{path}' is of kind '{kind}'; known kinds: {', '.join(KINDS)}")
             plan_text = f["plan/json"][()]
             plan = json.loads(plan_text)
             ex = f["plan/example_indices"][()]
             mb = f["plan/minibatch_ids"][()]
             missing = [d for d in datasets if d not in f]
-            if expected_layers is not None:
-                missing += [layer_path(l, "gram") for l in expected_layers if layer_path(l, "gram") not in f]
-            missing += [layer_path(l, "gram") for l in layers if layer_path(l, "gram") not in f]
+            if kind == "activations":   # the vision pass stores no Grams
+                if expected_layers is not None:
+                    missing += [layer_path(l, "gram") for l in expected_layers if layer_path(l, "gram") not in f]
+                missing += [layer_path(l, "gram") for l in layers if layer_path(l, "gram") not in f]
+            elif expected_layers is not None and list(expected_layers) != layers:
+                raise ShardError(f"shard '{path}' has layers {layers}, expected {list(expected_layers)}")
             if missing:
                 raise ShardError(f"shard '{path}' lacks {', '.join(sorted(set(missing)))}")
             if expected_plan is not None:
@@ -214,7 +225,7 @@ def validate_shard(path: str | os.PathLike, *, expected_plan: dict | None = None
             return ShardInfo(path=path, model=str(a["model"]), dataset=str(a["dataset"]),
                              shard_index=int(a["shard_index"]), n_shards=int(a["n_shards"]),
                              plan_digest=str(a["plan_digest"]), plan=plan, layers=layers, datasets=datasets,
-                             provenance=json.loads(a["provenance"]), example_indices=ex, minibatch_ids=mb)
+                             provenance=json.loads(a["provenance"]), example_indices=ex, minibatch_ids=mb, kind=kind)
     except ShardError:
         raise
     except (OSError, KeyError, ValueError) as e:

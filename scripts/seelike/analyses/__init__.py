@@ -3,7 +3,7 @@
     cka_maps            F1, F2, F14  CKA heatmaps of the CKA tables
     attention_distance  F3, F4       mean attention distance per head and block
     head_cka            F5           CKA of single attention heads with a CNN's layers vs their distance
-    receptive_field     F6           effective receptive fields (gradients; its own step)
+    receptive_field     F6           effective receptive fields (gradients, in the vision pass)
     norm_ratio          F7           ||z|| / ||f(z)|| of every residual sublayer
     skip_ablation       F8           accuracy and CKA of ViTs trained without the skip at block i
     localization        F9           CKA between input patches and final-layer positions

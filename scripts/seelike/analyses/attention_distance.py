@@ -2,8 +2,9 @@
 
 For each query patch the attention-weighted distance between patch centres (prefix tokens left
 out as queries and keys), averaged over the query patches of an image, then over the first
-`analyses.attention_distance.n_images` images of the plan. Extraction sums per-image values per
-shard (:class:`seelike.analyses.reducers.AttentionReducer`); this combines the shards exactly.
+`analyses.attention_distance.n_images` images of the plan. The vision pass stores every image's
+values and per-minibatch sums (:class:`seelike.analyses.reducers.AttentionReducer`), so a change of
+`n_images` reruns this table only; this combines them exactly.
 
 Table columns: model, block, block_index, head, distance (the plotted value: renormalised or raw
 as configured), distance_renormalised, distance_raw, std_over_images and se (both of the
@@ -25,22 +26,48 @@ from ..plotting import finish_figure, layer_axis, pyplot
 from ..registry import Analysis, Figure, check_model_list, models_for, section
 
 
+def selected_sums(units: dict, start: int, n_images: int) -> dict:
+    """Per block, the sums over the images at plan positions [start, n_images) of a shard whose first image
+    is at `start`: [renormalised, renormalised^2, raw, prefix mass] (4, heads) and the count. Whole
+    minibatches add their stored sums in plan order; a minibatch the selection ends inside adds its
+    selected images' per-image values."""
+    out = {}
+    for block, st in units.items():
+        acc, count, pos, row = None, 0, start, 0
+        for mb_sum, c in zip(st["minibatch_sums"], st["minibatch_counts"]):
+            c = int(c)
+            if pos >= n_images:
+                break
+            if pos + c > n_images:
+                v = st["per_image"][row:row + n_images - pos].astype(np.float64)      # (k, 3, heads)
+                mb_sum = np.stack([v[:, 0].sum(0), (v[:, 0] ** 2).sum(0), v[:, 1].sum(0), v[:, 2].sum(0)])
+                c = n_images - pos
+            acc = mb_sum if acc is None else acc + mb_sum
+            count, pos, row = count + c, pos + c, row + c
+        out[block] = (acc, count, int(st["index"]))
+    return out
+
+
 def compute(spec: dict) -> str:
-    """spec: manifest, model, out, renormalize, less_data, provenance_config."""
+    """spec: manifest (the vision pass), model, n_images, out, renormalize, less_data, provenance_config."""
     import pandas as pd
     from ..manifest import load_manifest
 
     manifest = load_manifest(spec["manifest"])
-    totals, geom = {}, None
+    n_images = int(spec["n_images"])
+    totals, geom, start = {}, None, 0
     for path in shard_paths(manifest):
         units = by_unit(read_group(path, ATTN_DIST, "attention distances"))
         if geom is None:
             geom = read_group(path, GEOMETRY)
-        for block, st in units.items():
+        for block, (acc, count, index) in selected_sums(units, start, n_images).items():
             t = totals.setdefault(block, {k: 0.0 for k in ("sum", "sum_sq", "raw_sum", "prefix_mass_sum", "count")})
-            for k in t:
-                t[k] = t[k] + st[k]
-            t["index"] = int(st["index"])
+            if count:
+                for k, v in zip(("sum", "sum_sq", "raw_sum", "prefix_mass_sum"), acc):
+                    t[k] = t[k] + v
+                t["count"] = t["count"] + count
+            t["index"] = index
+        start += int(sum(next(iter(units.values()))["minibatch_counts"])) if units else 0
     grid, cell, size = geom["grid"], geom["cell"], geom["input_size"]
     uniform = float(geometry.pixel_distances(grid, cell).mean())
     rows = []
@@ -141,13 +168,13 @@ def _check(cfg: dict) -> None:
 def _taps(cfg: dict, model: str) -> dict:
     if model not in models_for(cfg, "attention_distance"):
         return {}
-    n = min(int(cfg["analysis"]["n_examples"]), int(section(cfg, "attention_distance").get("n_images", 5000)))
-    return {"attention_distance": {"n_images": n}}
+    return {"attention_distance": {}}
 
 
 def _spec(cfg: dict, model: str) -> dict:
-    return {"renormalize": bool(section(cfg, "attention_distance").get("renormalize", True)),
-            "less_data": model in less_data(cfg)}
+    s = section(cfg, "attention_distance")
+    return {"renormalize": bool(s.get("renormalize", True)), "less_data": model in less_data(cfg),
+            "n_images": min(int(cfg["analysis"]["n_examples"]), int(s.get("n_images", 5000)))}
 
 
 def _f4_stems(cfg: dict) -> list[str]:

@@ -156,13 +156,13 @@ def _distances(cfg: dict, vit: str) -> str:
 
 def _inputs(cfg: dict, stem: str) -> list[str]:
     vit, cnn = _split(stem)
-    return [paths.manifest(cfg, vit), paths.manifest(cfg, cnn), _distances(cfg, vit)]
+    return [paths.vision_manifest(cfg, vit), paths.manifest(cfg, cnn), _distances(cfg, vit)]
 
 
 def _spec(cfg: dict, stem: str) -> dict:
     vit, cnn = _split(stem)
     s = section(cfg, "head_cka")
-    return {"model": vit, "cnn": cnn, "manifest": paths.manifest(cfg, vit), "manifest_cnn": paths.manifest(cfg, cnn),
+    return {"model": vit, "cnn": cnn, "manifest": paths.vision_manifest(cfg, vit), "manifest_cnn": paths.manifest(cfg, cnn),
             "distances": _distances(cfg, vit), "blocks": int(s.get("blocks", 3)),
             "cnn_layers": s.get("cnn_layers", "auto"), "estimator": cfg["cka"]["estimator"]}
 

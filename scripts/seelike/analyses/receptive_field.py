@@ -3,8 +3,10 @@
 For every chosen layer: the gradient of the layer's output at the centre position (summed over
 channels) with respect to the input image, absolute, summed over the input channels and averaged
 over the first `analyses.receptive_field.n_images` images of the plan. ViT layers are block
-outputs (after the residual); CNN layers residual-unit outputs. Gradients need their own pass,
-so this is its own step (a few images, one backward pass per layer).
+outputs (after the residual); CNN layers residual-unit outputs. Gradients need their own passes:
+the model's vision pass (seelike.paths.VISION_DIR) runs them after its forward passes, one backward
+pass per layer (:class:`seelike.analyses.reducers.ReceptiveFieldReducer`); the shards hold the
+sums, and this table divides them by the images.
 
 Table columns: model, layer, layer_index, row, col, value (mean |d output / d pixel|), n_images,
 grid_h, grid_w, centre_row, centre_col (the layer position differentiated), image_h, image_w.
@@ -17,6 +19,8 @@ from .common import write_table
 from ..plotting import finish_figure, pyplot
 from .. import paths
 from ..registry import Analysis, Figure, section
+
+RECEPTIVE_FIELD = "reductions/receptive_field"   # the vision pass's store path of the gradient sums
 
 
 def choose_layers(names: list[str], setting) -> list[str]:
@@ -91,50 +95,36 @@ def receptive_fields(model, x, layers: list[dict], num_prefix_tokens: int = 0) -
 
 
 def compute(spec: dict) -> str:
-    """spec: card, plan_file, dataset, split, n_images, batch_size, layers, device, model, out."""
-    from pathlib import Path
-
+    """spec: manifest (the vision pass, whose shards hold the gradient sums), model, out, provenance_config."""
     import pandas as pd
-    import torch
-    from torch.utils.data import DataLoader, Subset
 
-    from ..extract import open_for_model
-    from ..models.build import build_model
-    from ..models.card import ModelCard
-    from ..plan import Plan, read_plan_file
-    from ..runtime import device as pick_device
+    from .common import by_unit, read_group, shard_paths
+    from ..manifest import load_manifest
 
-    card_path = Path(spec["card"])
-    card = ModelCard.load(card_path)
-    device = pick_device(spec.get("device", "cpu"))
-    model = build_model(card, card_path.parent, device=device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    plan = Plan.from_dict(read_plan_file(spec["plan_file"]))
-    n = int(spec["n_images"])
-    idx = [int(i) for i in plan.indices_array[:n]]
-    ds = open_for_model(card, spec["dataset"], spec["split"], plan)
-    loader = DataLoader(Subset(ds, idx), batch_size=int(spec.get("batch_size", 32)), shuffle=False)
-    names = card.layer_names
-    chosen = choose_layers(names, spec.get("layers", "auto"))
-    layers = [l for l in card.layers if l["name"] in chosen]
-    sums, meta = {}, {}
-    for x, _y, _i in loader:
-        res = receptive_fields(model, x.to(device), layers, card.num_prefix_tokens)
-        for name, (g, grid, cell) in res.items():
-            sums[name] = sums.get(name, 0.0) + g
-            meta[name] = (grid, cell)
+    manifest = load_manifest(spec["manifest"])
+    sums, meta, count = {}, {}, 0
+    for path in shard_paths(manifest):
+        group = read_group(path, RECEPTIVE_FIELD, "receptive fields") if count < int(spec["n_images"]) else {}
+        if not group:
+            break
+        count += int(group.pop("count"))
+        for name, st in by_unit(group).items():
+            sums[name] = sums.get(name, 0.0) + st["sum"]
+            meta[name] = (tuple(int(v) for v in st["grid"]), tuple(int(v) for v in st["centre"]), int(st["index"]))
+    if count != int(spec["n_images"]):
+        raise ValueError(f"model '{spec['model']}': the vision pass holds receptive fields of {count} images, the "
+                         f"table asks for {spec['n_images']}; rerun its extraction (extract_vision)")
+    names = manifest["layers"]
     h, w = next(iter(sums.values())).shape
     rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     frames = []
-    for layer in layers:
-        name = layer["name"]
-        (gh, gw), (cr, ccol) = meta[name]
+    for name in sorted(sums, key=lambda n: meta[n][2]):
+        (gh, gw), (cr, ccol), _ = meta[name]
         frames.append(pd.DataFrame({
             "model": spec["model"], "layer": name, "layer_index": names.index(name), "row": rr.ravel(),
-            "col": cc.ravel(), "value": (sums[name] / len(idx)).ravel(), "n_images": len(idx), "grid_h": gh,
+            "col": cc.ravel(), "value": (sums[name] / count).ravel(), "n_images": count, "grid_h": gh,
             "grid_w": gw, "centre_row": cr, "centre_col": ccol, "image_h": h, "image_w": w}))
-    return write_table(pd.concat(frames, ignore_index=True), spec["out"], spec, inputs=[spec["card"]])
+    return write_table(pd.concat(frames, ignore_index=True), spec["out"], spec, inputs=[spec["manifest"]])
 
 
 def summary(table) -> "pd.DataFrame":
@@ -183,17 +173,18 @@ def figure(spec: dict) -> None:
 
 # ----------------------------------------------------------------------------- registration
 
-def _inputs(cfg: dict, model: str) -> list[str]:
-    return [paths.card(model), paths.plan(paths.dataset_key(cfg))]
+def _taps(cfg: dict, model: str) -> dict:
+    from ..registry import models_for
 
-
-def _spec(cfg: dict, model: str) -> dict:
+    if model not in models_for(cfg, "receptive_field"):
+        return {}
     s = section(cfg, "receptive_field")
-    d = paths.dataset_key(cfg)
-    return {"card": paths.card(model), "plan_file": paths.plan(d), "dataset": cfg["datasets"][d],
-            "split": cfg["analysis"]["split"],
-            "n_images": min(int(cfg["analysis"]["n_examples"]), int(s.get("n_images", 32))),
-            "batch_size": int(s.get("batch_size", 32)), "layers": s.get("layers", "auto"), "device": cfg["device"]}
+    return {"receptive_field": {"n_images": _n_images(cfg), "batch_size": int(s.get("batch_size", 32)),
+                                "layers": s.get("layers", "auto")}}
+
+
+def _n_images(cfg: dict) -> int:
+    return min(int(cfg["analysis"]["n_examples"]), int(section(cfg, "receptive_field").get("n_images", 32)))
 
 
 SETTINGS = {"n_images": {"type": "integer", "minimum": 1, "default": 32},
@@ -205,6 +196,7 @@ SETTINGS = {"n_images": {"type": "integer", "minimum": 1, "default": 32},
 ANALYSIS = Analysis(
     name="receptive_field", settings=SETTINGS, families=("vit", "mixer", "cnn"),
     why="receptive fields need a spatial grid (a ViT, Mixer or CNN)",
-    source="dataset", compute=compute, step="receptive_field", inputs=_inputs, spec=_spec,
+    source="dataset", compute=compute, step="vision", taps=_taps,
+    spec=lambda cfg, model: {"n_images": _n_images(cfg)},
     figures=(Figure("F6", "receptive fields", figure),),
-    code=("extract.py",))
+    code=("analyses/reducers.py",))

@@ -5,11 +5,17 @@ taps none of this runs and extraction is unchanged. Statistics taken during the 
 are reduced inside their hooks ("streaming"), so attention weights, per-head outputs and
 branch outputs of all blocks are never held at once: the extra memory is one block's worth.
 
-Store paths (all per shard; sums over images are sums, so shards combine exactly):
+Store paths (all per shard; sums over images are sums, so shards combine exactly). Attention
+distances are stored for every image, so that a table selects its images without a new pass:
 
     reductions/geometry/{grid, cell, input_size}             spatial grid of the tokens / final map
-    reductions/attention_distance/<block>/{sum, sum_sq, raw_sum, prefix_mass_sum} (heads,)  float64
-    reductions/attention_distance/<block>/{count, index}      images summed; block depth index
+    reductions/attention_distance/<block>/minibatch_sums (m, 4, heads) float64: per CKA minibatch, sums over
+                              its images of [renormalised, renormalised^2, raw, prefix mass]
+    reductions/attention_distance/<block>/minibatch_counts (m,)  images of each minibatch
+    reductions/attention_distance/<block>/per_image (n, 3, heads) float32: [renormalised, raw, prefix mass] of
+                              every image (float32 means: the exact values the sums add), for a selection
+                              that ends inside a minibatch
+    reductions/attention_distance/<block>/index               block depth index
     reductions/attention_maps/{weights (k, blocks, heads, t, t), images (k, C, H, W), example_indices (k,)}
     reductions/heads/<block>/gram (m, heads, b, b), .../index  per-head Grams per CKA minibatch
     reductions/norm_ratio/<sublayer>/{z_norm_sum, f_norm_sum, ratio_sum, count, ratio_count} (2,) [cls, spatial]
@@ -17,6 +23,10 @@ Store paths (all per shard; sums over images are sums, so shards combine exactly
     layers/<layer>/positions/gram (m', Q, b, b) float32        per-position Grams of the localization layer
     reductions/localization/input/gram (m', P, b, b)           Grams of the input cells at the chosen positions
     reductions/localization/{positions (P, 2), grid (2,), cell (2,), minibatch_ids (m',), layer_index}
+    reductions/receptive_field/<layer>/{sum (H, W) float64, grid (2,), centre (2,), index}   sum over the shard's
+                              selected images of |d centre output / d pixel| (its own backward passes, after
+                              the forward passes of the shard)
+    reductions/receptive_field/count                          images summed
 """
 from __future__ import annotations
 
@@ -81,22 +91,24 @@ def attention_distances(attn, dist, num_prefix_tokens: int):
 
 
 class AttentionReducer(Reducer):
-    """Per-head mean attention distance (F3/F4) and the full attention of the first examples."""
+    """Per-head mean attention distance of every image (F3/F4) and the full attention of the first examples."""
     name = "attention"
 
     def __init__(self, attn: list[dict], num_prefix_tokens: int, geometry_fn, input_size, shard_offset: int,
-                 n_distance: int = 0, n_maps: int = 0):
-        """geometry_fn(n_patches) -> (grid, cell size in input pixels), asked once the token count is known."""
+                 distances: bool = False, n_maps: int = 0):
+        """geometry_fn(n_patches) -> (grid, cell size in input pixels), asked once the token count is known.
+        distances: the attention distances of every image; n_maps: the full attention of the plan's first
+        n_maps examples."""
         self.attn, self.p, self.offset = attn, int(num_prefix_tokens), int(shard_offset)
         self.geometry_fn, self.input_size = geometry_fn, [int(v) for v in input_size]
         self.grid = self.cell = self.dist = None
-        self.n_distance, self.n_maps = int(n_distance), int(n_maps)
+        self.distances, self.n_maps = bool(distances), int(n_maps)
         self._dist_t = None
-        self.acc = {}     # block -> (4, heads) float64 sums on the device: sum, sum_sq, raw_sum, prefix_mass_sum
-        self.count = {a["name"]: 0 for a in attn}
+        self.sums = {a["name"]: [] for a in attn}     # per minibatch: (4, heads) float64 on the device
+        self.per_image = {a["name"]: [] for a in attn}   # per minibatch: (b, 3, heads) float32 on the device
         self.maps = {a["name"]: [] for a in attn}
         self.images, self.map_examples = [], []
-        self._dist_rows = self._map_rows = np.zeros(0, dtype=int)
+        self._map_rows = np.zeros(0, dtype=int)
 
     def attach(self, model):
         handles = []
@@ -106,9 +118,7 @@ class AttentionReducer(Reducer):
         return handles
 
     def begin(self, positions, example_indices):
-        g = self.offset + np.asarray(positions)
-        self._dist_rows = _rows(g, self.n_distance)
-        self._map_rows = _rows(g, self.n_maps)
+        self._map_rows = _rows(self.offset + np.asarray(positions), self.n_maps)
         self._examples = np.asarray(example_indices)
 
     def _consume(self, name, role, a):
@@ -118,18 +128,16 @@ class AttentionReducer(Reducer):
             grid, cell = self.geometry_fn(a.shape[-1] - self.p)
             self.grid, self.cell = tuple(int(g) for g in grid), tuple(float(c) for c in cell)
             self.dist = geometry.pixel_distances(self.grid, self.cell)
-        if self._dist_rows.size:
+        if self.distances:
             if self._dist_t is None or self._dist_t.device != a.device:
                 self._dist_t = torch.as_tensor(self.dist, dtype=torch.float32, device=a.device)
-            sel = _take(a, self._dist_rows)
             n_sp = self.dist.shape[0]
-            if sel.shape[-1] - self.p != n_sp:
-                raise ValueError(f"attention of {name} has {sel.shape[-1]} tokens; expected {self.p} prefix + {n_sp} "
+            if a.shape[-1] - self.p != n_sp:
+                raise ValueError(f"attention of {name} has {a.shape[-1]} tokens; expected {self.p} prefix + {n_sp} "
                                  f"patches (grid {self.grid})")
-            ren, raw, prefix = attention_distances(sel, self._dist_t, self.p)
-            sums = torch.stack([ren, ren * ren, raw, prefix]).sum(1)          # (4, heads), no host sync
-            self.acc[name] = sums if name not in self.acc else self.acc[name] + sums
-            self.count[name] += len(self._dist_rows)
+            ren, raw, prefix = attention_distances(a, self._dist_t, self.p)
+            self.sums[name].append(torch.stack([ren, ren * ren, raw, prefix]).sum(1))   # (4, heads), no host sync
+            self.per_image[name].append(torch.stack([ren, raw, prefix], 1).float())       # float32 values, exactly
         if self._map_rows.size:
             self.maps[name].append(_take(a, self._map_rows).float().cpu().numpy())
 
@@ -139,18 +147,21 @@ class AttentionReducer(Reducer):
             self.map_examples.append(self._examples[self._map_rows])
 
     def result(self):
+        import torch
+
         out = {}
         if self.grid is not None:   # the token grid, for the tables (constant per model)
             out.update({f"{GEOMETRY}/grid": np.asarray(self.grid, dtype=np.int64),
                         f"{GEOMETRY}/cell": np.asarray(self.cell, dtype=np.float64),
                         f"{GEOMETRY}/input_size": np.asarray(self.input_size, dtype=np.int64)})
-        for i, a in enumerate(self.attn):
-            base = f"{ATTN_DIST}/{a['name']}"
-            acc = self.acc[a["name"]].cpu().numpy() if a["name"] in self.acc else np.zeros((4, a["num_heads"]))
-            for k, v in zip(("sum", "sum_sq", "raw_sum", "prefix_mass_sum"), acc):
-                out[f"{base}/{k}"] = v
-            out[f"{base}/count"] = np.asarray(self.count[a["name"]], dtype=np.int64)
-            out[f"{base}/index"] = np.asarray(i, dtype=np.int64)
+        if self.distances:
+            for i, a in enumerate(self.attn):
+                base, name = f"{ATTN_DIST}/{a['name']}", a["name"]
+                out[f"{base}/minibatch_sums"] = torch.stack(self.sums[name]).cpu().numpy()
+                per_image = torch.cat(self.per_image[name]).cpu().numpy()
+                out[f"{base}/per_image"] = per_image
+                out[f"{base}/minibatch_counts"] = np.asarray([len(t) for t in self.per_image[name]], dtype=np.int64)
+                out[f"{base}/index"] = np.asarray(i, dtype=np.int64)
         if self.images:
             out[f"{ATTN_MAPS}/weights"] = np.stack([np.concatenate(self.maps[a["name"]]) for a in self.attn], axis=1)
             out[f"{ATTN_MAPS}/images"] = np.concatenate(self.images)
@@ -358,6 +369,49 @@ class PositionGramReducer(Reducer):
         }
 
 
+class ReceptiveFieldReducer(Reducer):
+    """Effective receptive fields (F6) of the plan's first `n_images` images: they are kept during the
+    shard's forward passes, then differentiated in chunks of `batch_size`, one backward pass per layer
+    (:func:`seelike.analyses.receptive_field.receptive_fields`), once the taps are detached."""
+    name = "receptive_field"
+
+    def __init__(self, model, layers: list[dict], num_prefix_tokens: int, n_images: int, batch_size: int,
+                 shard_offset: int):
+        self.model, self.layers, self.p = model, layers, int(num_prefix_tokens)
+        self.n_images, self.batch_size, self.offset = int(n_images), int(batch_size), int(shard_offset)
+        self.inputs, self._rows = [], np.zeros(0, dtype=int)
+
+    def begin(self, positions, example_indices):
+        self._rows = _rows(self.offset + np.asarray(positions), self.n_images)
+
+    def update(self, batch):
+        if self._rows.size:
+            self.inputs.append(_take(batch.inputs, self._rows).detach().cpu())
+
+    def result(self):
+        import torch
+        from .receptive_field import RECEPTIVE_FIELD, receptive_fields
+
+        if not self.inputs:
+            return {}
+        x = torch.cat(self.inputs)
+        device = next(self.model.parameters()).device
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        sums, meta = {}, {}
+        for chunk in torch.split(x, self.batch_size):
+            for name, (g, grid, cell) in receptive_fields(self.model, chunk.to(device), self.layers, self.p).items():
+                sums[name] = sums.get(name, 0.0) + g
+                meta[name] = (grid, cell)
+        out = {f"{RECEPTIVE_FIELD}/count": np.asarray(len(x), dtype=np.int64)}
+        for i, layer in enumerate(self.layers):
+            base = f"{RECEPTIVE_FIELD}/{layer['name']}"
+            grid, cell = meta[layer["name"]]
+            out.update({f"{base}/sum": sums[layer["name"]], f"{base}/grid": np.asarray(grid, dtype=np.int64),
+                        f"{base}/centre": np.asarray(cell, dtype=np.int64), f"{base}/index": np.asarray(i, dtype=np.int64)})
+        return out
+
+
 class LayerShapes(Reducer):
     """Records the raw output shape of every layer during the first forward pass (then unhooks), so the
     grids of CNN feature maps are known without an extra pass."""
@@ -463,11 +517,10 @@ def vision_reducers(taps: dict, *, model, card, model_name: str, layer_specs: li
     out: list[Reducer] = []
     if "attention_distance" in taps or "attention_maps" in taps or "heads" in taps:
         attn = attention_modules(model, model_name)
-        n_dist = int(taps.get("attention_distance", {}).get("n_images", 0))
         n_maps = int(taps.get("attention_maps", {}).get("n_images", 0))
-        if n_dist or n_maps:
+        if "attention_distance" in taps or n_maps:
             out.append(AttentionReducer(attn, p, lambda n: patch_geometry(model, n, hw), input_size, shard_offset,
-                                        n_dist, n_maps))
+                                        "attention_distance" in taps, n_maps))
         if "heads" in taps:
             out.append(HeadGramReducer(attn[:int(taps["heads"]["blocks"])]))
     if "norm_ratio" in taps:
@@ -494,4 +547,11 @@ def vision_reducers(taps: dict, *, model, card, model_name: str, layer_specs: li
             _localization_layer(model_name, names, {}, t["layer"])
         out += [probe, PositionGramReducer(None, 0, None, None, hw, None, int(t["n_images"]), shard_offset, p,
                                            resolve=resolve, rank=rank)]
+    if "receptive_field" in taps and shard_offset < int(taps["receptive_field"]["n_images"]):
+        from .receptive_field import choose_layers
+
+        rf = taps["receptive_field"]
+        chosen = choose_layers(card.layer_names, rf["layers"])
+        out.append(ReceptiveFieldReducer(model, [l for l in card.layers if l["name"] in chosen], p, rf["n_images"],
+                                         rf["batch_size"], shard_offset))
     return out
