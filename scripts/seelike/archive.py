@@ -20,9 +20,10 @@ from .paths import RESULTS
 MANIFEST = "MANIFEST.json"
 SMALL_PATTERNS = ("figures/**/*", "cka/**/*.csv", "cka/**/*.prov.json", "plans/*.json", "models/*/card.json",
                   "models/*/metrics.csv", "models/*/metrics.csv.prov.json", "extract/*/*/manifest.json",
+                  "extract/*/*/vision/manifest.json",
                   "vision/**/*.csv", "vision/**/*.prov.json", "experiments/**/*.csv", "experiments/**/*.prov.json",
                   "findings/*.csv", "findings/*.prov.json")
-LARGE_PATTERNS = ("extract/*/*/shard-*.h5", "models/*/weights.safetensors")
+LARGE_PATTERNS = ("extract/*/*/shard-*.h5", "extract/*/*/vision/shard-*.h5", "models/*/weights.safetensors")
 TABLE_DIRS = ("cka", "vision", "experiments")
 
 
