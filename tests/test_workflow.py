@@ -32,7 +32,7 @@ def test_demo_dag_builds(tmp_path):
     jobs = planned_jobs(proc)
     # 8 models (4 base + 4 from the retraining sweeps); 8 within + 4 configured pairs + 1 more data-scale pair
     assert jobs["model"] == 8 and jobs["extract"] == 8 and jobs["plan"] == 1
-    assert jobs["extract_vision"] == 4     # vit, resnet, mixer and vit_frac_0p3: those a vision analysis covers
+    assert jobs["extract_vision"] == 4     # vit, resnet, vit_gap and vit_frac_0p3: those a vision analysis covers
     # each synthetic split read is rendered once: synth train/test/analysis
     assert jobs["render"] == 3
     assert jobs["cka"] == 13 and jobs["figure_f1"] == 8 and jobs["figure_f2"] == 4 and jobs["figure_f14"] == 1
