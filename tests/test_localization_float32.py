@@ -57,7 +57,7 @@ def test_float32_position_grams_give_the_float64_localization_table(tmp_path):
     plan = make_plan(f"synth:{dataset_fingerprint(cfg)}", np.arange(N), N, B, 4, 0)     # one shard, 3 minibatches
     card = make_model_dir(tmp_path / "models", "vit", ARCH, KWARGS, seed=3)
     spec = extract_spec("vit", card, cfg, plan, tmp_path / "out", full_tokens=0, rendered=rendered)
-    spec["taps"] = {"localization": {"positions": POSITIONS, "n_images": N, "layer": None}}
+    spec.update(kind="vision", taps={"localization": {"positions": POSITIONS, "n_images": N, "layer": None}})
     manifest = seelike_extract_model(spec, plan)
 
     shard = tmp_path / "out" / "shard-00000.h5"

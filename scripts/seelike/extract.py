@@ -263,6 +263,9 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
                                         batches=-(-len(shard_items) // b)))
     shard_offset = shard_index * plan.minibatches_per_shard * b
     vision = spec.get("kind") == "vision"
+    if spec.get("taps") and not vision:
+        raise ValueError(f"extraction of '{spec['model']}': vision taps belong to its vision pass (spec kind "
+                         f"'vision', seelike.specs.vision_extract_spec), not to the Grams' pass")
     if vision:  # the vision pass: only the vision analyses' taps (F3-F9); the Grams are the other pass's
         from .analyses.reducers import vision_reducers
 
