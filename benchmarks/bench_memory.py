@@ -195,6 +195,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default=None, help="comma separated subset")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="fresh processes per case; the table gives the median peak and the range")
+    ap.add_argument("--cases", default="bare,held,extract", help="comma separated subset of bare, held, extract")
     ap.add_argument("--out", default=str(HERE / "out" / "bench_memory.json"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -224,10 +227,16 @@ def main() -> None:
             est = formula_bytes(model, ModelCard.load(card_path), family, args.batch, FULL_TOKENS)
             del model
             r = {"model": name, "family": family, "b": args.batch, "size": size, "formula": est}
-            for case in ("bare", "held", "extract"):
-                res = run_case(args, name, case, work)
+            for case in args.cases.split(","):
+                runs = [run_case(args, name, case, work) for _ in range(args.repeats)]
+                peaks = sorted(x["peak_bytes"] for x in runs)
+                res = dict(runs[0], peak_bytes=int(np.median(peaks)), peaks=peaks)
                 r[case] = res
-                print(f"  {name} {case}: peak {res['peak_bytes'] / GB:.2f} GB", flush=True)
+                print(f"  {name} {case}: peak {res['peak_bytes'] / GB:.2f} GB"
+                      + (f" (median of {len(peaks)}: {', '.join(f'{v / GB:.2f}' for v in peaks)})" if len(peaks) > 1 else ""),
+                      flush=True)
+            for case in {"bare", "held", "extract"} - set(r):
+                r[case] = {"peak_bytes": float("nan"), "model_bytes": float("nan"), "held_bytes": float("nan")}
             r["ratio"] = r["extract"]["peak_bytes"] / r["bare"]["peak_bytes"]
             r["formula_error"] = est["total"] / r["extract"]["peak_bytes"] - 1
             r["formula_error_bare"] = est["bare"] / r["bare"]["peak_bytes"] - 1
@@ -245,11 +254,20 @@ def main() -> None:
               f"{r['formula']['total'] / GB:>6.2f} {r['formula_error']:>+5.0%}")
     print("held GB: bytes of the tapped layers' outputs held at once in the 'held' case; f.bare / f.ext: the "
           "formula without / with the store's buffers, err against the measured bare / extract peak")
+    if args.repeats > 1:
+        print(f"peaks: medians of {args.repeats} fresh processes per case; ranges (GB):")
+        for r in rows:
+            print(f"  {r['model']:<11} " + "  ".join(
+                f"{c} {min(r[c]['peaks']) / GB:.2f}-{max(r[c]['peaks']) / GB:.2f}" for c in ("bare", "held", "extract")
+                if "peaks" in r[c]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": "2-core CPU VM, no GPU", "threads": args.threads, "batch": args.batch,
-                               "size": size, "measure": "VmHWM of a fresh subprocess per case", "rows": rows},
-                              indent=1))
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps({"machine": "2-core CPU VM, no GPU", "threads": args.threads, "batch": args.batch,
+                                   "size": size, "repeats": args.repeats,
+                                   "measure": "VmHWM of a fresh subprocess per case (median over repeats)",
+                                   "rows": rows}, indent=1))
+    tmp_out.replace(out)
     print(f"wrote {out}")
 
 

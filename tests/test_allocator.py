@@ -27,3 +27,27 @@ def test_step_process_keeps_freed_memory_and_plain_call_does_not():
     inline = _kept_mib("from seelike.submit import call_target; print(call_target('jobs:freed_memory_kept_mib', {}))")
     assert in_job > 200, f"the job process gave {256 - in_job:.0f} of 256 MiB back: thresholds not raised"
     assert inline < 50, f"an inline call kept {inline:.0f} MiB: the allocator was changed outside a job"
+
+
+def test_off_heap_copies_into_a_memory_map_of_its_own():
+    """Results a job keeps between minibatches live outside malloc's heap: equal values, dtype and shape,
+    no memory shared with the source, in an anonymous mmap; empty arrays too."""
+    import mmap
+
+    import numpy as np
+
+    from seelike.allocator import off_heap
+
+    rng = np.random.default_rng(0)
+    for a in (rng.standard_normal((3, 5, 7)), rng.standard_normal((256, 256)).astype(np.float32),
+              np.arange(12, dtype=np.int64)[::2], np.zeros((0, 4), np.float32)):
+        b = off_heap(a)
+        assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+        assert not np.shares_memory(a, b)
+        if a.size:
+            base = b
+            while isinstance(base, np.ndarray):
+                base = base.base
+            assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+            b[(0,) * b.ndim] += 1      # writable, and the source is untouched
+            assert not np.array_equal(a, b)

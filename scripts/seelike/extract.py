@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .allocator import off_heap
 from .reducer import Batch, Reducer
 
 
@@ -35,7 +36,7 @@ class GramReducer(Reducer):
     def consume(self, layer, a):
         from .cka import gram
 
-        self.grams[layer].append(gram(a, center="auto").cpu().numpy())
+        self.grams[layer].append(off_heap(gram(a, center="auto").cpu().numpy()))
 
     def result(self):
         from .store import layer_path
@@ -55,8 +56,8 @@ class PooledReducer(Reducer):
     def consume(self, layer, a):
         a = a.float()
         if self.p:   # a copy: on the CPU a[:, 0].numpy() is a view that would keep the whole layer alive
-            self.cls[layer].append(a[:, 0].cpu().numpy().copy())
-        self.mean[layer].append(a[:, self.p:].mean(1).cpu().numpy())
+            self.cls[layer].append(off_heap(a[:, 0].cpu().numpy()))
+        self.mean[layer].append(off_heap(a[:, self.p:].mean(1).cpu().numpy()))
 
     def result(self):
         from .store import layer_path
@@ -83,7 +84,7 @@ class TokenReducer(Reducer):
 
     def consume(self, layer, a):
         if self._sel.size:
-            self.tokens[layer].append(a[self._sel].float().cpu().numpy())
+            self.tokens[layer].append(off_heap(a[self._sel].float().cpu().numpy()))
 
     def result(self):
         from .store import layer_path
@@ -299,7 +300,7 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
             for r in reducers:
                 r.update(batch)
             if not vision:
-                logits.append(out.float().cpu().numpy())
+                logits.append(off_heap(out.float().cpu().numpy()))
                 labels.append(np.asarray(y))
             pos += n
             bar.update(n)

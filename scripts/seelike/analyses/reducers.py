@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..allocator import off_heap
 from ..reducer import Reducer
 from . import geometry
 
@@ -139,11 +140,11 @@ class AttentionReducer(Reducer):
             self.sums[name].append(torch.stack([ren, ren * ren, raw, prefix]).sum(1))   # (4, heads), no host sync
             self.per_image[name].append(torch.stack([ren, raw, prefix], 1).float())       # float32 values, exactly
         if self._map_rows.size:
-            self.maps[name].append(_take(a, self._map_rows).float().cpu().numpy())
+            self.maps[name].append(off_heap(_take(a, self._map_rows).float().cpu().numpy()))
 
     def update(self, batch):
         if self._map_rows.size:
-            self.images.append(_take(batch.inputs, self._map_rows).float().cpu().numpy())
+            self.images.append(off_heap(_take(batch.inputs, self._map_rows).float().cpu().numpy()))
             self.map_examples.append(self._examples[self._map_rows])
 
     def result(self):
@@ -192,7 +193,7 @@ class HeadGramReducer(Reducer):
         # products (at full float32 precision) of each head's flattened output, in one batched product.
         h = x.permute(2, 0, 1, 3).reshape(x.shape[2], x.shape[0], -1).float()    # (heads, b, t * head_dim)
         with torch.no_grad(), full_fp32():
-            self.grams[name].append((h @ h.transpose(1, 2)).double().cpu().numpy())
+            self.grams[name].append(off_heap((h @ h.transpose(1, 2)).double().cpu().numpy()))
 
     def update(self, batch):
         pass
@@ -346,10 +347,10 @@ class PositionGramReducer(Reducer):
         s = spatial.transpose(0, 1).float()                            # (Q, b, d)
         with torch.no_grad(), full_fp32():
             # float32 products, stored as float32: the same bits a float64 copy would hold, half the bytes
-            self.layer_grams.append((s @ s.transpose(1, 2)).cpu().numpy().astype(np.float32, copy=False))
+            self.layer_grams.append(off_heap((s @ s.transpose(1, 2)).cpu().numpy().astype(np.float32, copy=False)))
         x = batch.inputs
         cells = [x[:, :, self.rows[r]:self.rows[r + 1], self.cols[c]:self.cols[c + 1]] for r, c in self.positions]
-        self.input_grams.append(np.stack([gram(c, center="auto").cpu().numpy() for c in cells]))
+        self.input_grams.append(off_heap(np.stack([gram(c, center="auto").cpu().numpy() for c in cells])))
         self.minibatch_ids.append(batch.minibatch_id)
 
     def result(self):
