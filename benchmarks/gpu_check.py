@@ -21,19 +21,23 @@ extract   ViT-B/16, BiT-R50x1 (timm resnetv2_50x1_bit) and Mixer-B/16 at 224 px,
           are, so no JPEG decoding is timed here (see `loading`). Shard 0 also stores the full tokens of the
           plan's first `extraction.full_tokens` (64) examples; shard 1, timed against k bare forwards, is
           the steady state. overhead = shard 1 / (k x bare) - 1, with and without the model build (timed
-          apart). GPU goal: at most 25%. "loader": the time extraction's own data loader
+          apart). GPU goal: at most 25%. "tf32 Grams": shard 1 again with `extraction.gram_precision:
+          tf32` (TF32 Grams of centred features), held to the same goal. "loader": the time extraction's own data loader
           (`seelike.runtime.loader_options`, num_workers auto) takes to hand the shard's minibatches to the
           device with nothing else running, as % of the k bare forwards (above 100%: loading binds).
 memory    (CUDA only) peak `torch.cuda.max_memory_allocated` of the bare forward and of each extract_shard
           against config/README.md's device estimate: 1.25 x parameters + input + the family's working set.
-grams     for each Gram precision: `highest` (float32 products, TF32 off: what seelike.cka.gram uses),
-          `tf32` (torch.backends.cuda.matmul.allow_tf32 = True), `high`
-          (torch.set_float32_matmul_precision("high")), `medium` (bf16 products): seelike.cka.gram
-          itself, run with that matmul precision in place of its full-float32 context, over every layer of
-          one fp32 minibatch of each model; its time, and the largest |CKA - CKA_float64| over all layer
-          pairs (unbiased minibatch CKA, `seelike.cka.hsic_all_pairs` + `cka_from_minibatch_hsic`) against
-          Grams of the same features centred and multiplied in float64. On CPU TF32 does not exist: the
-          modes run (the code path) and are marked as not applicable.
+grams     for each Gram precision: `highest` (`extraction.gram_precision: fp32`, float32 products,
+          TF32 off), `tf32` (`extraction.gram_precision: tf32`: seelike.cka.gram(precision="tf32"),
+          torch.set_float32_matmul_precision("high") inside its full-float32 context; the same as
+          torch.backends.cuda.matmul.allow_tf32 = True), `medium` (set_float32_matmul_precision("medium"):
+          whatever reduced type torch picks on that GPU) and `bf16` (the chunks cast to bfloat16:
+          products of bf16 inputs), over every layer of one fp32 minibatch of each model; its time, and
+          the largest |CKA - CKA_float64| over all layer pairs (unbiased minibatch CKA,
+          `seelike.cka.hsic_all_pairs` + `cka_from_minibatch_hsic`) against Grams of the same features
+          centred and multiplied in float64. On CPU TF32 does not exist: `tf32` and `medium` run the
+          code path and are marked as not applicable (benchmarks/bench_gram_precision.py emulates TF32 and
+          bf16 inputs on CPU instead).
 loading   images/s of one process decoding and transforming JPEGs (500 x 375, ViT-B/16's timm eval
           transform) and of a DataLoader with the job's CPUs as workers (`seelike.runtime.job_cpus`,
           what `extraction.num_workers: auto` gives), against the bf16 forward's images/s from `extract`.
@@ -89,7 +93,7 @@ SMOKE_MODELS = {
                                     "num_classes": 10}),
 }
 PRECISIONS = ("bf16", "fp32")
-GRAM_MODES = ("highest", "tf32", "high", "medium")
+GRAM_MODES = ("highest", "tf32", "medium", "bf16")
 SECTIONS = ("extract", "memory", "grams", "loading", "workflow")
 GOAL_PCT = 25.0
 
@@ -193,19 +197,20 @@ class Setup:
         cli.step_render(specs.render_spec(self.cfg, "synth", "analysis"))
         cli.step_plan(specs.plan_spec(self.cfg))
 
-    def config(self, precision: str) -> dict:
+    def config(self, precision: str, gram_precision: str = "fp32") -> dict:
         from seelike import config as sc
 
-        return sc.load(dict(self.raw, precision=precision), check_timm=False)
+        extraction = dict(self.raw.get("extraction", {}), gram_precision=gram_precision)
+        return sc.load(dict(self.raw, precision=precision, extraction=extraction), check_timm=False)
 
-    def job_spec(self, name: str, precision: str, vision: bool = False) -> dict:
-        """What `seelike step extract` hands each shard's job (seelike.cli.step_extract): the Grams' pass,
-        or with `vision` the model's vision pass."""
+    def job_spec(self, name: str, precision: str, vision: bool = False, gram_precision: str = "fp32") -> dict:
+        """What `seelike step extract` hands each shard's job (seelike.cli.step_extract): the Grams' pass
+        (with `extraction.gram_precision`), or with `vision` the model's vision pass."""
         from seelike import specs
         from seelike.plan import read_plan_file
 
         make = specs.vision_extract_spec if vision else specs.extract_spec
-        spec = make(self.config(precision), name)
+        spec = make(self.config(precision, gram_precision), name)
         return dict(spec, plan=read_plan_file(spec["plan_file"]), out=str(Path(spec["out_dir"]) / "shard-{shard:05d}.h5"))
 
     def shard_loading_s(self, shard: int) -> tuple[float, dict]:
@@ -307,6 +312,10 @@ def run_extract(setup: Setup, budget: Budget, out: dict, mem: dict) -> dict:
                     if cuda:
                         row[f"shard{shard}_peak_bytes"] = torch.cuda.max_memory_allocated(device)
                     row[f"shard{shard}_file_bytes"] = Path(spec["out"].format(shard=shard)).stat().st_size
+                tf32 = setup.job_spec(name, precision, gram_precision="tf32")
+                budget.check(f"{name} {precision} shard 1, TF32 Grams")
+                say(f"extract: {name} {precision}: extract_shard 1 with extraction.gram_precision tf32")
+                row["shard1_tf32_s"] = timed(lambda: extract_shard(tf32, 1), device)
                 shutil.rmtree(spec["out_dir"], ignore_errors=True)
                 vision = setup.job_spec(name, precision, vision=True)
                 if vision.get("taps"):
@@ -322,7 +331,9 @@ def run_extract(setup: Setup, budget: Budget, out: dict, mem: dict) -> dict:
                 kb = setup.k * row["bare_s"]
                 row["overhead_pct"] = 100.0 * (row["shard1_s"] / kb - 1.0)
                 row["overhead_excl_build_pct"] = 100.0 * ((row["shard1_s"] - row["build_s"]) / kb - 1.0)
+                row["overhead_tf32_excl_build_pct"] = 100.0 * ((row["shard1_tf32_s"] - row["build_s"]) / kb - 1.0)
                 row["goal_met"] = None if setup.args.smoke else row["overhead_excl_build_pct"] <= GOAL_PCT
+                row["goal_met_tf32"] = None if setup.args.smoke else row["overhead_tf32_excl_build_pct"] <= GOAL_PCT
                 row["loading_pct_of_bare"] = 100.0 * out["loading_s"] / kb   # the loader alone, same shard
                 if "vision_shard1_s" in row:   # one more forward by design: reported, not held to the goal
                     row["vision_over_bare_pct"] = 100.0 * (row["vision_shard1_s"] / kb - 1.0)
@@ -346,24 +357,36 @@ def run_extract(setup: Setup, budget: Budget, out: dict, mem: dict) -> dict:
     return out
 
 
-def matmul_mode(mode: str):
-    """A context like seelike.runtime.full_fp32 (autocast off, cuDNN TF32 off) with the matmul precision of `mode`."""
+def gram_call(mode: str):
+    """seelike.cka.gram(a, center="auto") under the Gram precision `mode` (GRAM_MODES)."""
+    import seelike.cka as cka
+
+    if mode in ("highest", "tf32"):     # the config option's own path
+        return lambda a: cka.gram(a, center="auto", precision="fp32" if mode == "highest" else "tf32")
+    if mode == "bf16":
+        return lambda a: cka.gram(a.to(torch.bfloat16), center="auto")
+    return lambda a: cka.gram(a, center="auto", precision="medium")
+
+
+@contextlib.contextmanager
+def medium_precision():
+    """Let cka.gram(precision="medium") run under torch.set_float32_matmul_precision("medium")."""
+    import seelike.cka as cka
     from seelike.runtime import full_fp32
 
+    original = cka.gram_matmul
+
     @contextlib.contextmanager
-    def ctx():
-        with full_fp32():      # autocast off; TF32 off; float32 matmul precision "highest"
-            old = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
-            try:
-                if mode == "tf32":
-                    torch.backends.cuda.matmul.allow_tf32 = True
-                elif mode in ("high", "medium"):
-                    torch.set_float32_matmul_precision(mode)
-                yield
-            finally:
-                torch.set_float32_matmul_precision(old[0])
-                torch.backends.cuda.matmul.allow_tf32 = old[1]
-    return ctx
+    def ctx(precision="fp32", device="cpu"):
+        with full_fp32():
+            torch.set_float32_matmul_precision("medium" if precision == "medium" else "highest")
+            yield
+
+    cka.gram_matmul = ctx
+    try:
+        yield
+    finally:
+        cka.gram_matmul = original
 
 
 def float64_gram(a: torch.Tensor) -> torch.Tensor:
@@ -383,13 +406,12 @@ def cka_matrix(grams: list) -> np.ndarray:
 
 
 def run_grams(setup: Setup, budget: Budget) -> dict:
-    import seelike.cka as cka
     from seelike.models import LayerTaps, build_model
     from seelike.runtime import full_fp32
 
     device, cuda = setup.device, setup.device.type == "cuda"
     x_cpu = setup.minibatch()
-    rows, original = [], cka.full_fp32
+    rows = []
     for name in setup.models:
         budget.check(f"grams of {name}")
         say(f"grams: {name}")
@@ -402,22 +424,20 @@ def run_grams(setup: Setup, budget: Budget) -> dict:
         del model
         ref = cka_matrix([float64_gram(a) for a in acts.values()])
         for mode in GRAM_MODES:
-            cka.full_fp32 = matmul_mode(mode)
-            try:
-                cka.gram(next(iter(acts.values())), center="auto")          # warm-up
+            call = gram_call(mode)
+            with medium_precision() if mode == "medium" else contextlib.nullcontext():
+                call(next(iter(acts.values())))          # warm-up
                 grams = []
-                t = timed(lambda: grams.extend(cka.gram(a, center="auto") for a in acts.values()), device)
-            finally:
-                cka.full_fp32 = original
+                t = timed(lambda: grams.extend(call(a) for a in acts.values()), device)
             err = np.abs(cka_matrix(grams) - ref)
             rows.append({"model": name, "mode": mode, "layers": len(acts), "b": setup.b, "gram_s": t,
                          "max_abs_cka_error": float(np.nanmax(err)), "mean_abs_cka_error": float(np.nanmean(err)),
-                         "applies": cuda or mode in ("highest", "medium")})
+                         "applies": cuda or mode in ("highest", "bf16")})
         del acts
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    note = None if cuda else "on CPU TF32 does not exist: tf32 and high run the code path, their numbers are highest's"
+    note = None if cuda else "on CPU TF32 does not exist: tf32 and medium run the code path, their numbers are highest's"
     return {"rows": rows, "note": note}
 
 
@@ -614,19 +634,22 @@ def print_report(results: dict) -> None:
     if ex:
         print(f"\nextract (status {ex['status']}): extract_shard of a k-minibatch shard against k bare forwards")
         print(f"{'model':<10} {'prec':<5} {'b':>4} {'bare img/s':>10} {'shard0 s':>9} {'shard1 s':>9} {'build s':>8} "
-              f"{'overhead':>9} {'excl build':>10} {'loader':>8} {'vision':>8}  goal <=25%")
+              f"{'overhead':>9} {'excl build':>10} {'tf32 Grams':>10} {'loader':>8} {'vision':>8}  goal <=25% (fp32; tf32)")
         for r in ex.get("rows", []):
             state = r.get("error") or r.get("skipped")
             if state:
                 print(f"{r['model']:<10} {r['precision']:<5} {r['b']:>4}  {state[:90]}")
                 continue
-            goal = "n/a (smoke)" if r["goal_met"] is None else "met" if r["goal_met"] else "NOT met"
+            goal = "n/a (smoke)" if r["goal_met"] is None else "; ".join(
+                "met" if r[k] else "NOT met" for k in ("goal_met", "goal_met_tf32"))
             print(f"{r['model']:<10} {r['precision']:<5} {r['b']:>4} {r['bare_img_s']:>10.1f} {r['shard0_s']:>9.2f} "
                   f"{r['shard1_s']:>9.2f} {r['build_s']:>8.2f} {r['overhead_pct']:>8.1f}% "
-                  f"{r['overhead_excl_build_pct']:>9.1f}% {r['loading_pct_of_bare']:>7.1f}% "
+                  f"{r['overhead_excl_build_pct']:>9.1f}% {r['overhead_tf32_excl_build_pct']:>9.1f}% "
+                  f"{r['loading_pct_of_bare']:>7.1f}% "
                   f"{fmt(r.get('vision_over_bare_pct'), '.1f'):>7}%  {goal}")
         print(f"loader: extraction's own data loader ({ex.get('loader')}) handing one shard's minibatches to the "
               f"device alone, {fmt(ex.get('loading_s'), '.2f')} s, as % of the k bare forwards")
+        print("tf32 Grams: shard 1 again with extraction.gram_precision tf32, excluding the build")
         print("vision: shard 1 of the model's vision pass (every paper tap, receptive fields in shard 0 only) "
               "over k bare forwards - 1")
     mem = results.get("memory")

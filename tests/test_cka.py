@@ -890,3 +890,21 @@ def test_float64_gram_beyond_float64_range_raises():
     for center in (False, True, "auto"):
         with pytest.raises(ValueError, match="exceeds float64's range"):
             gram(x, center=center)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_tf32_gram_precision_takes_centred_grams(offset):
+    """gram(precision="tf32") always centres the features first (TF32 rounding would lose an
+    offset-dominated spread); on a CPU its products are float32, so it equals gram(center=True) bit for
+    bit, and agrees with an independent float64 centred Gram, adversarial offset included."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(300, 40, 25, generator=g) * torch.exp(torch.randn(25, generator=g)) + offset
+    k = gram(x, center="auto", precision="tf32")
+    assert torch.equal(k, gram(x, center=True))
+    f = x.reshape(300, -1).to(torch.float64)
+    f = f - f.mean(dim=0)
+    ref = (f @ f.T).numpy()
+    err = np.abs(k.numpy() - ref).max() / np.abs(ref).max()
+    assert err < 2e-6, err        # float32 products of 1000 features (measured: 3e-7 at both offsets)
+    with pytest.raises(ValueError, match=r"extraction\.gram_precision"):
+        gram(x, precision="bf16")

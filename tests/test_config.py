@@ -129,6 +129,11 @@ def test_bad_enum():
     msg = bad(m)
     assert "cka.estimator" in msg and "'rbf'" in msg
 
+    def g(c):
+        c["extraction"]["gram_precision"] = "bf16"   # only fp32 and tf32 keep CKA within 1e-5
+    msg = bad(g)
+    assert "extraction.gram_precision" in msg and "'bf16'" in msg and "tf32" in msg
+
 
 def test_unknown_model_in_pairs():
     def m(c):

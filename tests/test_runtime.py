@@ -44,3 +44,23 @@ def test_mixed_precision_on_cpu_is_bf16(precision):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
         assert (x @ x.T).dtype == torch.bfloat16
 
+
+
+def test_gram_matmul_is_tf32_only_on_cuda_and_restores_the_setting():
+    """extraction.gram_precision "tf32" switches TF32 matmuls on for CUDA tensors only (the setting
+    exists without a GPU); cuDNN's TF32 stays off, and the caller's settings come back."""
+    old = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_float32_matmul_precision("medium")
+        with runtime.gram_matmul("tf32", torch.device("cuda")):
+            assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32 is False
+        for precision, device in (("tf32", "cpu"), ("fp32", "cuda"), ("fp32", "cpu")):
+            with runtime.gram_matmul(precision, device):
+                assert torch.get_float32_matmul_precision() == "highest", (precision, device)
+        assert torch.get_float32_matmul_precision() == "medium"
+        with pytest.raises(ValueError, match=r"extraction\.gram_precision: 'bf16' is not one of fp32, tf32"):
+            with runtime.gram_matmul("bf16"):
+                pass
+    finally:
+        torch.set_float32_matmul_precision(old[0])
+        torch.backends.cudnn.allow_tf32 = old[1]

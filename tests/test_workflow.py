@@ -228,6 +228,12 @@ def test_end_to_end_tiny_workflow_vision_analyses(tiny_local_run, tmp_path):
     moved = plan_after(localization={"positions": [[0.25, 0.25], [0.75, 0.5]]})
     assert moved["extract_vision"] == 3 and moved["table_localization"] == 3, moved
     assert not {"model", "extract", "cka", "figure_f1", "figure_f2", "figure_f14"} & set(moved), moved
+    # the Grams' matmul precision: the Grams' passes and the CKA tables; no model, no vision pass
+    tf32 = copy.deepcopy(cfg)
+    tf32.setdefault("extraction", {})["gram_precision"] = "tf32"
+    regrams = planned_jobs(snakemake(run, write_config(run / "edited.yaml", tf32), "-n", "--quiet", "rules"))
+    assert regrams["extract"] == 3 and regrams["cka"] >= 1 and regrams["figure_f1"] >= 1, regrams
+    assert not {"model", "extract_vision", "table_localization", "table_attention_distance"} & set(regrams), regrams
 
     snakemake(run, vfile, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text(errors="replace")

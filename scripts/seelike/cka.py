@@ -55,7 +55,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .runtime import full_fp32
+from .runtime import gram_matmul
 
 ESTIMATORS = ("unbiased", "biased")
 MIN_EXAMPLES = {"unbiased": 4, "biased": 2}
@@ -128,13 +128,19 @@ def flat_features(x: torch.Tensor) -> torch.Tensor:
 OFFSET_LIMIT = 16.0
 
 
-def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = False) -> torch.Tensor:
+def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = False,
+         precision: str = "fp32") -> torch.Tensor:
     """(n, n) float64 Gram ``X X^T`` of the flattened per-example features of ``x``.
 
     x: (n, ...) tensor of any floating dtype (float16 / bfloat16 included) on any device.
     Features are processed ``chunk_features`` at a time: each chunk is cast to float32, multiplied
     in float32 at full precision (TF32 and any enclosing autocast are switched off for the call)
-    and the chunk Grams are summed in float64.
+    and the chunk Grams are summed in float64. ``precision`` "tf32" multiplies in TF32 instead on
+    CUDA GPUs that have it (:data:`seelike.runtime.GRAM_PRECISIONS`; config key
+    ``extraction.gram_precision``, whose CKA error config/README.md documents), and always of centred
+    features (``center`` "auto" becomes True): TF32 keeps 10 of float32's 23 mantissa bits, so a
+    feature whose offset outweighs its spread would lose the spread to rounding (CKA error 1.5e-5 at
+    an offset 15x the spread, against 3.6e-6 centred; benchmarks/bench_gram_precision.py).
 
     ``center``: False, the Gram ``K = X X^T``; True, the Gram of the minibatch-centred features,
     ``H K H``, with each feature's mean subtracted before the products (one more pass over the
@@ -154,10 +160,12 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     """
     if center not in (True, False, "auto"):
         raise ValueError(f"gram: center must be True, False or 'auto', got {center!r}")
+    if precision == "tf32" and center == "auto":
+        center = True       # rounding to TF32 would lose an offset-dominated feature's spread
     if center == "auto" and isinstance(x, torch.Tensor) and x.dtype == torch.float64:
         center = True       # centring float64 chunks before the cast is as cheap as not centring them
     if center == "auto":
-        k = _gram(x, chunk_features, False)
+        k = _gram(x, chunk_features, False, precision)
         rows = k.sum(dim=1)
         # sum(K) = ||sum_i x_i||^2 = n^2 ||mean||^2 and trace(K) = sum_i ||x_i||^2; compared without
         # their difference, which cancels exactly when the offset dominates
@@ -165,10 +173,10 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
         if offset * (1.0 + OFFSET_LIMIT) <= OFFSET_LIMIT * float(k.diagonal().sum()):
             return _centre_(k, rows)
     elif not center:
-        return _gram(x, chunk_features, False)
+        return _gram(x, chunk_features, False, precision)
     # the float32 mean leaves a residual offset (terms a_i + a_j in the Gram): centring in float64
     # removes it, so that True and "auto" both return H K H
-    k = _gram(x, chunk_features, True)
+    k = _gram(x, chunk_features, True, precision)
     return _centre_(k, k.sum(dim=1))
 
 
@@ -181,7 +189,7 @@ def _centre_(k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return k.sub_(a[:, None] + a[None, :])
 
 
-def _gram(x: torch.Tensor, chunk_features: int, center: bool) -> torch.Tensor:
+def _gram(x: torch.Tensor, chunk_features: int, center: bool, precision: str = "fp32") -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"gram: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1 or x.shape[0] < 1:
@@ -210,7 +218,7 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool) -> torch.Tensor:
     # buffer held) is overwritten by the mirror of the lower one at the end.
     buf = torch.empty(n, n, dtype=torch.float32, device=x.device) if b else None
     out = None
-    with torch.no_grad(), full_fp32():
+    with torch.no_grad(), gram_matmul(precision, x.device):
         for s in range(0, d, chunk):
             c = flat[:, s:s + chunk]
             shift = 0

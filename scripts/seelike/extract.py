@@ -29,14 +29,14 @@ class NonFiniteActivation(FloatingPointError):
 class GramReducer(Reducer):
     name = "gram"
 
-    def __init__(self, layers):
-        self.layers = layers
+    def __init__(self, layers, precision: str = "fp32"):
+        self.layers, self.precision = layers, precision
         self.grams = {l: [] for l in layers}
 
     def consume(self, layer, a):
         from .cka import gram
 
-        self.grams[layer].append(off_heap(gram(a, center="auto").cpu().numpy()))
+        self.grams[layer].append(off_heap(gram(a, center="auto", precision=self.precision).cpu().numpy()))
 
     def result(self):
         from .store import layer_path
@@ -201,7 +201,7 @@ def _same(a, b) -> bool:
 def extract_shard(spec: dict, shard_index: int) -> str:
     """spec keys: model, kind ("activations": the Grams' pass; "vision": the vision pass, with taps), card
     (path), dataset_key, dataset (config entry), split, plan (dict), out (path template with {shard}), device,
-    precision, sublayers, full_tokens (activations), taps (vision), num_workers (int or "auto"),
+    precision, sublayers, full_tokens and gram_precision (activations), taps (vision), num_workers (int or "auto"),
     provenance_config; optional: rendered (the split's file from the render rule, synthetic datasets)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -273,7 +273,7 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
         reducers = vision_reducers(spec["taps"], model=model, card=card, model_name=spec["model"],
                                    layer_specs=layer_specs, shard_offset=shard_offset, device=device)
     else:
-        reducers = [GramReducer(layers), PooledReducer(layers, card.num_prefix_tokens),
+        reducers = [GramReducer(layers, spec.get("gram_precision", "fp32")), PooledReducer(layers, card.num_prefix_tokens),
                     TokenReducer(layers, int(spec.get("full_tokens", 0)), shard_offset)]
     logits, labels = [], []
     precision = spec.get("precision", "fp32")

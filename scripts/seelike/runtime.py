@@ -12,7 +12,8 @@ import os
 
 import torch
 
-__all__ = ["device", "autocast", "full_fp32", "job_cpus", "loader_options", "PREFETCH_BATCHES"]
+__all__ = ["device", "autocast", "full_fp32", "gram_matmul", "GRAM_PRECISIONS", "job_cpus", "loader_options",
+           "PREFETCH_BATCHES"]
 
 
 def device(name: str) -> torch.device:
@@ -55,6 +56,27 @@ def full_fp32():
         finally:
             torch.set_float32_matmul_precision(matmul)
             torch.backends.cudnn.allow_tf32 = cudnn
+
+
+#: The Grams' matmul precisions (config key ``extraction.gram_precision``): "fp32", float32 products
+#: at full precision; "tf32", CUDA's TensorFloat-32 (inputs rounded to 10 mantissa bits, float32
+#: accumulation; PyTorch's ``set_float32_matmul_precision("high")``), which exists on CUDA GPUs of
+#: compute capability 8.0 and later only: elsewhere "tf32" runs the float32 products of "fp32".
+GRAM_PRECISIONS = ("fp32", "tf32")
+
+
+@contextlib.contextmanager
+def gram_matmul(precision: str = "fp32", device: torch.device | str = "cpu"):
+    """:func:`full_fp32`, with TF32 matmuls for ``precision`` "tf32" on a CUDA ``device`` (see
+    :data:`GRAM_PRECISIONS`; on any other device full float32 precision stays, whatever torch's
+    float32 matmul precision would mean there)."""
+    if precision not in GRAM_PRECISIONS:
+        raise ValueError(f"config key extraction.gram_precision: {precision!r} is not one of "
+                         f"{', '.join(GRAM_PRECISIONS)}")
+    with full_fp32():
+        if precision == "tf32" and torch.device(device).type == "cuda":
+            torch.set_float32_matmul_precision("high")   # CUDA: TF32 matmuls; restored by full_fp32
+        yield
 
 
 #: Minibatches each data loader worker prepares ahead of the forward on a GPU (DataLoader's

@@ -85,13 +85,13 @@ def extract_spec(cfg: dict, name: str) -> dict:
     spec = {"model": name, "kind": "activations", "dataset_key": d, "dataset": cfg["datasets"][d],
             "split": cfg["analysis"]["split"], "device": cfg["device"], "precision": cfg["precision"],
             "sublayers": cfg["extraction"]["sublayers"], "full_tokens": cfg["extraction"]["full_tokens"],
-            "num_workers": cfg["extraction"]["num_workers"],
+            "gram_precision": cfg["extraction"]["gram_precision"], "num_workers": cfg["extraction"]["num_workers"],
             "card": paths.card(name), "plan_file": paths.plan(d), "out_dir": paths.extract_dir(cfg, name)}
     rendered = rendered_path(cfg, d, spec["split"])
     if rendered:
         spec["rendered"] = rendered
     spec["provenance_config"] = {k: spec[k] for k in ("model", "dataset_key", "dataset", "split", "precision",
-                                                        "sublayers", "full_tokens")}
+                                                        "gram_precision", "sublayers", "full_tokens")}
     return spec
 
 
@@ -99,7 +99,7 @@ def vision_extract_spec(cfg: dict, name: str) -> dict:
     """The model's vision pass: what the vision analyses that cover it tap and reduce
     (:func:`seelike.registry.extraction_taps`), over the same plan, in a forward pass of its own."""
     spec = extract_spec(cfg, name)
-    del spec["full_tokens"]
+    del spec["full_tokens"], spec["gram_precision"]
     spec.update(kind="vision", out_dir=paths.vision_dir(cfg, name), taps=registry.extraction_taps(cfg, name))
     spec["provenance_config"] = {k: spec[k] for k in ("model", "kind", "dataset_key", "dataset", "split",
                                                         "precision", "sublayers", "taps")}
