@@ -3,6 +3,7 @@
     python benchmarks/bench_memory.py              # b = 64, four models at 224 px (~4 min on 2 cores)
     python benchmarks/bench_memory.py --batch 256  # the paper config's minibatch (each ViT-B/16 forward: minutes)
     python benchmarks/bench_memory.py --quick      # tiny models at 32 px, b = 16 (~30 s)
+    python benchmarks/bench_memory.py --batch 256 --repeats 3 --cases bare,extract,vision   # medians of 3 runs
 
 Writes benchmarks/out/bench_memory.json. Goal (issue 14): peak extraction memory at most 1.3x the
 bare forward's peak, plus the store's buffers.
@@ -23,6 +24,10 @@ Cases, with the same random weights (timm's initialisation, `make_model_dir`) an
 * extract   `seelike.extract.extract_shard(spec, 0)` on a one-minibatch plan of the same b images:
             data loading, the finite check, a Gram per layer, pooled features, the first 16
             examples' tokens, logits, the HDF5 write, the checkpoint's sha256 in a thread.
+* vision    the model's vision pass over the same minibatch (`extract_shard` of a spec of kind
+            "vision"): every tap config/config.yaml's analyses give a model of its family
+            (`seelike.registry.extraction_taps`, image counts capped at b; head CKA's heads for a
+            ViT), the receptive fields' backward passes included. Not run by default (`--cases`).
 
 Columns: peak RSS in GB; "model" = the bare case's RSS once the model is built and the batch loaded,
 before the forward (the checkpoint's tensors are memory-mapped, so the weights page in during the
@@ -65,8 +70,9 @@ QUICK = {
 #: the process's runtime after `import torch, timm` on the development VM (measured: 0.54 + 0.20 GB)
 RUNTIME_BYTES = int(0.74 * GB)
 #: float32 elements of the forward's working set per example, in units of t x d (ViT, Mixer) or of
-#: the largest stage-output map (CNN); fitted to the bare forwards of the table in benchmarks/README.md
-WORK_FACTOR = {"vit": 16, "mixer": 30, "cnn": 6}
+#: the largest stage-output map (CNN); fitted to the extraction peaks (medians of repeated runs) of
+#: the table in benchmarks/README.md at b = 64 and 256
+WORK_FACTOR = {"vit": 21, "mixer": 16, "cnn": 6}
 
 
 def formula_bytes(model, card, family: str, b: int, full_tokens: int) -> dict:
@@ -76,8 +82,8 @@ def formula_bytes(model, card, family: str, b: int, full_tokens: int) -> dict:
     0.25 P is the kernels' weight scratch), I the minibatch's input twice (the loaded items and the
     batch: 2 x b x 3 x H x W x 4), W the forward's working set, S the store's buffers (the first
     `full_tokens` examples' tokens of every layer). Per family, t tokens, d width, h heads:
-        vit    W = 4 b t (16 d + h t)        MLP, qkv and residual tensors, one block's attention scores
-        mixer  W = 4 b t (30 d)
+        vit    W = 4 b t (21 d + h t)        MLP, qkv and residual tensors, one block's attention scores
+        mixer  W = 4 b t (16 d)
         cnn    W = 4 b (6 S1)                S1: elements of the largest stage-output map of one example
     Extraction's own addition, one tapped layer and its Gram's float32 chunk, is inside W's slack.
     """
@@ -137,12 +143,15 @@ def child(args) -> None:
     rendered = work / rendered_split_name(cfg, "analysis")
     plan = Plan.from_dict(json.loads((work / "plan.json").read_text()))
     out = {"case": args.case, "model": args.model}
-    if args.case == "extract":
+    if args.case in ("extract", "vision"):
         from seelike.extract import extract_shard
 
         out["start_bytes"] = _maxrss()   # before the model is built: extract_shard builds it
         spec = extract_spec(args.model, card_path, cfg, plan, work / "shards" / args.model, full_tokens=FULL_TOKENS,
                             rendered=rendered)
+        if args.case == "vision":
+            spec = vision_spec(spec, args.model, card_path, cfg, args.batch, work / "vision" / args.model)
+            out["taps"] = sorted(spec["taps"])
         extract_shard(spec, 0)
     else:
         model = build_model(card, card_path.parent, device=torch.device("cpu"), verify=False)
@@ -158,6 +167,35 @@ def child(args) -> None:
                     out["held_bytes"] = sum(t.numel() * t.element_size() for t in taps.outputs.values())
     out["peak_bytes"] = _maxrss()
     print("RESULT " + json.dumps(out))
+
+
+def vision_spec(spec: dict, name: str, card_path: Path, ds_cfg: dict, b: int, out_dir: Path) -> dict:
+    """The model's vision pass over the same minibatch, with every tap config/config.yaml's analyses
+    give a model of its family (seelike.registry.extraction_taps; image counts capped at b)."""
+    import yaml
+
+    from seelike import config as sc
+    from seelike import registry
+
+    analyses = yaml.safe_load((HERE.parent / "config" / "config.yaml").read_text())["analyses"]
+    analyses["attention_distance"]["less_data"] = []           # the paper's in1k ViTs are not here
+    heads = analyses.pop("head_cka", {})                         # it pairs the ViT with a CNN not built here
+    for key in ("attention_distance", "localization", "receptive_field", "attention_maps"):
+        if "n_images" in analyses.get(key, {}):
+            analyses[key]["n_images"] = min(analyses[key]["n_images"], b)
+    card = json.loads(card_path.read_text())
+    raw = {"run_name": "bench_memory", "device": "cpu", "precision": "fp32",
+           "datasets": {"synth": ds_cfg}, "analysis": {"dataset": "synth", "n_examples": b, "seed": 0},
+           "models": {name: {"arch": card["arch"], "kwargs": card["kwargs"],
+                             "source": {"kind": "local_file", "path": str(card_path.parent / "weights.safetensors")}}},
+           "cka": {"minibatch_size": b}, "analyses": analyses, "executor": {"default": "inline"}}
+    cfg = sc.load(raw, check_timm=False)
+    taps = registry.extraction_taps(cfg, name)
+    if heads.get("enabled", True) and cfg["models"][name]["family"] == "vit":   # head_cka's own tap
+        taps["heads"] = {"blocks": int(heads.get("blocks", 3))}
+    vision = {k: v for k, v in spec.items() if k != "full_tokens"}
+    vision.update(kind="vision", taps=taps, out=str(out_dir / "shard-{shard:05d}.h5"))
+    return vision
 
 
 def run_case(args, model: str, case: str, work: Path) -> dict:
@@ -197,7 +235,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=1,
                     help="fresh processes per case; the table gives the median peak and the range")
-    ap.add_argument("--cases", default="bare,held,extract", help="comma separated subset of bare, held, extract")
+    ap.add_argument("--cases", default="bare,held,extract",
+                    help="comma separated subset of bare, held, extract, vision (the vision pass, receptive fields included)")
     ap.add_argument("--out", default=str(HERE / "out" / "bench_memory.json"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -235,14 +274,14 @@ def main() -> None:
                 print(f"  {name} {case}: peak {res['peak_bytes'] / GB:.2f} GB"
                       + (f" (median of {len(peaks)}: {', '.join(f'{v / GB:.2f}' for v in peaks)})" if len(peaks) > 1 else ""),
                       flush=True)
-            for case in {"bare", "held", "extract"} - set(r):
+            for case in {"bare", "held", "extract", "vision"} - set(r):
                 r[case] = {"peak_bytes": float("nan"), "model_bytes": float("nan"), "held_bytes": float("nan")}
             r["ratio"] = r["extract"]["peak_bytes"] / r["bare"]["peak_bytes"]
             r["formula_error"] = est["total"] / r["extract"]["peak_bytes"] - 1
             r["formula_error_bare"] = est["bare"] / r["bare"]["peak_bytes"] - 1
             rows.append(r)
     hdr = (f"{'model':<11} {'b':>4} {'model GB':>8} {'bare':>6} {'fwd':>6} {'held':>6} {'held GB':>7} "
-           f"{'extract':>7} {'fwd':>6} {'ratio':>6} {'f.bare':>6} {'err':>5} {'f.ext':>6} {'err':>5}")
+           f"{'extract':>7} {'fwd':>6} {'ratio':>6} {'f.bare':>6} {'err':>5} {'f.ext':>6} {'err':>5} {'vision':>6} {'v/bare':>6}")
     print(f"\npeak RSS (GB), {size} px, random weights, {args.threads} threads; fwd = peak - model")
     print(hdr)
     for r in rows:
@@ -251,14 +290,17 @@ def main() -> None:
         print(f"{r['model']:<11} {r['b']:>4} {m:>8.2f} {bare:>6.2f} {bare - m:>6.2f} {held:>6.2f} "
               f"{r['held']['held_bytes'] / GB:>7.2f} {ext:>7.2f} {ext - m:>6.2f} {r['ratio']:>6.2f} "
               f"{r['formula']['bare'] / GB:>6.2f} {r['formula_error_bare']:>+5.0%} "
-              f"{r['formula']['total'] / GB:>6.2f} {r['formula_error']:>+5.0%}")
+              f"{r['formula']['total'] / GB:>6.2f} {r['formula_error']:>+5.0%} "
+              f"{r['vision']['peak_bytes'] / GB:>6.2f} {r['vision']['peak_bytes'] / r['bare']['peak_bytes']:>6.2f}")
     print("held GB: bytes of the tapped layers' outputs held at once in the 'held' case; f.bare / f.ext: the "
-          "formula without / with the store's buffers, err against the measured bare / extract peak")
+          "formula without / with the store's buffers, err against the measured bare / extract peak; vision: the "
+          "vision pass over the same minibatch (the paper config's taps, receptive fields included), v/bare its "
+          "peak over the bare forward's")
     if args.repeats > 1:
         print(f"peaks: medians of {args.repeats} fresh processes per case; ranges (GB):")
         for r in rows:
             print(f"  {r['model']:<11} " + "  ".join(
-                f"{c} {min(r[c]['peaks']) / GB:.2f}-{max(r[c]['peaks']) / GB:.2f}" for c in ("bare", "held", "extract")
+                f"{c} {min(r[c]['peaks']) / GB:.2f}-{max(r[c]['peaks']) / GB:.2f}" for c in ("bare", "held", "extract", "vision")
                 if "peaks" in r[c]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -140,7 +140,7 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     ``extraction.gram_precision``, whose CKA error config/README.md documents), and always of centred
     features (``center`` "auto" becomes True): TF32 keeps 10 of float32's 23 mantissa bits, so a
     feature whose offset outweighs its spread would lose the spread to rounding (CKA error 1.5e-5 at
-    an offset 15x the spread, against 3.6e-6 centred; benchmarks/bench_gram_precision.py).
+    an offset 15x the spread and b = 64, against 3.6e-6 centred; benchmarks/bench_gram_precision.py).
 
     ``center``: False, the Gram ``K = X X^T``; True, the Gram of the minibatch-centred features,
     ``H K H``, with each feature's mean subtracted before the products (one more pass over the

@@ -61,7 +61,8 @@ def full_fp32():
 #: The Grams' matmul precisions (config key ``extraction.gram_precision``): "fp32", float32 products
 #: at full precision; "tf32", CUDA's TensorFloat-32 (inputs rounded to 10 mantissa bits, float32
 #: accumulation; PyTorch's ``set_float32_matmul_precision("high")``), which exists on CUDA GPUs of
-#: compute capability 8.0 and later only: elsewhere "tf32" runs the float32 products of "fp32".
+#: compute capability 8.0 and later only: elsewhere "tf32" runs float32 products (of centred
+#: features: :func:`seelike.cka.gram` always centres for "tf32").
 GRAM_PRECISIONS = ("fp32", "tf32")
 
 
