@@ -29,7 +29,8 @@ uncentred Gram that rounds worst.
 
 Error: max and mean |CKA - CKA_float64| over every pair of layers (unbiased minibatch CKA,
 `seelike.cka.hsic_all_pairs` + `cka_from_minibatch_hsic`); the reference Grams are the features
-centred and multiplied in float64 (independent of seelike.cka.gram).
+centred and multiplied in float64 (independent of seelike.cka.gram). Both are gpu_check.py's
+(`cka_matrix`, `float64_gram`), so the two scripts' errors are the same measure.
 """
 from __future__ import annotations
 
@@ -70,29 +71,18 @@ def round_mantissa(x: torch.Tensor, bits: int) -> torch.Tensor:
     return r.view(torch.float32)
 
 
-def reference_gram(a: torch.Tensor) -> np.ndarray:
-    f = a.reshape(a.shape[0], -1).to(torch.float64)
-    f = f - f.mean(dim=0)
-    return (f @ f.T).numpy()
-
-
-def cka_matrix(grams: list) -> np.ndarray:
-    from seelike.cka import cka_from_minibatch_hsic, hsic_all_pairs
-
-    return cka_from_minibatch_hsic(hsic_all_pairs(np.stack(grams), "unbiased")[None]).cka
-
-
 def errors(acts: list[torch.Tensor]) -> dict:
+    from gpu_check import cka_matrix, float64_gram   # the same CKA and float64 reference as the GPU check
     from seelike.cka import gram
 
-    ref = cka_matrix([reference_gram(a) for a in acts])
+    ref = cka_matrix([float64_gram(a) for a in acts])
     out = {}
     for name, (bits, centred) in VARIANTS.items():
         t0 = time.perf_counter()
         if centred:   # float32 centring (gram's staging), then the reduced inputs
-            grams = [gram(round_mantissa(a - a.mean(dim=0), bits), center=True).numpy() for a in acts]
+            grams = [gram(round_mantissa(a - a.mean(dim=0), bits), center=True) for a in acts]
         else:
-            grams = [gram(round_mantissa(a, bits), center="auto").numpy() for a in acts]
+            grams = [gram(round_mantissa(a, bits), center="auto") for a in acts]
         err = np.abs(cka_matrix(grams) - ref)
         out[name] = {"max_abs_cka_error": float(np.nanmax(err)), "mean_abs_cka_error": float(np.nanmean(err)),
                      "seconds": time.perf_counter() - t0}
