@@ -152,7 +152,7 @@ def test_training_is_requeued_and_resumes(slurm_cluster, tmp_path):
         return out if "REQUEUED" in out and "COMPLETED" in out else None
 
     # slurmdbd records a job's states asynchronously: minutes late on a loaded 2-core runner
-    wait_for(states, 180, "sacct to show the job requeued, then completed")
+    wait_for(states, 360, "sacct to show the job requeued, then completed")
     assert not (tmp_path / "model" / "train_state.pt").exists()
 
 
