@@ -24,8 +24,8 @@ of such values are exact, as on the GPU. Variants:
 Features: every layer of the model's card (`seelike.models.LayerTaps`), one minibatch of b rendered
 synthetic images, timm's random initialisation (no trained weights offline); plus the synthetic
 transformer-like features of bench_cka.py (12 layers, d = 38400, massive dimensions) with an offset
-added to every feature so that the offset-to-spread ratio is 15, just under `OFFSET_LIMIT`: the
-uncentred Gram that rounds worst.
+added to every feature so that the offset-to-spread ratio is 15: inputs rounded before centring
+("tf32 uncentred", "fp32" rounds nothing) lose the spread to the offset whatever gram then does.
 
 Error: max and mean |CKA - CKA_float64| over every pair of layers (unbiased minibatch CKA,
 `seelike.cka.hsic_all_pairs` + `cka_from_minibatch_hsic`); the reference Grams are the features

@@ -70,7 +70,7 @@ OK = "ok"
 NONPOSITIVE_SELF_HSIC = "nonpositive_self_hsic"
 
 __all__ = [
-    "ESTIMATORS", "MIN_EXAMPLES", "CKAResult", "NegativeHSICWarning", "gram", "u_center",
+    "ESTIMATORS", "MIN_EXAMPLES", "CKAResult", "NegativeHSICWarning", "gram", "cpu_products", "u_center",
     "double_center", "hsic_all_pairs", "cka_from_minibatch_hsic", "hsic_from_features", "cka_all_pairs_from_features",
     "student_t_quantile",
 ]
@@ -101,6 +101,45 @@ def gram_panels(n: int, d: int, device: torch.device) -> int:
     return -(-n // (2 if n < 512 else 4 if n < 1024 else 8))
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_products() -> str:
+    """What multiplies the Grams' float32 chunks on the CPU: "onednn" or "blas".
+
+    "onednn": oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, ``a @ b.T`` of dense
+    row-major operands), used where this torch has it and a trial product on this CPU agrees with
+    a float64 one (checked once per process). It runs the Grams' shapes (256 rows, thousands of
+    features) at 2.1-2.3x the speed of torch's BLAS matmul on the AMD EPYC (AVX-512) CPUs measured
+    in benchmarks/README.md, where MKL takes a slower code path than oneDNN's own kernels, and at
+    full float32 precision: float32 products with float32 accumulation, like BLAS (CKA error
+    against float64 in tests/test_cka.py). Strided operands are slow there, so :func:`gram` hands
+    it contiguous chunks only.
+    "blas": ``torch.mm`` (MKL / OpenBLAS), wherever oneDNN is missing or fails the trial.
+    """
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        if not torch.backends.mkldnn.is_available():
+            return "blas"
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(24, 96, generator=gen)
+        with torch.no_grad(), gram_matmul("fp32", "cpu"):
+            got = op(a, a, None, "none", [], "").to(torch.float64)
+        ref = a.to(torch.float64) @ a.to(torch.float64).T
+        ok = got.shape == ref.shape and float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+        return "onednn" if ok else "blas"
+    except Exception:   # an op missing or refused by this build: BLAS
+        return "blas"
+
+
+def _product(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 ``a @ b.T`` (into ``out`` when given): oneDNN for contiguous CPU operands where
+    :func:`cpu_products` says so, else ``torch.mm``. Called inside :func:`gram_matmul`."""
+    if (a.device.type == "cpu" and a.is_contiguous() and b.is_contiguous()
+            and cpu_products() == "onednn"):
+        r = torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+        return r if out is None else out.copy_(r)
+    return torch.mm(a, b.T) if out is None else torch.mm(a, b.T, out=out)
+
+
 @functools.lru_cache(maxsize=4)
 def _lower_mask(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril_()
@@ -121,11 +160,12 @@ def flat_features(x: torch.Tensor) -> torch.Tensor:
 #: ``gram(center="auto")`` recomputes a Gram from centred features when the features' mean carries
 #: more than OFFSET_LIMIT times the energy of their spread about it (n ||mean||^2 >
 #: OFFSET_LIMIT sum_i ||x_i - mean||^2): float32 products then lose the centred signal to the offset.
-#: The CKA error of uncentred float32 Grams against float64 grows with that ratio (at n = 256,
-#: d = 8192: 9e-8 at ratio 1, 4e-7 at 16, 2.5e-6 at 66, 5e-4 at 1e4; ~1e-9 from centred features
-#: at every ratio), so 16 keeps CKA within the 1e-6 goal; post-ReLU features sit near 0.5 and never
+#: The CKA error of uncentred float32 Grams against float64 grows with that ratio (n = 256,
+#: d = 8192, anisotropic features, 6 layers; oneDNN / BLAS products: 3.8e-7 / 2.3e-7 at ratio 2,
+#: 4.2e-7 / 3.8e-7 at 4, 1.0e-6 / 5.0e-7 at 8, 2.7e-6 / 2.3e-6 at 15; ~1e-8 from centred features
+#: at every ratio), so 4 keeps CKA within the 1e-6 goal; post-ReLU features sit near 0.5 and never
 #: pay for the second pass. benchmarks/bench_cka.py compares both against a float64 reference.
-OFFSET_LIMIT = 16.0
+OFFSET_LIMIT = 4.0
 
 
 def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = False,
@@ -206,12 +246,18 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool, precision: str = "
     chunk = int(chunk_features)
     wide = flat.dtype == torch.float64      # more range and precision than the float32 products
     finite = True                           # every float64 chunk finite (wide only)
-    staged = center or flat.dtype != torch.float32
+    # oneDNN's products (cpu_products) want contiguous operands: a column chunk of wider features,
+    # or a strided view, is copied into the staging buffer first (a copy costs far less than the
+    # strided product)
+    strided = (x.device.type == "cpu" and cpu_products() == "onednn"
+               and (d > chunk or not flat.is_contiguous()))
+    staged = center or flat.dtype != torch.float32 or strided
     if staged:
         # cast / centre each chunk into one reused float32 staging buffer of <= 64 MiB (a fresh
-        # copy of a large chunk per call costs more in page faults than the arithmetic)
+        # copy of a large chunk per call costs more in page faults than the arithmetic); each
+        # chunk's view of it is contiguous
         chunk = min(chunk, max(512, (1 << 24) // n))
-        stage = torch.empty(n, min(chunk, d), dtype=torch.float32, device=x.device)
+        stage = torch.empty(n * min(chunk, d), dtype=torch.float32, device=x.device)
     b = gram_panels(n, min(d, chunk), x.device)
     # With panels a float32 buffer receives the lower block triangle of each chunk's Gram and is
     # added to the float64 sum as a whole; the sum's upper triangle (never written: whatever the
@@ -223,7 +269,7 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool, precision: str = "
             c = flat[:, s:s + chunk]
             shift = 0
             if staged:
-                st = stage[:, :c.shape[1]]
+                st = stage[:n * c.shape[1]].view(n, c.shape[1])
                 if wide:
                     shift = _stage_float64_(c, st, center)
                     finite = finite and shift is not None
@@ -242,10 +288,10 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool, precision: str = "
             if b:
                 for p in range(0, n, b):
                     q = min(n, p + b)
-                    torch.mm(c[p:q], c[:q].T, out=buf[p:q, :q])
+                    _product(c[p:q], c[:q], out=buf[p:q, :q])
                 part = buf
             else:
-                part = c @ c.T
+                part = _product(c, c)
             if shift:
                 # the chunk was multiplied by 2**shift: its Gram by 4**shift, undone exactly in float64
                 part = _ldexp_(part.to(torch.float64), -2 * shift)
