@@ -24,17 +24,21 @@ threads, default 2; on a busy machine use 1, see bench_pipeline.py):
                 Gram per layer and minibatch, pooled CLS / mean features, full tokens of the
                 first `full_tokens` examples, logits, the HDF5 write (uncompressed)
                 with fsync and provenance. Overhead = extract_shard / bare - 1.
-* breakdown     the steps of extract_shard's loop on one minibatch, re-run with the package's own
-                pieces (LayerTaps, check_finite, GramReducer, PooledReducer, TokenReducer) and
-                timed separately, `--breakdown-reps` (5) times each, min kept (robust to other
-                processes); the bare forward and the forward with taps alternate. "steady/mb" =
-                (forward with taps + NaN check + Gram + pooled + logits + data loading per
-                minibatch) / bare forward - 1: the overhead a shard of many minibatches tends
-                to. Fixed per-shard costs (model build, the checkpoint's sha256, write_shard of
-                the shard's arrays) are timed apart; "at k=8" spreads them over the paper
-                config's 8 minibatches per shard. extract_shard hashes the checkpoint in a thread
-                while the model runs; here its time counts in full, as on 2 busy cores it is
-                not hidden (on a GPU node, whose CPU waits on the GPU, it would be).
+* breakdown     extract_shard's loop on one minibatch, re-run with the package's own pieces and
+                timed `--breakdown-reps` (5) times each, min kept (robust to other processes); the
+                bare forward, the forward with taps and the streamed forward alternate.
+                "streamed": the forward as extraction runs it (LayerTaps handing each layer to a
+                LayerStream that NaN-checks it and feeds GramReducer and PooledReducer inside its
+                hook; full tokens, once per plan, left out). "steady/mb" = (streamed + logits +
+                data loading per minibatch) / bare forward - 1: the overhead a shard of many
+                minibatches tends to. The steps are also timed one by one on activations kept
+                from a forward with taps (columns hooks, Gram, NaN chk, pooled; their sum is
+                "parts"): they explain the streamed time and exceed it, as they read every layer
+                back from memory. Fixed per-shard costs (model build, the checkpoint's sha256,
+                write_shard of the shard's arrays) are timed apart; "at k=8" spreads them over the
+                paper config's 8 minibatches per shard. extract_shard hashes the checkpoint in a
+                thread while the model runs; here its time counts in full, as on 2 busy cores it
+                is not hidden (on a GPU node, whose CPU waits on the GPU, it would be).
 * GOAL          "at k=8" without data loading. The goal names taps, Grams and HDF5 writes; the
                 bare forward runs on images already in memory, and loading them costs any loop
                 over the dataset the same (column "data").
@@ -188,7 +192,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
     shard extract_shard wrote (read back), as extraction writes them."""
     import h5py
     from seelike.cka import gram
-    from seelike.extract import GramReducer, PooledReducer, TokenReducer, check_finite, select_layers
+    from seelike.extract import GramReducer, LayerStream, PooledReducer, TokenReducer, check_finite, select_layers
     from seelike.models import LayerTaps, ModelCard, build_model, verify_checkpoint
     from seelike.store import write_shard
 
@@ -200,7 +204,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
     sp = plan.shard(0)
     n = x.shape[0]
     idx, pos = sp.example_indices[:n], np.arange(n)
-    steps = ("bare", "forward_with_taps", "check_finite", "gram", "pooled", "tokens", "logits",
+    steps = ("bare", "forward_with_taps", "streamed", "check_finite", "gram", "pooled", "tokens", "logits",
              "whatif_check_finite_contiguous", "whatif_gram_contiguous")
     t = {k: [] for k in steps}
     tc = {k: [] for k in steps}                            # process CPU time of the same calls
@@ -221,6 +225,18 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
                 out = clock("forward_with_taps", lambda: model(x))
                 acts = {l: taps.outputs[l] for l in layers}
                 taps.clear()
+            # the forward as extraction runs it: each tapped layer NaN-checked and reduced (Gram,
+            # pooled features) inside its hook, then dropped (full tokens, once per plan, left out)
+            reducers = [GramReducer(layers), PooledReducer(layers, card.num_prefix_tokens)]
+            stream = LayerStream(layers, reducers)
+            with LayerTaps(model, layer_specs, card.num_prefix_tokens, consume=stream):
+                for r in reducers:
+                    if hasattr(r, "begin"):
+                        r.begin(pos, idx)
+                stream.begin(idx)
+                clock("streamed", lambda: model(x))
+                stream.end()
+            del reducers, stream
     flops = arithmetic(model, x, acts)
     cont = {l: (a.mT if not a.is_contiguous() and a.mT.is_contiguous() else a) for l, a in acts.items()}
     for _ in range(reps + 1):                              # first round: warm-up, dropped below
@@ -237,7 +253,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
         # the NaN check and the Gram are the same on the contiguous (n, c, h*w) view, with no copy.
         clock("whatif_check_finite_contiguous", lambda: check_finite(cont, idx))
         clock("whatif_gram_contiguous", lambda: [gram(a) for a in cont.values()])
-    for k in steps[2:]:
+    for k in steps[3:]:                                  # the steps timed on kept activations
         t[k], tc[k] = t[k][1:], tc[k][1:]
     del acts, cont, model
     gc.collect()
@@ -307,8 +323,13 @@ def bench_config(name, arch, kwargs, size, k, repeats, b, full_tokens, tmp: Path
     # Steady state per minibatch (min over repeats: robust to other processes): what the loop adds to
     # the bare forward -- hooks, NaN check, Gram, pooled features, logits, data loading. Full tokens
     # are kept for the plan's first `full_tokens` examples only: a per-plan cost, listed apart.
-    steady = (m["forward_with_taps"] + m["check_finite"] + m["gram"] + m["pooled"] + m["logits"]
-              + rec["data_loading_s"] / k)
+    # The streamed forward (extraction's own loop: hooks, NaN check, Gram and pooled features of each
+    # layer while its output is fresh in cache) is the steady state; the steps timed one by one on
+    # activations kept from an earlier forward ("parts") explain it and cost more (cold caches, every
+    # layer kept alive).
+    steady = m["streamed"] + m["logits"] + rec["data_loading_s"] / k
+    parts = (m["forward_with_taps"] + m["check_finite"] + m["gram"] + m["pooled"] + m["logits"]
+             + rec["data_loading_s"] / k)
     rec.update({
         "bare_median_s": bare, "extract_shard_median_s": ext,
         "bare_img_s": n / bare, "extract_img_s": n / ext,
@@ -318,9 +339,11 @@ def bench_config(name, arch, kwargs, size, k, repeats, b, full_tokens, tmp: Path
         "overhead_vs_loader_plus_forward_pct": 100.0 * (ext / (bare + rec["data_loading_s"]) - 1.0),
         "per_minibatch_overhead_pct": 100.0 * (steady / m["bare"] - 1.0),
         "per_minibatch_overhead_cpu_pct": 100.0 * ((sum(bd["per_minibatch_min_cpu_s"][kk] for kk in (
-            "forward_with_taps", "check_finite", "gram", "pooled", "logits")) + rec["data_loading_s"] / k)
+            "streamed", "logits")) + rec["data_loading_s"] / k)
             / bd["per_minibatch_min_cpu_s"]["bare"] - 1.0),
         "per_minibatch_overhead_excl_data_pct": 100.0 * ((steady - rec["data_loading_s"] / k) / m["bare"] - 1.0),
+        "per_minibatch_parts_overhead_excl_data_pct": 100.0 * ((parts - rec["data_loading_s"] / k) / m["bare"] - 1.0),
+        "streamed_pct_of_bare": 100.0 * (m["streamed"] / m["bare"] - 1.0),
         "hooks_pct_of_bare": 100.0 * (m["forward_with_taps"] / m["bare"] - 1.0),
         "gram_pct_of_bare": 100.0 * m["gram"] / m["bare"],
         "gram_flops_pct_of_forward": bd["gram_flops_pct_of_forward"],
@@ -396,7 +419,7 @@ def main(argv=None):
 
 def print_table(records):
     hdr = (f"{'config':<14} {'family':<6} {'b':>4} {'k':>2} {'bare img/s':>10} {'extract img/s':>13} {'overhead':>9} "
-           f"{'cpu ovh':>8} {'steady/mb':>9} {'excl data':>9} {'at k=8':>7} {'hooks':>6} {'Gram':>6} {'NaN chk':>7} "
+           f"{'cpu ovh':>8} {'steady/mb':>9} {'excl data':>9} {'parts':>6} {'at k=8':>7} {'hooks':>6} {'Gram':>6} {'NaN chk':>7} "
            f"{'pooled':>6} {'data':>6} {'GOAL':>6}  {'<=25% (GPU)':<11} {'Gram flops':>10} {'GOAL-Gram':>9}  CPU goal <=10 pts")
     print(hdr)
     print("-" * len(hdr))
@@ -405,15 +428,17 @@ def print_table(records):
         ok_cpu = "met" if r["cpu_goal_met"] else "NOT met"
         print(f"{r['config']:<14} {r['family']:<6} {r['minibatch']:>4} {r['k']:>2} {r['bare_img_s']:>10.1f} {r['extract_img_s']:>13.1f} "
               f"{r['overhead_pct']:>8.1f}% {r['overhead_cpu_pct']:>7.1f}% {r['per_minibatch_overhead_pct']:>8.1f}% "
-              f"{r['per_minibatch_overhead_excl_data_pct']:>8.1f}% "
+              f"{r['per_minibatch_overhead_excl_data_pct']:>8.1f}% {r['per_minibatch_parts_overhead_excl_data_pct']:>5.1f}% "
               f"{r['overhead_at_8_per_shard_pct']:>6.1f}% {r['hooks_pct_of_bare']:>5.1f}% {r['gram_pct_of_bare']:>5.1f}% "
               f"{r['check_finite_pct_of_bare']:>6.1f}% {r['pooled_pct_of_bare']:>5.1f}% "
               f"{r['data_loading_pct_of_bare']:>5.1f}% {r['goal_pct']:>5.1f}%  {ok:<11} "
               f"{r['gram_flops_pct_of_forward']:>9.1f}% {r['goal_minus_gram_flops_pts']:>5.1f} pts  {ok_cpu}")
     print("overhead: extract_shard of a k-minibatch shard (model build, data, hooks, reductions, HDF5 write) / bare\n"
           "  forward of the same k minibatches - 1, medians over repeats (wall; cpu ovh: process CPU time);\n"
-          "steady/mb: per minibatch, min over repeats: (forward with taps + NaN check + Gram + pooled + logits + data\n"
-          "  loading) / bare forward - 1; excl data: the same without data loading;\n"
+          "steady/mb: per minibatch, min over repeats: (streamed forward -- every layer NaN-checked, its Gram and\n"
+          "  pooled features taken inside its hook, as extraction runs -- + logits + data loading) / bare forward - 1;\n"
+          "  excl data: the same without data loading; parts: excl data, with the steps timed one by one on kept\n"
+          "  activations instead of the streamed forward (forward with taps + NaN check + Gram + pooled + logits);\n"
           "  at k=8: with the fixed per-shard costs (model build, checkpoint sha256, HDF5 write without the\n"
           "  once-per-plan full tokens)\n"
           "  spread over the paper config's 8 minibatches per shard;\n"
@@ -430,7 +455,7 @@ def print_table(records):
         f"{fam} {'met' if all(r['cpu_goal_met'] for r in records if r['family'] == fam) else 'NOT met'}"
         f" (max {max(r['goal_minus_gram_flops_pts'] for r in records if r['family'] == fam):.1f} pts)" for fam in fams))
     print("\nper-minibatch steps, seconds (min over repeats), and fixed costs per shard:")
-    keys = ["bare", "forward_with_taps", "check_finite", "gram", "pooled", "tokens", "logits",
+    keys = ["bare", "forward_with_taps", "streamed", "check_finite", "gram", "pooled", "tokens", "logits",
             "whatif_check_finite_contiguous", "whatif_gram_contiguous"]
     short = {"forward_with_taps": "fwd+taps", "check_finite": "NaN check", "tokens": "tokens*",
              "whatif_check_finite_contiguous": "(chk contig)", "whatif_gram_contiguous": "(gram contig)"}
