@@ -49,12 +49,20 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MAX_INT)) & bool(mallopt(_M_TRIM_THRESHOLD, _MAX_INT))
 
 
+#: Linux's MAP_POPULATE: the kernel maps every page of a new map in one call, where the copy into
+#: it would otherwise take one page fault per page. Copying the full tokens of a ResNet-50 layer at
+#: 224 px (32 images, 103 MB) took 0.07-0.25 s into a plain map and 0.06-0.07 s into a populated one
+#: on the 2-core VM.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
 def off_heap(a) -> np.ndarray:
     """A copy of array ``a`` in an anonymous memory map of its own, outside malloc's heap (freed when
     the array is, by the kernel). For results a job keeps while later minibatches run."""
     a = np.asarray(a)
     if a.nbytes == 0:
         return a.copy()
-    out = np.frombuffer(mmap.mmap(-1, a.nbytes), dtype=a.dtype, count=a.size).reshape(a.shape)
+    buf = mmap.mmap(-1, a.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
+    out = np.frombuffer(buf, dtype=a.dtype, count=a.size).reshape(a.shape)
     out[...] = a
     return out

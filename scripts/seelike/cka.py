@@ -179,7 +179,7 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     CUDA GPUs that have it (:data:`seelike.runtime.GRAM_PRECISIONS`; config key
     ``extraction.gram_precision``, whose CKA error config/README.md documents), and always of centred
     features (``center`` "auto" becomes True): TF32 keeps 10 of float32's 23 mantissa bits, so a
-    feature whose offset outweighs its spread would lose the spread to rounding (CKA error 1.5e-5 at
+    feature whose offset outweighs its spread would lose the spread to rounding (CKA error 1.2e-5 at
     an offset 15x the spread and b = 64, against 3.6e-6 centred; benchmarks/bench_gram_precision.py).
 
     ``center``: False, the Gram ``K = X X^T``; True, the Gram of the minibatch-centred features,
@@ -187,7 +187,8 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     features); "auto", the same ``H K H`` centred in float64 from ``K`` -- unless the features'
     mean outweighs their spread by more than :data:`OFFSET_LIMIT` (read off ``K``: ``sum(K) / n``
     against ``trace(K)``), where float32 products of uncentred features lose the signal and the
-    Gram is recomputed from centred features. CKA with either estimator is the same for ``K`` and
+    Gram is recomputed from centred features (a centring pass and a second product: the block
+    outputs of a random-weight ResNet-50 on benchmarks/bench_taps.py's images sit at 6-7). CKA with either estimator is the same for ``K`` and
     ``H K H`` in exact arithmetic. Returns a tensor on the device of ``x``.
 
     float64 input is handled in float64 up to the cast: each chunk is centred there (``center`` True

@@ -83,8 +83,11 @@ class TokenReducer(Reducer):
         self._sel = np.flatnonzero((np.asarray(positions) + self.offset) < self.limit)
 
     def consume(self, layer, a):
-        if self._sel.size:
-            self.tokens[layer].append(off_heap(a[self._sel].float().cpu().numpy()))
+        sel = self._sel
+        if sel.size:
+            # the plan's first examples are a run of rows: a view of them, not an indexed copy
+            rows = a[int(sel[0]):int(sel[-1]) + 1] if int(sel[-1]) - int(sel[0]) + 1 == sel.size else a[sel]
+            self.tokens[layer].append(off_heap(rows.float().cpu().numpy()))
 
     def result(self):
         from .store import layer_path
