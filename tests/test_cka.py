@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import math
 import warnings
 
 import numpy as np
@@ -398,6 +399,45 @@ def test_gram_auto_centres_in_float64_unless_the_offset_dominates(n, d):
         x = (u + mu / mu.norm() * np.sqrt(ratio)).float()       # n ||mean||^2 / sum ||x_i - mean||^2 = ratio
         got = gram(x, center="auto")
         assert torch.equal(got, gram(x, center=True)) == recomputed
+
+
+def test_gram_auto_decides_from_a_sample_before_the_product(monkeypatch):
+    """center="auto" reads a sample of the features first: offset-dominated ones (sampled ratio above
+    OFFSET_LIMIT) get one product of centred features, small offsets one uncentred product; where the
+    sample misses the offset, the exact check on the uncentred Gram recomputes it from centred
+    features. The result is always H K H (float64 reference)."""
+    import seelike.cka
+    from seelike.cka import _ESTIMATE_RUN, _ESTIMATE_RUNS, OFFSET_LIMIT, _offset_ratio_estimate
+
+    calls = []
+    real = seelike.cka._gram
+    monkeypatch.setattr(seelike.cka, "_gram", lambda x, c, center, p="fp32": calls.append(center) or real(x, c, center, p))
+    g = torch.Generator().manual_seed(8)
+    n, d = 256, 20000                               # d > the sample: runs spread over the features
+    u = torch.randn(n, d, generator=g, dtype=torch.float64)
+    u = (u - u.mean(0)) / u.norm() * np.sqrt(n)     # sum_i ||u_i||^2 = n, mean exactly ~0
+    mu = torch.randn(d, generator=g, dtype=torch.float64)
+    hidden = torch.ones(d, dtype=torch.float64)     # an offset only where the sample does not read
+    for i in range(_ESTIMATE_RUNS):
+        s0 = round(i * (d - _ESTIMATE_RUN) / (_ESTIMATE_RUNS - 1))
+        hidden[s0:s0 + _ESTIMATE_RUN] = 0.0
+    cases = [(mu, 0.5, [False]), (mu, 1.5 * OFFSET_LIMIT, [True]), (mu, 20 * OFFSET_LIMIT, [True]),
+             (mu * hidden, 1.5 * OFFSET_LIMIT, [False, True])]
+    for direction, ratio, want_calls in cases:
+        x = (u + direction / direction.norm() * np.sqrt(ratio)).float()
+        if direction is mu:
+            assert abs(_offset_ratio_estimate(x) / ratio - 1) < 0.25, ratio  # the sample reads the ratio
+        else:
+            assert _offset_ratio_estimate(x) < 0.1 * OFFSET_LIMIT             # the sample misses it
+        calls.clear()
+        got = gram(x, center="auto")
+        assert calls == want_calls, (ratio, calls)
+        want = _centred_ref(x)
+        assert np.abs(got.numpy() - want).max() <= 4e-6 * np.abs(want).max(), ratio
+    assert _offset_ratio_estimate(torch.ones(4, 10)) == math.inf and _offset_ratio_estimate(torch.zeros(4, 10)) == 0.0
+    bad = torch.randn(8, 100)
+    bad[3, 5] = float("nan")
+    assert _offset_ratio_estimate(bad) == 0.0 and torch.isnan(gram(bad, center="auto")).any()
 
 
 def test_gram_auto_keeps_cka_accurate_for_offset_activations():

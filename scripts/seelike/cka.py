@@ -187,8 +187,10 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     features); "auto", the same ``H K H`` centred in float64 from ``K`` -- unless the features'
     mean outweighs their spread by more than :data:`OFFSET_LIMIT` (read off ``K``: ``sum(K) / n``
     against ``trace(K)``), where float32 products of uncentred features lose the signal and the
-    Gram is recomputed from centred features (a centring pass and a second product: the block
-    outputs of a random-weight ResNet-50 on benchmarks/bench_taps.py's images sit at 6-7). CKA with either estimator is the same for ``K`` and
+    Gram is recomputed from centred features. A sample of the features is read first: where its
+    ratio exceeds the limit (the block outputs of a random-weight ResNet-50 on
+    benchmarks/bench_taps.py's images sit at 6-7), the features are centred before the only
+    product. CKA with either estimator is the same for ``K`` and
     ``H K H`` in exact arithmetic. Returns a tensor on the device of ``x``.
 
     float64 input is handled in float64 up to the cast: each chunk is centred there (``center`` True
@@ -205,6 +207,8 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
         center = True       # rounding to TF32 would lose an offset-dominated feature's spread
     if center == "auto" and isinstance(x, torch.Tensor) and x.dtype == torch.float64:
         center = True       # centring float64 chunks before the cast is as cheap as not centring them
+    if center == "auto" and _offset_ratio_estimate(x) > OFFSET_LIMIT:
+        center = True       # offset-dominated: centre before the only product, not after a first one
     if center == "auto":
         k = _gram(x, chunk_features, False, precision)
         rows = k.sum(dim=1)
@@ -219,6 +223,40 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     # removes it, so that True and "auto" both return H K H
     k = _gram(x, chunk_features, True, precision)
     return _centre_(k, k.sum(dim=1))
+
+
+#: Columns :func:`_offset_ratio_estimate` reads: this many runs of _ESTIMATE_RUN contiguous features,
+#: spread evenly over the features.
+_ESTIMATE_RUNS, _ESTIMATE_RUN = 8, 64
+
+
+def _offset_ratio_estimate(x) -> float:
+    """``n ||mean||^2 / sum_i ||x_i - mean||^2`` of a sample of the features of ``x`` (n, ...), in
+    float64: runs of contiguous features spread over all of them, so that a layer whose offset
+    dominates is centred before its only product. A sample that misjudges costs time, never
+    accuracy: below :data:`OFFSET_LIMIT` "auto" still reads the exact ratio off the uncentred Gram,
+    and above it the Gram of centred features is the more accurate one anyway. 0 for input
+    that :func:`_gram` will reject or that has fewer than 2 examples."""
+    if (not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 2 or not x.is_floating_point()
+            or x[0].numel() == 0):
+        return 0.0
+    flat = flat_features(x)
+    n, d = flat.shape
+    if d <= _ESTIMATE_RUNS * _ESTIMATE_RUN:
+        cols = flat
+    else:
+        starts = [round(i * (d - _ESTIMATE_RUN) / (_ESTIMATE_RUNS - 1)) for i in range(_ESTIMATE_RUNS)]
+        cols = torch.cat([flat[:, s:s + _ESTIMATE_RUN] for s in starts], dim=1)
+    with torch.no_grad():
+        c = cols.to(torch.float64)
+        mean = c.mean(dim=0)
+        spread = float((c - mean).pow(2).sum())
+        offset = float(mean.pow(2).sum()) * n
+    if not (math.isfinite(spread) and math.isfinite(offset)):
+        return 0.0          # NaN / Inf: the exact path decides (and propagates them)
+    if spread == 0.0:
+        return math.inf if offset > 0.0 else 0.0
+    return offset / spread
 
 
 def _centre_(k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
