@@ -160,11 +160,12 @@ def flat_features(x: torch.Tensor) -> torch.Tensor:
 #: ``gram(center="auto")`` recomputes a Gram from centred features when the features' mean carries
 #: more than OFFSET_LIMIT times the energy of their spread about it (n ||mean||^2 >
 #: OFFSET_LIMIT sum_i ||x_i - mean||^2): float32 products then lose the centred signal to the offset.
-#: The CKA error of uncentred float32 Grams against float64 grows with that ratio (n = 256,
-#: d = 8192, anisotropic features, 6 layers; oneDNN / BLAS products: 3.8e-7 / 2.3e-7 at ratio 2,
-#: 4.2e-7 / 3.8e-7 at 4, 1.0e-6 / 5.0e-7 at 8, 2.7e-6 / 2.3e-6 at 15; ~1e-8 from centred features
-#: at every ratio), so 4 keeps CKA within the 1e-6 goal; post-ReLU features sit near 0.5 and never
-#: pay for the second pass. benchmarks/bench_cka.py compares both against a float64 reference.
+#: The CKA error of uncentred float32 Grams against float64 grows with that ratio (n = 256, 6 layers
+#: of anisotropic features, d = 2048 and 8192, 3 seeds; largest error with oneDNN / BLAS products:
+#: 5.5e-7 / 4.2e-7 at ratio 4, 1.8e-6 / 6.8e-7 at 6, 1.9e-6 / 8.9e-7 at 8, 2.5e-6 / 1.2e-6 at 10;
+#: ~1e-8 from centred features at every ratio), so 4 keeps CKA within the 1e-6 goal; post-ReLU
+#: features sit near 0.5 and are never centred. benchmarks/bench_cka.py compares both against a
+#: float64 reference.
 OFFSET_LIMIT = 4.0
 
 
