@@ -33,8 +33,9 @@ threads, default 2; on a busy machine use 1, see bench_pipeline.py):
                 data loading per minibatch) / bare forward - 1: the overhead a shard of many
                 minibatches tends to. The steps are also timed one by one on activations kept
                 from a forward with taps (columns hooks, Gram, NaN chk, pooled; their sum is
-                "parts"): they explain the streamed time and exceed it, as they read every layer
-                back from memory. Fixed per-shard costs (model build, the checkpoint's sha256,
+                "parts"): they explain the streamed time, within a few points of it either way
+                (they read every layer back from memory, the streamed forward reduces it while
+                the forward's own work waits). Fixed per-shard costs (model build, the checkpoint's sha256,
                 write_shard of the shard's arrays) are timed apart; "at k=8" spreads them over the
                 paper config's 8 minibatches per shard. extract_shard hashes the checkpoint in a
                 thread while the model runs; here its time counts in full, as on 2 busy cores it
@@ -325,8 +326,7 @@ def bench_config(name, arch, kwargs, size, k, repeats, b, full_tokens, tmp: Path
     # are kept for the plan's first `full_tokens` examples only: a per-plan cost, listed apart.
     # The streamed forward (extraction's own loop: hooks, NaN check, Gram and pooled features of each
     # layer while its output is fresh in cache) is the steady state; the steps timed one by one on
-    # activations kept from an earlier forward ("parts") explain it and cost more (cold caches, every
-    # layer kept alive).
+    # activations kept from an earlier forward ("parts") explain it.
     steady = m["streamed"] + m["logits"] + rec["data_loading_s"] / k
     parts = (m["forward_with_taps"] + m["check_finite"] + m["gram"] + m["pooled"] + m["logits"]
              + rec["data_loading_s"] / k)
