@@ -206,7 +206,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
     n = x.shape[0]
     idx, pos = sp.example_indices[:n], np.arange(n)
     steps = ("bare", "forward_with_taps", "streamed", "check_finite", "gram", "pooled", "tokens", "logits",
-             "whatif_check_finite_contiguous", "whatif_gram_contiguous")
+             "gram_products")
     t = {k: [] for k in steps}
     tc = {k: [] for k in steps}                            # process CPU time of the same calls
 
@@ -239,7 +239,6 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
                 stream.end()
             del reducers, stream
     flops = arithmetic(model, x, acts)
-    cont = {l: (a.mT if not a.is_contiguous() and a.mT.is_contiguous() else a) for l, a in acts.items()}
     for _ in range(reps + 1):                              # first round: warm-up, dropped below
         clock("check_finite", lambda: check_finite(acts, idx))
         for name, make in (("gram", lambda: GramReducer(layers)),
@@ -250,13 +249,12 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
                 r.begin(pos, idx)
             clock(name, lambda: [r.consume(l, acts[l]) for l in layers])   # what each layer's hook does
         clock("logits", lambda: out.float().cpu().numpy())
-        # What-if (not part of extraction): CNN taps are (n, h*w, c) transposed views of NCHW memory;
-        # the NaN check and the Gram are the same on the contiguous (n, c, h*w) view, with no copy.
-        clock("whatif_check_finite_contiguous", lambda: check_finite(cont, idx))
-        clock("whatif_gram_contiguous", lambda: [gram(a) for a in cont.values()])
+        # Not part of extraction: the Grams' products alone (uncentred, no offset pre-check, not kept),
+        # so that "gram" - "gram_products" is what centring offset-dominated layers costs
+        clock("gram_products", lambda: [gram(acts[l]) for l in layers])
     for k in steps[3:]:                                  # the steps timed on kept activations
         t[k], tc[k] = t[k][1:], tc[k][1:]
-    del acts, cont, model
+    del acts, model
     gc.collect()
 
     with h5py.File(shard_file, "r") as f:
@@ -456,9 +454,9 @@ def print_table(records):
         f" (max {max(r['goal_minus_gram_flops_pts'] for r in records if r['family'] == fam):.1f} pts)" for fam in fams))
     print("\nper-minibatch steps, seconds (min over repeats), and fixed costs per shard:")
     keys = ["bare", "forward_with_taps", "streamed", "check_finite", "gram", "pooled", "tokens", "logits",
-            "whatif_check_finite_contiguous", "whatif_gram_contiguous"]
+            "gram_products"]
     short = {"forward_with_taps": "fwd+taps", "check_finite": "NaN check", "tokens": "tokens*",
-             "whatif_check_finite_contiguous": "(chk contig)", "whatif_gram_contiguous": "(gram contig)"}
+             "gram_products": "(products)"}
     print(f"{'config':<14} " + " ".join(f"{short.get(k, k)[:13]:>13}" for k in keys)
           + f" {'data/mb':>8} {'build':>6} {'sha256':>6} {'hdf5 write':>10} {'w/o tokens':>10}")
     for r in records:
@@ -467,9 +465,9 @@ def print_table(records):
               + f" {r['data_loading_s'] / r['k']:>8.3f} {r['breakdown']['build_model_s']:>6.2f}"
                 f" {r['breakdown']['verify_checkpoint_s']:>6.2f}"
                 f" {r['breakdown']['hdf5_write_s']:>10.2f} {r['breakdown']['hdf5_write_without_tokens_s']:>10.2f}")
-    print("(* tokens: the first full_tokens examples of the plan only, a once-per-plan cost. Columns in parentheses:\n"
-          " what-if timings, not part of extraction -- the NaN check and the Gram on the contiguous NCHW view\n"
-          " instead of the transposed (n, h*w, c) token view the CNN taps hand over.)")
+    print("(* tokens: the first full_tokens examples of the plan only, a once-per-plan cost. (products): not part\n"
+          " of extraction -- the Grams' products alone, uncentred and without the offset pre-check of\n"
+          " gram(center='auto'); 'gram' minus it is what the pre-check and centring offset-dominated layers cost.)")
     print(f"load average now {os.getloadavg()[0]:.2f}")
 
 
