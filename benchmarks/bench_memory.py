@@ -175,7 +175,7 @@ def vision_spec(spec: dict, name: str, card_path: Path, ds_cfg: dict, b: int, ou
     import yaml
 
     from seelike import config as sc
-    from seelike import registry
+    from seelike import registry, specs
 
     analyses = yaml.safe_load((HERE.parent / "config" / "config.yaml").read_text())["analyses"]
     analyses["attention_distance"]["less_data"] = []           # the paper's in1k ViTs are not here
@@ -193,9 +193,7 @@ def vision_spec(spec: dict, name: str, card_path: Path, ds_cfg: dict, b: int, ou
     taps = registry.extraction_taps(cfg, name)
     if heads.get("enabled", True) and cfg["models"][name]["family"] == "vit":   # head_cka's own tap
         taps["heads"] = {"blocks": int(heads.get("blocks", 3))}
-    vision = {k: v for k, v in spec.items() if k != "full_tokens"}
-    vision.update(kind="vision", taps=taps, out=str(out_dir / "shard-{shard:05d}.h5"))
-    return vision
+    return specs.shard_job_spec(specs.vision_pass(spec, out_dir, taps), spec["plan"])
 
 
 def run_case(args, model: str, case: str, work: Path) -> dict:

@@ -132,15 +132,28 @@ def make_model_dir(out_dir: Path, name: str, arch: str, kwargs: dict, seed: int,
 
 def extract_spec(name: str, card_path: Path, ds_cfg: dict, plan, out_dir: Path, full_tokens: int,
                  rendered: Path | None = None) -> dict:
-    """The spec the extract rule hands to extract_shard (see seelike.specs.extract_spec / cli.step_extract)."""
-    spec = {"model": name, "dataset_key": DATASET_KEY, "dataset": ds_cfg, "split": "analysis", "device": "cpu",
-            "precision": "fp32", "sublayers": False, "full_tokens": int(full_tokens), "num_workers": 0,
-            "card": str(card_path), "plan": plan.to_dict(), "out": str(out_dir / "shard-{shard:05d}.h5")}
+    """What `seelike step extract` hands each shard's job of the Grams' pass (seelike.specs.extract_spec,
+    then specs.shard_job_spec), for a model and a synthetic dataset outside results/: the card, shards
+    and rendered split where the benchmark keeps them, data loaded in the job's own process."""
+    from seelike import config as sc
+    from seelike import specs
+    from seelike.models import CHECKPOINT_FILENAME
+
+    card = json.loads(Path(card_path).read_text())
+    model = {"arch": card["arch"], "kwargs": card["kwargs"],
+             "source": {"kind": "local_file", "path": str(Path(card_path).parent / CHECKPOINT_FILENAME)}}
+    cfg = sc.load({"run_name": "bench", "device": "cpu", "precision": "fp32", "datasets": {DATASET_KEY: ds_cfg},
+                   "models": {name: model}, "analysis": {"dataset": DATASET_KEY, "split": "analysis",
+                                              "n_examples": int(plan.n_examples), "seed": 0},
+                   "extraction": {"full_tokens": int(full_tokens), "num_workers": 0},
+                   "cka": {"minibatch_size": int(plan.minibatch_size)}}, check_timm=False)
+    spec = specs.extract_spec(cfg, name)
+    del spec["plan_file"]
+    spec.pop("rendered", None)
+    spec.update(card=str(card_path), out_dir=str(out_dir))
     if rendered is not None:
         spec["rendered"] = str(rendered)
-    spec["provenance_config"] = {k: spec[k] for k in ("model", "dataset_key", "dataset", "split", "precision",
-                                                       "sublayers", "full_tokens")}
-    return spec
+    return specs.shard_job_spec(spec, plan.to_dict())
 
 
 def seelike_extract_model(spec: dict, plan) -> Path:

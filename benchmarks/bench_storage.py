@@ -418,6 +418,7 @@ def measure_model(tmp: Path, label: str, arch: str, kwargs: dict, taps: dict, *,
     with taps, its vision pass; measure every kind of dataset of both, and the formula for the same
     model, settings and taps."""
     from bench_pipeline import extract_spec, make_model_dir, seelike_extract_model
+    from seelike import specs
     from seelike.data import dataset_fingerprint, dataset_size
     from seelike.models import ModelCard, build_model
     from seelike.plan import make_plan
@@ -439,10 +440,7 @@ def measure_model(tmp: Path, label: str, arch: str, kwargs: dict, taps: dict, *,
     vis, vshards = None, []
     if taps:   # the vision pass (seelike.specs.vision_extract_spec): the same plan, its own shards
         vdir = out_dir / "vision"
-        vspec = dict(spec, kind="vision", taps=taps, out=str(vdir / "shard-{shard:05d}.h5"))
-        del vspec["full_tokens"]
-        vspec["provenance_config"] = dict(spec["provenance_config"], kind="vision", taps=taps)
-        del vspec["provenance_config"]["full_tokens"]
+        vspec = specs.shard_job_spec(specs.vision_pass(spec, vdir, taps), spec["plan"])
         print(f"# extracting {label}: vision pass ({', '.join(sorted(taps))})", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         seelike_extract_model(vspec, plan)

@@ -211,7 +211,7 @@ class Setup:
 
         make = specs.vision_extract_spec if vision else specs.extract_spec
         spec = make(self.config(precision, gram_precision), name)
-        return dict(spec, plan=read_plan_file(spec["plan_file"]), out=str(Path(spec["out_dir"]) / "shard-{shard:05d}.h5"))
+        return specs.shard_job_spec(spec, read_plan_file(spec["plan_file"]))
 
     def shard_loading_s(self, shard: int) -> tuple[float, dict]:
         """Seconds the extract job's data loader (seelike.runtime.loader_options with extraction.num_workers

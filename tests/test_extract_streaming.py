@@ -77,6 +77,7 @@ def test_streamed_shard_is_bit_equal_to_the_post_forward_reduction(tmp_path, nam
     from seelike.extract import extract_shard
     from seelike.models import ModelCard
     from seelike.plan import make_plan
+    from seelike.specs import shard_job_spec, vision_pass
 
     cfg = dataset_cfg(N)
     rendered = write_rendered_split(cfg, "analysis", tmp_path / rendered_split_name(cfg, "analysis"))
@@ -85,9 +86,8 @@ def test_streamed_shard_is_bit_equal_to_the_post_forward_reduction(tmp_path, nam
     card = make_model_dir(tmp_path / "models", name, arch, kwargs, seed=0)
     spec = extract_spec(name, card, cfg, plan, tmp_path / "out", full_tokens=FULL_TOKENS, rendered=rendered)
     # the vision pass: the same plan through the same step, with the taps and without the Grams
-    vision = dict(spec, kind="vision", out=str(tmp_path / "vision" / "shard-{shard:05d}.h5"),
-                  taps={"norm_ratio": {}, "localization": {"positions": [[0, 0], [1, 1]], "n_images": LOC_IMAGES,
-                                                           "layer": None}})
+    taps = {"norm_ratio": {}, "localization": {"positions": [[0, 0], [1, 1]], "n_images": LOC_IMAGES, "layer": None}}
+    vision = shard_job_spec(vision_pass(spec, tmp_path / "vision", taps), spec["plan"])
     for shard in range(plan.n_shards):
         stored = {}
         for s in (spec, vision):

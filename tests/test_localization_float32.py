@@ -50,6 +50,7 @@ def test_float32_position_grams_give_the_float64_localization_table(tmp_path):
     from seelike.data import dataset_fingerprint, rendered_split_name, write_rendered_split
     from seelike.models import ModelCard
     from seelike.plan import make_plan
+    from seelike.specs import shard_job_spec, vision_pass
     from bench_pipeline import seelike_extract_model
 
     cfg = dataset_cfg(N)
@@ -57,7 +58,8 @@ def test_float32_position_grams_give_the_float64_localization_table(tmp_path):
     plan = make_plan(f"synth:{dataset_fingerprint(cfg)}", np.arange(N), N, B, 4, 0)     # one shard, 3 minibatches
     card = make_model_dir(tmp_path / "models", "vit", ARCH, KWARGS, seed=3)
     spec = extract_spec("vit", card, cfg, plan, tmp_path / "out", full_tokens=0, rendered=rendered)
-    spec.update(kind="vision", taps={"localization": {"positions": POSITIONS, "n_images": N, "layer": None}})
+    taps = {"localization": {"positions": POSITIONS, "n_images": N, "layer": None}}
+    spec = shard_job_spec(vision_pass(spec, tmp_path / "out", taps), spec["plan"])
     manifest = seelike_extract_model(spec, plan)
 
     shard = tmp_path / "out" / "shard-00000.h5"

@@ -101,6 +101,7 @@ def step_extract(spec: dict) -> None:
     from .manifest import reusable, shard_path, write_manifest
     from .models import ModelCard
     from .plan import Plan, read_plan_file
+    from .specs import shard_job_spec
     from .submit import run_array
 
     plan = read_plan_file(spec["plan_file"])
@@ -113,7 +114,7 @@ def step_extract(spec: dict) -> None:
     files = [shard_path(out_dir, s) for s in range(n_shards)]
     card_sha256 = sha256_file(spec["card"])
     todo = [s for s in range(n_shards) if not reusable(files[s], s, plan, config_hash, card.sha256, card_sha256)]
-    job_spec = dict(spec, plan=plan, out=str(out_dir / "shard-{shard:05d}.h5"))
+    job_spec = shard_job_spec(spec, plan)
     if todo:
         what = "the vision pass of " if spec.get("kind") == "vision" else ""
         print(f"seelike: extracting {len(todo)} of {n_shards} shard(s) of {what}'{spec['model']}'", flush=True)

@@ -5,9 +5,17 @@ settings that do not change results (executor, resources) travel separately.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import paths, registry
 from .base import digest
+from .manifest import SHARD_NAME
 from .paths import dataset_key
+
+#: the settings of each extraction pass that enter its shards' provenance, and so decide their reuse
+EXTRACT_PROVENANCE = ("model", "dataset_key", "dataset", "split", "precision", "gram_precision", "sublayers",
+                      "full_tokens")
+VISION_PROVENANCE = ("model", "kind", "dataset_key", "dataset", "split", "precision", "sublayers", "taps")
 
 
 def plan_spec(cfg: dict) -> dict:
@@ -90,20 +98,29 @@ def extract_spec(cfg: dict, name: str) -> dict:
     rendered = rendered_path(cfg, d, spec["split"])
     if rendered:
         spec["rendered"] = rendered
-    spec["provenance_config"] = {k: spec[k] for k in ("model", "dataset_key", "dataset", "split", "precision",
-                                                        "gram_precision", "sublayers", "full_tokens")}
+    spec["provenance_config"] = {k: spec[k] for k in EXTRACT_PROVENANCE}
+    return spec
+
+
+def vision_pass(spec: dict, out_dir, taps: dict) -> dict:
+    """The vision pass of the Grams' pass ``spec`` (:func:`extract_spec`): the same model, data and plan in
+    a forward pass of its own, with ``taps`` and without the Grams' settings, its shards in ``out_dir``."""
+    spec = {k: v for k, v in spec.items() if k not in ("full_tokens", "gram_precision", "out")}
+    spec.update(kind="vision", out_dir=str(out_dir), taps=taps)
+    spec["provenance_config"] = {k: spec[k] for k in VISION_PROVENANCE}
     return spec
 
 
 def vision_extract_spec(cfg: dict, name: str) -> dict:
     """The model's vision pass: what the vision analyses that cover it tap and reduce
     (:func:`seelike.registry.extraction_taps`), over the same plan, in a forward pass of its own."""
-    spec = extract_spec(cfg, name)
-    del spec["full_tokens"], spec["gram_precision"]
-    spec.update(kind="vision", out_dir=paths.vision_dir(cfg, name), taps=registry.extraction_taps(cfg, name))
-    spec["provenance_config"] = {k: spec[k] for k in ("model", "kind", "dataset_key", "dataset", "split",
-                                                        "precision", "sublayers", "taps")}
-    return spec
+    return vision_pass(extract_spec(cfg, name), paths.vision_dir(cfg, name), registry.extraction_taps(cfg, name))
+
+
+def shard_job_spec(spec: dict, plan: dict) -> dict:
+    """What each shard's job of the extraction pass ``spec`` is handed (:func:`seelike.extract.extract_shard`):
+    the spec with the plan itself (a plan file's dict) and the pattern of the shards' files in its ``out_dir``."""
+    return dict(spec, plan=plan, out=str(Path(spec["out_dir"]) / SHARD_NAME))
 
 
 def cka_spec(cfg: dict, x: str, y: str) -> dict:
