@@ -212,3 +212,32 @@ def test_a_new_analysis_is_one_module_and_one_caption(tmp_path):
     snakemake(run, cfgfile, "--report", str(run / "report.html"), target, snakefile=snakefile)
     html = (run / "report.html").read_text(errors="replace")
     assert "T01 toy parameter counts" in html and "one bar per top-level module" in html
+
+
+def test_every_results_pattern_globs_and_matches_its_own_paths():
+    """seelike.paths.as_glob / match (what the archive selects files by): every pattern under results/,
+    filled with sample values, is found by its glob and gives those values back; a value that would span
+    folders, or another pattern's path, does not match."""
+    import fnmatch
+
+    from seelike import paths
+    from seelike.manifest import SHARD_NAME
+
+    patterns = [v for v in vars(paths).values() if isinstance(v, str) and v.startswith(paths.RESULTS + "/") and "{" in v]
+    patterns += list(paths.TABLES.values()) + [f"{paths.EXTRACT_DIR}/{SHARD_NAME}"]
+    assert len(patterns) >= 14
+    for pattern in patterns:
+        values = {w: f"v{i}_{w}" for i, w in enumerate(paths.wildcards(pattern))}
+        full = paths.fill(pattern, **values).format(shard=7) if "{shard" in pattern else paths.fill(pattern, **values)
+        rel = full[len(paths.RESULTS) + 1:]
+        assert fnmatch.fnmatchcase(rel, paths.as_glob(pattern)), (pattern, rel)
+        assert "{" not in paths.as_glob(pattern) and not paths.as_glob(pattern).startswith(paths.RESULTS + "/")
+        assert paths.match(pattern, rel) == values, pattern
+        if values:
+            nested = paths.fill(pattern, **{w: f"a/{v}" for w, v in values.items()}).format(shard=7)
+            assert paths.match(pattern, nested[len(paths.RESULTS) + 1:]) is None, pattern
+    assert paths.match(paths.CKA_TABLE, "cka/synth/vit__resnet.csv") == {"dataset": "synth", "x": "vit", "y": "resnet"}
+    assert paths.match(paths.CKA_TABLE, "vision/synth/t/vit.csv") is None
+    assert paths.match(f"{paths.VISION_DIR}/{SHARD_NAME}", "extract/synth/vit/vision/shard-00003.h5") == \
+        {"dataset": "synth", "model": "vit"}
+    assert paths.match(f"{paths.EXTRACT_DIR}/{SHARD_NAME}", "extract/synth/vit/vision/shard-00003.h5") is None

@@ -15,16 +15,21 @@ import os
 import tarfile
 from pathlib import Path
 
+from . import paths
+from .manifest import SHARD_NAME
 from .paths import RESULTS
 
 MANIFEST = "MANIFEST.json"
-SMALL_PATTERNS = ("figures/**/*", "cka/**/*.csv", "cka/**/*.prov.json", "plans/*.json", "models/*/card.json",
-                  "models/*/metrics.csv", "models/*/metrics.csv.prov.json", "extract/*/*/manifest.json",
-                  "extract/*/*/vision/manifest.json",
-                  "vision/**/*.csv", "vision/**/*.prov.json", "experiments/**/*.csv", "experiments/**/*.prov.json",
-                  "findings/*.csv", "findings/*.prov.json")
-LARGE_PATTERNS = ("extract/*/*/shard-*.h5", "extract/*/*/vision/shard-*.h5", "models/*/weights.safetensors")
-TABLE_DIRS = ("cka", "vision", "experiments")
+SIDECAR = ".prov.json"      # seelike.provenance's sidecar of a file: archived beside it
+#: the tables (each a pattern of seelike.paths); a run archives those its figures were drawn from
+TABLE_PATTERNS = (paths.CKA_TABLE, paths.TABLES["dataset"], paths.TABLES["checkpoint"], paths.TABLES["experiment"])
+#: the small files of a run: figures, tables (the findings among them), plans, cards, metrics, manifests
+SMALL = (paths.FIGURE, *TABLE_PATTERNS, paths.TABLES["summary"], paths.PLAN, paths.CARD, paths.METRICS,
+         paths.MANIFEST, paths.VISION_MANIFEST)
+#: the large ones, included or referenced by checksum (archive.include_large)
+LARGE = (f"{paths.EXTRACT_DIR}/{SHARD_NAME}", f"{paths.VISION_DIR}/{SHARD_NAME}", paths.WEIGHTS)
+SMALL_PATTERNS = tuple(g for p in SMALL for g in (paths.as_glob(p), paths.as_glob(p) + SIDECAR))
+LARGE_PATTERNS = tuple(paths.as_glob(p) for p in LARGE)
 
 
 def _collect(results: Path, patterns) -> list[Path]:
@@ -41,27 +46,24 @@ def _of_this_run(files: list[Path], results: Path, config: dict, figures: list[s
     wanted = {str(Path(f).relative_to(RESULTS)) for f in figures}
     drawn_from = set()
     for rel in wanted:
-        sidecar = results / f"{rel}.prov.json"
+        sidecar = results / f"{rel}{SIDECAR}"
         if sidecar.is_file():
             drawn_from.update(str(Path(t).relative_to(RESULTS)) for t in json.loads(sidecar.read_text()).get("inputs", {})
                               if Path(t).parts[:1] == (RESULTS,))
     models, datasets = set(config["models"]), set(config["datasets"])
 
     def keep(p: Path) -> bool:
-        rel = p.relative_to(results)
-        parts, name = rel.parts, str(rel)
-        if name.removesuffix(".prov.json") in wanted:     # a target: a figure, or a table no figure draws
+        name = str(p.relative_to(results)).removesuffix(SIDECAR)
+        if name in wanted:                  # a target: a figure, or a table no figure draws
             return True
-        if parts[0] == "figures":
-            return name.removesuffix(".prov.json") in wanted
-        if parts[0] in TABLE_DIRS:
-            return name.removesuffix(".prov.json") in drawn_from
-        if parts[0] == "models":
-            return parts[1] in models
-        if parts[0] == "extract":
-            return parts[1] in datasets and parts[2] in models
-        if parts[0] == "plans":
-            return Path(name.removesuffix(".prov.json")).name.removesuffix(".json") in datasets
+        if paths.match(paths.FIGURE, name) is not None:
+            return False
+        if any(paths.match(t, name) is not None for t in TABLE_PATTERNS):
+            return name in drawn_from
+        for pattern in (*SMALL, *LARGE):
+            w = paths.match(pattern, name)
+            if w is not None:
+                return ("model" not in w or w["model"] in models) and ("dataset" not in w or w["dataset"] in datasets)
         return True
 
     return [p for p in files if keep(p)]
@@ -188,10 +190,10 @@ def redraw(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     folder, out_dir = Path(folder), Path(out_dir)
     results = folder / RESULTS
     drawn, stems = [], set()
-    for sidecar in sorted(results.glob("figures/**/*.prov.json")):
+    for sidecar in sorted(results.glob(paths.as_glob(paths.FIGURE) + SIDECAR)):
         record = json.loads(sidecar.read_text())
         spec = record.get("figure_spec")
-        stem = str(sidecar).removesuffix(".prov.json").rsplit(".", 1)[0]
+        stem = str(sidecar).removesuffix(SIDECAR).rsplit(".", 1)[0]
         if not spec or stem in stems:
             continue  # one sidecar per figure (any of its formats) is enough: its spec lists every output
         stems.add(stem)

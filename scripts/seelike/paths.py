@@ -15,6 +15,7 @@ PLAN = f"{RESULTS}/plans/{{dataset}}.json"
 MODEL_DIR = f"{RESULTS}/models/{{model}}"
 CARD = f"{MODEL_DIR}/card.json"
 WEIGHTS = f"{MODEL_DIR}/weights.safetensors"
+METRICS = f"{MODEL_DIR}/metrics.csv"                     # a trained model's metrics per epoch
 EXTRACT_DIR = f"{RESULTS}/extract/{{dataset}}/{{model}}"
 MANIFEST = f"{EXTRACT_DIR}/manifest.json"
 # The vision pass: the vision analyses' taps (attention, norm ratios, localization, receptive fields), a
@@ -35,6 +36,7 @@ LOGS = f"{RESULTS}/logs"
 JOB_LOGS = f"{LOGS}/jobs"                                     # submitted jobs: <step>/<name>/<job id>/
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ANY_FIELD = re.compile(r"\{[^{}]*\}")     # a wildcard, or a format field such as {shard:05d}
 
 
 def wildcards(pattern: str) -> list[str]:
@@ -53,6 +55,29 @@ def fill(pattern: str, **values) -> str:
 def partial(pattern: str, **values) -> str:
     """The pattern with the given wildcards filled and the others left for Snakemake."""
     return _FIELD.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), pattern)
+
+
+def as_glob(pattern: str) -> str:
+    """The pattern as a glob relative to ``results/`` (what :meth:`pathlib.Path.glob` takes from the
+    results folder): every wildcard or format field becomes ``*``."""
+    rel = pattern[len(RESULTS) + 1:] if pattern.startswith(RESULTS + "/") else pattern
+    return _ANY_FIELD.sub("*", rel)
+
+
+def match(pattern: str, rel: str) -> dict | None:
+    """The wildcards of ``rel`` (a path relative to ``results/``) under the pattern, or None when it is not
+    one of the pattern's paths. A wildcard matches within one folder; a format field like {shard:05d}
+    is matched but not returned."""
+    glob_rel = as_glob(pattern)
+    fields = iter(_ANY_FIELD.findall(pattern[len(RESULTS) + 1:] if pattern.startswith(RESULTS + "/") else pattern))
+    parts = []
+    for i, piece in enumerate(glob_rel.split("*")):
+        if i:
+            name = next(fields)[1:-1]
+            parts.append(f"(?P<{name}>[^/]+)" if _FIELD.fullmatch("{" + name + "}") else "[^/]+")
+        parts.append(re.escape(piece))
+    m = re.fullmatch("".join(parts), rel)
+    return None if m is None else m.groupdict()
 
 
 def log(pattern: str) -> str:

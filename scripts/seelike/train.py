@@ -12,12 +12,14 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from . import paths
+
 STATE_FILE = "train_state.pt"
-METRICS_FILE = "metrics.csv"
+METRICS_FILE = PurePosixPath(paths.METRICS).name
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
