@@ -241,3 +241,7 @@ def test_every_results_pattern_globs_and_matches_its_own_paths():
     assert paths.match(f"{paths.VISION_DIR}/{SHARD_NAME}", "extract/synth/vit/vision/shard-00003.h5") == \
         {"dataset": "synth", "model": "vit"}
     assert paths.match(f"{paths.EXTRACT_DIR}/{SHARD_NAME}", "extract/synth/vit/vision/shard-00003.h5") is None
+    assert [paths.file_name(p) for p in (paths.CARD, paths.WEIGHTS, paths.METRICS)] == \
+        ["card.json", "weights.safetensors", "metrics.csv"]
+    with pytest.raises(ValueError, match="no fixed file name"):
+        paths.file_name(paths.CKA_TABLE)

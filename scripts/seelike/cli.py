@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import paths
+
 
 def _settings(step: str) -> dict:
     from .config import step_executor
@@ -47,7 +49,7 @@ def _add_provenance(card, out_dir: Path, spec: dict) -> None:
     card.provenance = {**card.provenance, **provenance.collect(
         {k: v for k, v in spec.items() if k != "out_dir"},
         input_digests={str(out_dir / card.checkpoint): card.sha256})}
-    card.save(out_dir / "card.json")
+    card.save(out_dir / paths.file_name(paths.CARD))
 
 
 def step_model(spec: dict) -> None:
@@ -57,7 +59,7 @@ def step_model(spec: dict) -> None:
     out_dir = Path(spec["out_dir"])
     if kind == "recipe":
         run_step(_settings("train"), "seelike.train:train_model", {"spec": spec}, name=spec["name"],
-                 marker=out_dir / "card.json")
+                 marker=out_dir / paths.file_name(paths.CARD))
     elif kind == "timm_hub":
         # Always here, on the submitting host: compute nodes often have no internet.
         from .models import fetch_from_hub

@@ -57,6 +57,14 @@ def partial(pattern: str, **values) -> str:
     return _FIELD.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), pattern)
 
 
+def file_name(pattern: str) -> str:
+    """The last part of a pattern whose file name is fixed (``card.json`` of :data:`CARD`)."""
+    name = pattern.rsplit("/", 1)[-1]
+    if _ANY_FIELD.search(name):
+        raise ValueError(f"path pattern '{pattern}' has no fixed file name")
+    return name
+
+
 def as_glob(pattern: str) -> str:
     """The pattern as a glob relative to ``results/`` (what :meth:`pathlib.Path.glob` takes from the
     results folder): every wildcard or format field becomes ``*``."""

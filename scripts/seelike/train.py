@@ -12,14 +12,14 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from . import paths
 
 STATE_FILE = "train_state.pt"
-METRICS_FILE = PurePosixPath(paths.METRICS).name
+METRICS_FILE = paths.file_name(paths.METRICS)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -268,7 +268,7 @@ def train_model(spec: dict) -> dict:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     provenance.write_sidecar(out_dir / METRICS_FILE, provenance.collect({k: v for k, v in spec.items() if k != "out_dir"},
                                                                         input_digests=inputs))
-    ckpt = out_dir / "weights.safetensors"
+    ckpt = out_dir / paths.file_name(paths.WEIGHTS)
     save_checkpoint(model.cpu(), ckpt)
     card = make_card(spec["name"], spec["arch"], spec.get("kwargs", {}),
                      {"kind": "recipe", "recipe": r, "dataset": spec["dataset"]}, model, ckpt,
@@ -279,7 +279,7 @@ def train_model(spec: dict) -> dict:
                     "n_test": n_test, "train_steps": total, "n_train": int(n), "seed": r["seed"]}
     card.provenance = {**card.provenance, **provenance.collect({k: v for k, v in spec.items() if k != "out_dir"},
                                                                 input_digests=inputs)}
-    card.save(out_dir / "card.json")
+    card.save(out_dir / paths.file_name(paths.CARD))
     state_path.unlink(missing_ok=True)
     print(f"seelike: trained '{spec['name']}': test accuracy {acc:.3f} (chance {card.metrics['chance']:.3f})", flush=True)
     return card.metrics

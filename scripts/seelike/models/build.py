@@ -12,11 +12,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .. import paths
 from ..fileio import PathLike, atomic_write, sha256_file, to_jsonable
 from .card import CARD_FILENAME, ModelCard
 from .layers import LayerSpec, detect_family, enumerate_layers
 
-CHECKPOINT_FILENAME = "weights.safetensors"
+CHECKPOINT_FILENAME = paths.file_name(paths.WEIGHTS)
 
 
 class ChecksumError(ValueError):

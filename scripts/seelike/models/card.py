@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .. import paths
 from ..fileio import PathLike, to_jsonable, write_json_atomic
 
 CARD_FORMAT_VERSION = 1
-CARD_FILENAME = "card.json"
+CARD_FILENAME = paths.file_name(paths.CARD)
 
 FAMILIES = ("vit", "cnn", "mixer", "other")
 SOURCE_KINDS = ("timm_hub", "local_file", "recipe")
