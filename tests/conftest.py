@@ -89,6 +89,7 @@ def snakemake(workdir: Path, configfile: Path, *args, check=True, timeout=900,
     """Run the real workflow with the installed snakemake, in `workdir`."""
     exe = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env.pop("TQDM_DISABLE", None)   # set by benchmark modules some tests import; the workflow draws its bars
     cmd = [exe, "-s", str(snakefile), "--directory", str(workdir), "--configfile", str(configfile), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

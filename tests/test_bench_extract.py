@@ -10,10 +10,17 @@ import timm
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import bench_extract  # noqa: E402
 
 
-def test_every_config_names_a_timm_or_seelike_architecture():
+@pytest.fixture
+def bench_extract(monkeypatch):
+    """The script as a module; the TQDM_DISABLE it sets for itself on import does not outlive the test."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    import bench_extract
+    return bench_extract
+
+
+def test_every_config_names_a_timm_or_seelike_architecture(bench_extract):
     tables = {**bench_extract.FULL, **bench_extract.PAPER_SIZE, **bench_extract.QUICK}
     assert len(tables) == len(bench_extract.FULL) + len(bench_extract.PAPER_SIZE) + len(bench_extract.QUICK)
     for name, (arch, kwargs, size, k, repeats) in tables.items():
@@ -23,7 +30,7 @@ def test_every_config_names_a_timm_or_seelike_architecture():
     assert all(size == 224 for _, _, size, _, _ in bench_extract.PAPER_SIZE.values())
 
 
-def test_unknown_config_is_refused_by_name(capsys, tmp_path):
+def test_unknown_config_is_refused_by_name(bench_extract, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         bench_extract.main(["--configs", "resnet50_224,resnet50_225", "--out", str(tmp_path / "x.json")])
     assert e.value.code == 2
