@@ -461,17 +461,19 @@ def test_gram_auto_keeps_cka_accurate_for_offset_activations():
 
 
 def test_gram_onednn_products(monkeypatch):
-    """oneDNN's float32 products (seelike.cka.cpu_products), where this torch has them: the Gram of
-    every path (plain and panels, column chunks and strided features copied to contiguous staging,
-    float16, centred) matches float64 and BLAS's Gram, CKA of offset layers stays within 1e-6 of
-    float64, and NaN / Inf reach the Gram."""
+    """oneDNN's float32 products (seelike.cka.cpu_products), where this torch has them: chosen on
+    AVX-512 CPUs only, and, forced on any CPU, the Gram of every path (plain and panels, column
+    chunks and strided features copied to contiguous staging, float16, centred) matches float64 and
+    BLAS's Gram, CKA of offset layers stays within 1e-6 of float64, and NaN / Inf reach the Gram."""
     import seelike.cka
     from seelike.cka import cpu_products
 
     has_onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    assert cpu_products() == ("onednn" if has_onednn else "blas")
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert cpu_products() == ("onednn" if has_onednn and avx512 else "blas")
     if not has_onednn:
         pytest.skip("this torch has no oneDNN matmul: BLAS products are what the other tests check")
+    monkeypatch.setattr(seelike.cka, "cpu_products", lambda: "onednn")
     g = torch.Generator().manual_seed(21)
     cases = {
         "plain": torch.relu(torch.randn(64, 3000, generator=g)),

@@ -106,18 +106,23 @@ def cpu_products() -> str:
     """What multiplies the Grams' float32 chunks on the CPU: "onednn" or "blas".
 
     "onednn": oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, ``a @ b.T`` of dense
-    row-major operands), used where this torch has it and a trial product on this CPU agrees with
-    a float64 one (checked once per process). It runs the Grams' shapes (256 rows, thousands of
-    features) at 2.1-2.3x the speed of torch's BLAS matmul on the AMD EPYC (AVX-512) CPUs measured
-    in benchmarks/README.md, where MKL takes a slower code path than oneDNN's own kernels, and at
-    full float32 precision: float32 products with float32 accumulation, like BLAS (CKA error
-    against float64 in tests/test_cka.py). Strided operands are slow there, so :func:`gram` hands
-    it contiguous chunks only.
-    "blas": ``torch.mm`` (MKL / OpenBLAS), wherever oneDNN is missing or fails the trial.
+    row-major operands), used on CPUs with AVX-512 (torch's ``get_cpu_capability()``) where this
+    torch has it and a trial product on this CPU agrees with a float64 one (checked once per
+    process). On the AVX-512 AMD EPYC VMs of benchmarks/README.md it runs the Grams' shapes (256 rows,
+    thousands of features) at 2.1-2.3x the speed of torch's BLAS matmul, where MKL takes a slower
+    code path than oneDNN's own kernels, at full float32 precision: float32 products with float32
+    accumulation, like BLAS (CKA error against float64 in tests/test_cka.py). Strided operands are
+    slow there, so :func:`gram` hands it contiguous chunks only.
+    "blas": ``torch.mm`` (MKL / OpenBLAS) everywhere else. On an AVX2 EPYC (Zen 3) oneDNN's products
+    were 2-15% slower than MKL's (256 x 65536: 144 against 170 GF/s) and their largest error 2-5x
+    BLAS's (1.5e-6 against 3e-7 of the largest entry of a 1030 x 800 Gram), so a CPU without AVX-512
+    keeps BLAS.
     """
     try:
         op = torch.ops.mkldnn._linear_pointwise
         if not torch.backends.mkldnn.is_available():
+            return "blas"
+        if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
             return "blas"
         gen = torch.Generator().manual_seed(0)
         a = torch.randn(24, 96, generator=gen)
