@@ -57,6 +57,11 @@ def partial(pattern: str, **values) -> str:
     return _FIELD.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), pattern)
 
 
+def _relative(pattern: str) -> str:
+    """The pattern relative to ``results/`` (unchanged when it lies elsewhere)."""
+    return pattern[len(RESULTS) + 1:] if pattern.startswith(RESULTS + "/") else pattern
+
+
 def file_name(pattern: str) -> str:
     """The last part of a pattern whose file name is fixed (``card.json`` of :data:`CARD`)."""
     name = pattern.rsplit("/", 1)[-1]
@@ -68,8 +73,7 @@ def file_name(pattern: str) -> str:
 def as_glob(pattern: str) -> str:
     """The pattern as a glob relative to ``results/`` (what :meth:`pathlib.Path.glob` takes from the
     results folder): every wildcard or format field becomes ``*``."""
-    rel = pattern[len(RESULTS) + 1:] if pattern.startswith(RESULTS + "/") else pattern
-    return _ANY_FIELD.sub("*", rel)
+    return _ANY_FIELD.sub("*", _relative(pattern))
 
 
 def match(pattern: str, rel: str) -> dict | None:
@@ -77,7 +81,7 @@ def match(pattern: str, rel: str) -> dict | None:
     one of the pattern's paths. A wildcard matches within one folder; a format field like {shard:05d}
     is matched but not returned."""
     glob_rel = as_glob(pattern)
-    fields = iter(_ANY_FIELD.findall(pattern[len(RESULTS) + 1:] if pattern.startswith(RESULTS + "/") else pattern))
+    fields = iter(_ANY_FIELD.findall(_relative(pattern)))
     parts = []
     for i, piece in enumerate(glob_rel.split("*")):
         if i:
@@ -91,8 +95,7 @@ def match(pattern: str, rel: str) -> dict | None:
 def log(pattern: str) -> str:
     """The log file of a rule whose first output has this pattern: the same path under results/logs,
     ending in .log (a figure's {fmt} dropped)."""
-    rel = pattern[len(RESULTS) + 1:] if pattern.startswith(RESULTS + "/") else pattern
-    rel = re.sub(r"\.\{fmt\}$", "", rel)
+    rel = re.sub(r"\.\{fmt\}$", "", _relative(pattern))
     rel = re.sub(r"\.(csv|json|npy|tar\.gz)$", "", rel)
     return f"{LOGS}/{rel}.log"
 
