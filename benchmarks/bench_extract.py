@@ -486,7 +486,10 @@ def print_table(records):
     print("(* tokens: the first full_tokens examples of the plan only, a once-per-plan cost. (products): not part\n"
           " of extraction -- the Grams' products alone, uncentred and without the offset pre-check of\n"
           " gram(center='auto'); 'gram' minus it is what the pre-check and centring offset-dominated layers cost.)")
-    print(f"load average now {os.getloadavg()[0]:.2f}")
+    from seelike.cka import cpu_products
+
+    print(f"Grams' products: {cpu_products()} (torch CPU capability {torch.backends.cpu.get_cpu_capability()}); "
+          f"load average now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

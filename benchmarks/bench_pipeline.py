@@ -187,8 +187,14 @@ def versions() -> dict:
 
 
 def host_meta(threads: int) -> dict:
+    """The machine a benchmark ran on, with what decides the Grams' CPU products (seelike.cka.cpu_products:
+    oneDNN on AVX-512 CPUs, BLAS elsewhere)."""
+    from seelike.cka import cpu_products
+
     return {"threads": threads, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "versions": versions()}
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gram_products": cpu_products(),
+            "versions": versions()}
 
 
 # ---------------------------------------------------------------------------------------------
