@@ -80,15 +80,11 @@ def match(pattern: str, rel: str) -> dict | None:
     """The wildcards of ``rel`` (a path relative to ``results/``) under the pattern, or None when it is not
     one of the pattern's paths. A wildcard matches within one folder; a format field like {shard:05d}
     is matched but not returned."""
-    glob_rel = as_glob(pattern)
-    fields = iter(_ANY_FIELD.findall(_relative(pattern)))
-    parts = []
-    for i, piece in enumerate(glob_rel.split("*")):
-        if i:
-            name = next(fields)[1:-1]
-            parts.append(f"(?P<{name}>[^/]+)" if _FIELD.fullmatch("{" + name + "}") else "[^/]+")
-        parts.append(re.escape(piece))
-    m = re.fullmatch("".join(parts), rel)
+    regex = []
+    for i, piece in enumerate(re.split(f"({_ANY_FIELD.pattern})", _relative(pattern))):
+        wildcard = _FIELD.fullmatch(piece) if i % 2 else None    # odd pieces are the fields
+        regex.append(re.escape(piece) if i % 2 == 0 else f"(?P<{wildcard.group(1)}>[^/]+)" if wildcard else "[^/]+")
+    m = re.fullmatch("".join(regex), rel)
     return None if m is None else m.groupdict()
 
 
