@@ -418,7 +418,6 @@ def main(argv=None):
                                         1 if args.quick else args.breakdown_reps))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print_table(records)
     meta = dict(host_meta(args.threads), quick=args.quick, minibatch_size=b, full_tokens=ft, retain_freed_memory=retained,
                 goal=(f"CPU: extraction overhead beyond the Grams' own flop share (GOAL - Gram flops) at most "
                       f"{CPU_GOAL_POINTS:g} percentage points at the default minibatch size, for every family; "
@@ -429,11 +428,12 @@ def main(argv=None):
                 total_wall_s=time.perf_counter() - t_start, load_average_start=load_start,
                 load_average_end=os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    print_table(records, meta)
     args.out.write_text(json.dumps({"meta": meta, "results": records}, indent=1, default=str))
     print(f"\nwrote {args.out} ({meta['total_wall_s']:.0f} s)")
 
 
-def print_table(records):
+def print_table(records, meta: dict):
     hdr = (f"{'config':<14} {'family':<6} {'b':>4} {'k':>2} {'bare img/s':>10} {'extract img/s':>13} {'overhead':>9} "
            f"{'cpu ovh':>8} {'steady/mb':>9} {'excl data':>9} {'parts':>6} {'at k=8':>7} {'hooks':>6} {'Gram':>6} {'NaN chk':>7} "
            f"{'pooled':>6} {'data':>6} {'GOAL':>6}  {'<=25% (GPU)':<11} {'Gram flops':>10} {'GOAL-Gram':>9}  CPU goal <=10 pts")
@@ -486,9 +486,7 @@ def print_table(records):
     print("(* tokens: the first full_tokens examples of the plan only, a once-per-plan cost. (products): not part\n"
           " of extraction -- the Grams' products alone, uncentred and without the offset pre-check of\n"
           " gram(center='auto'); 'gram' minus it is what the pre-check and centring offset-dominated layers cost.)")
-    from seelike.cka import cpu_products
-
-    print(f"Grams' products: {cpu_products()} (torch CPU capability {torch.backends.cpu.get_cpu_capability()}); "
+    print(f"Grams' products: {meta['gram_products']} (torch CPU capability {meta['cpu_capability']}); "
           f"load average now {os.getloadavg()[0]:.2f}")
 
 

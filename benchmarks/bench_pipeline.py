@@ -137,11 +137,11 @@ def extract_spec(name: str, card_path: Path, ds_cfg: dict, plan, out_dir: Path, 
     and rendered split where the benchmark keeps them, data loaded in the job's own process."""
     from seelike import config as sc
     from seelike import specs
-    from seelike.models import CHECKPOINT_FILENAME
+    from seelike.models import ModelCard
 
-    card = json.loads(Path(card_path).read_text())
-    model = {"arch": card["arch"], "kwargs": card["kwargs"],
-             "source": {"kind": "local_file", "path": str(Path(card_path).parent / CHECKPOINT_FILENAME)}}
+    card = ModelCard.load(card_path)
+    model = {"arch": card.arch, "kwargs": card.kwargs,
+             "source": {"kind": "local_file", "path": str(Path(card_path).parent / card.checkpoint)}}
     cfg = sc.load({"run_name": "bench", "device": "cpu", "precision": "fp32", "datasets": {DATASET_KEY: ds_cfg},
                    "models": {name: model}, "analysis": {"dataset": DATASET_KEY, "split": "analysis",
                                               "n_examples": int(plan.n_examples), "seed": 0},
