@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
@@ -51,6 +50,7 @@ from torch import nn
 
 from seelike.allocator import retain_freed_memory
 from seelike.cka import cka_from_minibatch_hsic, gram, hsic_all_pairs
+from seelike.fileio import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -312,8 +312,7 @@ def main(argv=None):
         "versions": _versions(), "total_wall_s": time.perf_counter() - t_start,
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": records}, indent=1))
+    write_json_atomic(args.out, {"meta": meta, "results": records}, indent=1, nan_as_null=True)
     print(f"\nwrote {args.out} ({meta['total_wall_s']:.0f} s)")
 
 

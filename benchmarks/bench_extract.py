@@ -107,6 +107,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seelike.allocator import retain_freed_memory  # noqa: E402
+from seelike.fileio import write_json_atomic  # noqa: E402
 from bench_pipeline import DATASET_KEY, OUT, dataset_cfg, extract_spec, host_meta, load_avg, make_model_dir  # noqa: E402
 
 # name -> (arch, kwargs, input size, k minibatches, repeats)
@@ -427,9 +428,8 @@ def main(argv=None):
                                         for fam in sorted({r["family"] for r in records})},
                 total_wall_s=time.perf_counter() - t_start, load_average_start=load_start,
                 load_average_end=os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     print_table(records, meta)
-    args.out.write_text(json.dumps({"meta": meta, "results": records}, indent=1, default=str))
+    write_json_atomic(args.out, {"meta": meta, "results": records}, indent=1, nan_as_null=True)
     print(f"\nwrote {args.out} ({meta['total_wall_s']:.0f} s)")
 
 

@@ -35,7 +35,6 @@ centred and multiplied in float64 (independent of seelike.cka.gram). Both are gp
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -48,6 +47,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
+
+from seelike.fileio import write_json_atomic  # noqa: E402
 
 GOAL = 1e-5
 #: each variant: explicit mantissa bits of the matmul inputs (float32 has 23), and whether the Grams
@@ -157,10 +158,7 @@ def main(argv=None) -> int:
                        "torch": torch.__version__},
            "emulated": True, "rows": rows,
            "within_goal": {p: all(r["max_abs_cka_error"] <= GOAL for r in rows if r["precision"] == p) for p in VARIANTS}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = Path(args.out).with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(out, indent=1))
-    tmp_out.replace(args.out)
+    write_json_atomic(args.out, out, indent=1, nan_as_null=True)
     print(f"\n{'features':<12} {'layers':>6} {'b':>4} {'precision':<15} {'max |dCKA|':>11} {'mean |dCKA|':>11}")
     for r in rows:
         print(f"{r['features']:<12} {r['layers']:>6} {r['b']:>4} {r['precision']:<15} {r['max_abs_cka_error']:>11.2e} "

@@ -28,7 +28,6 @@ shared machine only ever add time); the worker settings of one extraction altern
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -43,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seelike.allocator import retain_freed_memory  # noqa: E402
+from seelike.fileio import write_json_atomic  # noqa: E402
 from bench_pipeline import OUT, dataset_cfg, extract_spec, host_meta, load_avg, make_model_dir  # noqa: E402
 
 VIT_B16 = ("vit_base_patch16_224", {"num_classes": 10})
@@ -218,10 +218,7 @@ def main(argv=None):
     print_table(res)
     meta = dict(host_meta(args.threads), quick=args.quick, retain_freed_memory=retained, repeats=args.repeats,
                 total_wall_s=time.perf_counter() - t0, load_average_start=load_start, load_average_end=load_avg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "results": res}, indent=1, default=str))
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, {"meta": meta, "results": res}, indent=1, nan_as_null=True)
     print(f"\nwrote {args.out} ({meta['total_wall_s']:.0f} s)")
 
 

@@ -50,6 +50,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
 
+from seelike.fileio import write_json_atomic  # noqa: E402
+
 GB = 1e9
 FULL_TOKENS = 16     # extraction.full_tokens of the config
 # name: (timm arch, kwargs, family). Random weights, 1000 classes, 224 px.
@@ -300,15 +302,11 @@ def main() -> None:
             print(f"  {r['model']:<11} " + "  ".join(
                 f"{c} {min(r[c]['peaks']) / GB:.2f}-{max(r[c]['peaks']) / GB:.2f}" for c in ("bare", "held", "extract", "vision")
                 if "peaks" in r[c]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps({"machine": "2-core CPU VM, no GPU", "threads": args.threads, "batch": args.batch,
-                                   "size": size, "repeats": args.repeats,
-                                   "measure": "VmHWM of a fresh subprocess per case (median over repeats)",
-                                   "rows": rows}, indent=1))
-    tmp_out.replace(out)
-    print(f"wrote {out}")
+    write_json_atomic(args.out, {"machine": "2-core CPU VM, no GPU", "threads": args.threads, "batch": args.batch,
+                                 "size": size, "repeats": args.repeats,
+                                 "measure": "VmHWM of a fresh subprocess per case (median over repeats)",
+                                 "rows": rows}, indent=1, nan_as_null=True)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import shutil
@@ -77,6 +76,7 @@ import numpy as np
 import torch
 
 from seelike.allocator import retain_freed_memory  # noqa: E402
+from seelike.fileio import write_json_atomic  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -413,8 +413,7 @@ def main(argv=None):
                            "[0, 1]; compared with seelike estimator 'unbiased' (same minibatches, same order)"),
                 total_wall_s=time.perf_counter() - t_start, load_average_start=load_start,
                 load_average_end=os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "summary": summary, "rounds": rounds}, indent=1, default=str))
+    write_json_atomic(args.out, {"meta": meta, "summary": summary, "rounds": rounds}, indent=1, nan_as_null=True)
     print(f"\nwrote {args.out} ({meta['total_wall_s']:.0f} s)")
 
 

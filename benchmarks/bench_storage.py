@@ -71,6 +71,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import DATASET_KEY, OUT, host_meta  # noqa: E402
+from seelike.fileio import write_json_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -523,8 +524,7 @@ def main(argv=None):
     print_tables(measured, proj)
     meta = dict(host_meta(args.threads), quick=args.quick, total_wall_s=time.perf_counter() - t_start,
                 header_bytes=HEADER_BYTES, shard_bytes=SHARD_BYTES, formula=FORMULA)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "measured": measured, "projection": proj}, indent=1, default=str))
+    write_json_atomic(args.out, {"meta": meta, "measured": measured, "projection": proj}, indent=1, nan_as_null=True)
     print(f"\nwrote {args.out} ({meta['total_wall_s']:.0f} s)")
 
 

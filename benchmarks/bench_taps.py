@@ -35,7 +35,6 @@ by design, its reductions at most 50% over the Grams' pass. Writes benchmarks/ou
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -50,6 +49,7 @@ import torch
 import seelike.models.archs  # noqa: F401
 from seelike.allocator import retain_freed_memory
 from seelike.analyses.reducers import ReceptiveFieldReducer, vision_reducers
+from seelike.fileio import write_json_atomic
 from seelike.extract import Batch, GramReducer, LayerStream, PooledReducer, TokenReducer, attached
 from seelike.models.card import ModelCard
 from seelike.models.layers import LayerTaps, detect_family, enumerate_layers
@@ -221,13 +221,12 @@ def main(argv=None) -> int:
               f"{r['vision_over_grams']:9.2f} {r['vision_over_forward']:8.2f} {r['grams_over_forward']:9.2f} "
               f"{r['vision_over_grams_min']:15.2f} {rf_s} {rf['images']:7d} {'met' if r['goal_met'] else 'NOT':>5s}", flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                           "threads": args.threads, "torch": torch.__version__},
-                               "retain_freed_memory": retained,
-                               "load_average": {"start": load0, "end": os.getloadavg()[0]},
-                               "repeats": args.repeats, "goal": f"vision pass / Grams' pass <= {GOAL}",
-                               "results": rows}, indent=2))
+    write_json_atomic(out, {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                        "threads": args.threads, "torch": torch.__version__},
+                            "retain_freed_memory": retained,
+                            "load_average": {"start": load0, "end": os.getloadavg()[0]},
+                            "repeats": args.repeats, "goal": f"vision pass / Grams' pass <= {GOAL}",
+                            "results": rows}, nan_as_null=True)
     print(f"load average: {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     print(f"wrote {out}")
     return 0

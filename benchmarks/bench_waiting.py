@@ -103,8 +103,9 @@ def main() -> int:
     print(f"| jobs in flight | waiting processes | total RSS (MiB) | total PSS (MiB) | RSS per process (MiB) | torch imported |")
     print(f"|---|---|---|---|---|---|")
     print(f"| {n} | {len(mems)} | {result['total_rss_mib']} | {result['total_pss_mib']} | {result['rss_per_process_mib']} | {result['any_imported_torch']} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    from seelike.fileio import write_json_atomic
+
+    write_json_atomic(args.out, result, nan_as_null=True)
     return 0
 
 

@@ -76,6 +76,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from seelike.allocator import retain_freed_memory  # noqa: E402
+from seelike.fileio import write_json_atomic  # noqa: E402
 from bench_pipeline import OUT, make_model_dir  # noqa: E402
 
 # name -> (timm architecture, kwargs): the paper's models at 224 px (names as in config/config.yaml)
@@ -766,10 +767,7 @@ def main(argv=None) -> int:
     print_report(results)
     meta = dict(machine(device), smoke=args.smoke, budget_s=budget.seconds, total_wall_s=budget.elapsed(),
                 sections=wanted, date=time.strftime("%Y-%m-%d"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
-    os.replace(tmp, out)
+    write_json_atomic(out, {"meta": meta, "results": results}, indent=1, nan_as_null=True)
     print(f"\nwrote {out} ({meta['total_wall_s']:.0f} s)")
     return 0
 

@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # these tests never reach the netw
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,6 +124,9 @@ def test_sha256_and_json(tmp_path):
     with pytest.raises(ValueError, match="b.json"):
         fileio.write_json_atomic(tmp_path / "b.json", {"x": float("nan")})
     assert not (tmp_path / "b.json").exists()
+    fileio.write_json_atomic(tmp_path / "c.json", {"x": [float("nan"), np.float32("-inf"), np.float64(0.5), 2.0]},
+                             nan_as_null=True)
+    assert json.loads((tmp_path / "c.json").read_text()) == {"x": [None, None, 0.5, 2.0]}
 
 
 # ----------------------------------------------------------------------------- families and layers

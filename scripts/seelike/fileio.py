@@ -11,6 +11,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -106,29 +107,36 @@ def sha256_files(paths: list[PathLike], workers: int | None = None) -> list[str]
         return list(pool.map(sha256_file, paths))
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Recursively convert tuples, paths, numpy/torch scalars to plain JSON types."""
+def to_jsonable(obj: Any, *, nan_as_null: bool = False) -> Any:
+    """Recursively convert tuples, paths, numpy/torch scalars to plain JSON types.
+
+    With ``nan_as_null``, NaN and infinities become ``None`` (JSON has no spelling for them)."""
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, nan_as_null=nan_as_null) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, nan_as_null=nan_as_null) for v in obj]
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    if obj is None or isinstance(obj, (bool, int, float, str)):
+    if isinstance(obj, float):
+        return None if nan_as_null and not math.isfinite(obj) else obj
+    if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     item = getattr(obj, "item", None)  # numpy / torch scalars
     if callable(item):
         try:
-            return to_jsonable(item())
+            return to_jsonable(item(), nan_as_null=nan_as_null)
         except (TypeError, ValueError, RuntimeError):
             pass
     return str(obj)
 
 
-def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2) -> None:
-    """Write ``obj`` as JSON (tuples become lists, unknown objects their ``str``) atomically."""
+def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2, nan_as_null: bool = False) -> None:
+    """Write ``obj`` as JSON (tuples become lists, unknown objects their ``str``) atomically.
+
+    NaN or an infinity in ``obj`` is an error, unless ``nan_as_null`` writes it as ``null``
+    (for measurements where a missing value is expected, such as a benchmark's failed case)."""
     try:
-        text = json.dumps(to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False) + "\n"
+        text = json.dumps(to_jsonable(obj, nan_as_null=nan_as_null), indent=indent, sort_keys=False, allow_nan=False) + "\n"
     except ValueError as e:  # NaN / inf
         raise ValueError(f"cannot write {path}: {e} (NaN or infinity in the data)") from e
     with atomic_write(path) as tmp:
