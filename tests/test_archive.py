@@ -67,6 +67,10 @@ def test_verify_names_every_file_that_does_not_match(archived, tmp_path):
     with tarfile.open(bad_tar, "w:gz") as t:
         t.add(copy, arcname="tiny")
     assert len(verify(bad_tar)) == 3
+    # a manifest cut short: one problem that names it, not a traceback
+    (copy / MANIFEST).write_text((copy / MANIFEST).read_text()[:-40])
+    problems = verify(copy)
+    assert len(problems) == 1 and "unreadable manifest" in problems[0] and "is not valid JSON" in problems[0], problems
 
 
 def test_redrawn_figures_are_identical(archived, tmp_path):

@@ -128,6 +128,23 @@ def test_sha256_and_json(tmp_path):
                              nan_as_null=True)
     assert json.loads((tmp_path / "c.json").read_text()) == {"x": [None, None, 0.5, 2.0]}
 
+    class Bad(ValueError):
+        pass
+
+    assert fileio.read_json(tmp_path / "a.json", "thing") == {"t": [1, 2], "p": str(tmp_path)}
+    with pytest.raises(Bad, match=r"^thing '.*nope\.json' does not exist; do this$"):
+        fileio.read_json(tmp_path / "nope.json", "thing", "do this", Bad)
+    with pytest.raises(ValueError, match=r"^it is gone$"):
+        fileio.read_json(tmp_path / "nope.json", "thing", missing="it is gone")
+    (tmp_path / "cut.json").write_text('{"x": [1, 2')
+    with pytest.raises(ValueError, match=r"thing '.*cut\.json' is not valid JSON \(.*\); it is corrupt or was cut short; do this$"):
+        fileio.read_json(tmp_path / "cut.json", "thing", "do this")
+    (tmp_path / "latin.json").write_bytes(b'{"x": "\xe9"}')
+    with pytest.raises(ValueError, match=r"thing '.*latin\.json' cannot be read \(.*utf-8"):
+        fileio.read_json(tmp_path / "latin.json", "thing")
+    with pytest.raises(ValueError, match="cannot be read"):
+        fileio.read_json(tmp_path, "thing")                      # a folder
+
 
 # ----------------------------------------------------------------------------- families and layers
 

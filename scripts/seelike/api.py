@@ -422,12 +422,11 @@ def load_tables(results: str | os.PathLike = paths.RESULTS, kind: str | Iterable
 
 def figure_files(results: str | os.PathLike = paths.RESULTS) -> dict[str, list[Path]]:
     """``{"<figure id>/<stem>": [files, one per format]}`` of the figures under ``results``."""
-    from .provenance import sidecar_path
+    from .provenance import SIDECAR_SUFFIX
 
-    side = str(sidecar_path(""))                     # ".prov.json": the sidecars beside the figures
     out: dict[str, list[Path]] = {}
     for p, w in locate(Path(results), paths.FIGURE):
-        if p.name.endswith(side):
+        if p.name.endswith(SIDECAR_SUFFIX):          # the sidecars beside the figures
             continue
         out.setdefault(f"{w['figure']}/{w['stem']}", []).append(p)
     return out

@@ -18,9 +18,10 @@ from pathlib import Path
 from . import paths
 from .manifest import SHARD_NAME
 from .paths import RESULTS
+from .provenance import SIDECAR_SUFFIX, read_sidecar
 
 MANIFEST = "MANIFEST.json"
-SIDECAR = ".prov.json"      # seelike.provenance's sidecar of a file: archived beside it
+SIDECAR = SIDECAR_SUFFIX    # a file's provenance sidecar: archived beside it
 #: the tables (each a pattern of seelike.paths); a run archives those its figures were drawn from
 TABLE_PATTERNS = (paths.CKA_TABLE, paths.TABLES["dataset"], paths.TABLES["checkpoint"], paths.TABLES["experiment"])
 #: the small files of a run: figures, tables (the findings among them), plans, cards, metrics, manifests
@@ -46,9 +47,8 @@ def _of_this_run(files: list[Path], results: Path, config: dict, figures: list[s
     wanted = {str(Path(f).relative_to(RESULTS)) for f in figures}
     drawn_from = set()
     for rel in wanted:
-        sidecar = results / f"{rel}{SIDECAR}"
-        if sidecar.is_file():
-            drawn_from.update(str(Path(t).relative_to(RESULTS)) for t in json.loads(sidecar.read_text()).get("inputs", {})
+        if (results / f"{rel}{SIDECAR}").is_file():
+            drawn_from.update(str(Path(t).relative_to(RESULTS)) for t in read_sidecar(results / rel)["inputs"]
                               if Path(t).parts[:1] == (RESULTS,))
     models, datasets = set(config["models"]), set(config["datasets"])
 
@@ -159,16 +159,21 @@ def verify(path: str | os.PathLike) -> list[str]:
 
 
 def _verify_dir(folder: Path) -> list[str]:
-    from .fileio import sha256_file
+    from .fileio import read_json, sha256_file
 
     mf = folder / MANIFEST
     if not mf.is_file():
         return [f"{folder}: no {MANIFEST}"]
-    manifest = json.loads(mf.read_text())
-    root = manifest["root"]
+    try:
+        manifest = read_json(mf, "archive manifest")
+        files, root = manifest["files"], manifest["root"]
+        if not isinstance(files, dict):
+            raise ValueError(f"archive manifest '{mf}': 'files' is not a mapping")
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"{mf}: unreadable manifest ({e})"]
     problems = []
     listed = set()
-    for name, want in manifest["files"].items():
+    for name, want in files.items():
         rel = name[len(root) + 1:]
         listed.add(rel)
         p = folder / rel
@@ -191,7 +196,7 @@ def redraw(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     results = folder / RESULTS
     drawn, stems = [], set()
     for sidecar in sorted(results.glob(paths.as_glob(paths.FIGURE) + SIDECAR)):
-        record = json.loads(sidecar.read_text())
+        record = read_sidecar(str(sidecar).removesuffix(SIDECAR))
         spec = record.get("figure_spec")
         stem = str(sidecar).removesuffix(SIDECAR).rsplit(".", 1)[0]
         if not spec or stem in stems:

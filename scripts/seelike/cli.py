@@ -174,7 +174,10 @@ def step_archive(spec: dict) -> None:
         raise StepFailed(f"the HTML report for the archive failed:\n{proc.stderr[-3000:]}")
     from .specs import final_targets
 
-    config = load(json.loads(Path(spec["config_file"]).read_text()), check_timm=False)
+    from .fileio import read_json
+
+    config = load(read_json(spec["config_file"], "run config", "run the workflow again: building its DAG rewrites it"),
+                  check_timm=False)
     from .paths import RESULTS
 
     manifest = create(RESULTS, out, config, spec["include_large"], report=report, figures=final_targets(config))

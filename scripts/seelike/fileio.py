@@ -130,6 +130,26 @@ def to_jsonable(obj: Any, *, nan_as_null: bool = False) -> Any:
     return str(obj)
 
 
+def read_json(path: PathLike, what: str, remedy: str = "", error: type[Exception] = ValueError,
+              missing: str | None = None) -> Any:
+    """The JSON document in ``path``. Every failure raises ``error`` with one message that names
+    ``what`` the file is, the file, the fault and, when given, ``remedy`` (what to do next): a missing
+    file (``missing`` replaces the default wording), an unreadable one, and text that is not JSON (a
+    corrupt or cut-short write). What the document must hold is the caller's check."""
+    path = Path(path)
+    tail = f"; {remedy}" if remedy else ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error((missing or f"{what} '{path}' does not exist") + tail) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{what} '{path}' cannot be read ({e}){tail}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} '{path}' is not valid JSON ({e}); it is corrupt or was cut short{tail}") from None
+
+
 def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2, nan_as_null: bool = False) -> None:
     """Write ``obj`` as JSON (tuples become lists, unknown objects their ``str``) atomically.
 

@@ -6,7 +6,6 @@ checkpoint, plan and extraction settings, so a rerun after a failure redoes only
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -64,14 +63,16 @@ def write_manifest(manifest: str | os.PathLike, *, model: str, dataset: str, pla
 
 
 def load_manifest(manifest: str | os.PathLike) -> dict:
+    from .fileio import read_json
+
     path = Path(manifest)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"extraction manifest '{path}' is unreadable: {e}") from None
+    remedy = "run the workflow again with --forcerun on the extraction that writes it"
+    doc = read_json(path, "extraction manifest", remedy)
+    if not isinstance(doc, dict):
+        raise ValueError(f"extraction manifest '{path}' holds a {type(doc).__name__}, not a mapping; {remedy}")
     for key in ("model", "plan", "layers", "shards"):
         if key not in doc:
-            raise ValueError(f"extraction manifest '{path}' lacks key '{key}'")
+            raise ValueError(f"extraction manifest '{path}' lacks key '{key}'; {remedy}")
     doc["dir"] = str(path.parent)
     return doc
 

@@ -312,13 +312,13 @@ def write_plan_file(path, plan: Plan) -> None:
 def read_plan_file(path) -> dict:
     """The plan step's output as a dict, checked before use: its sha256 against the one recorded at
     write, then its structure (Plan.from_dict). Errors name the file and what to run."""
-    from .fileio import verify_checksum
+    from .fileio import read_json, verify_checksum
 
     remedy = "run the workflow again with --forcerun plan (every extraction then follows the new plan)"
     verify_checksum(path, "example plan", remedy)
+    doc = read_json(path, "example plan", remedy)
     try:
-        doc = json.loads(open(path).read())
         Plan.from_dict(doc)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"example plan '{path}' is not a valid plan ({e}); {remedy}") from None
     return doc

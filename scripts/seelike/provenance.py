@@ -90,8 +90,12 @@ def collect(config_subset: Any = None, inputs: Iterable[str | os.PathLike] = (),
     }
 
 
+#: What a result file's provenance sidecar adds to its name.
+SIDECAR_SUFFIX = ".prov.json"
+
+
 def sidecar_path(path: str | os.PathLike) -> Path:
-    return Path(str(path) + ".prov.json")
+    return Path(str(path) + SIDECAR_SUFFIX)
 
 
 def write_sidecar(path: str | os.PathLike, record: dict) -> Path:
@@ -115,21 +119,12 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     """The provenance record beside the result file ``path``, checked: a JSON object with every key of
     :data:`RECORD_KEYS`, ``inputs`` a mapping of file to sha256, and ``config_hash`` the digest of
     ``config``. Raises ProvenanceError naming the sidecar and what to do."""
-    import json
+    from .fileio import read_json
 
     side = sidecar_path(path)
     remedy = f"delete '{path}' and run the workflow again to rewrite both"
-    try:
-        text = side.read_text()
-    except FileNotFoundError:
-        raise ProvenanceError(f"result '{path}' has no provenance: '{side}' is missing; {remedy}") from None
-    except OSError as e:
-        raise ProvenanceError(f"provenance '{side}' cannot be read ({e}); {remedy}") from None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ProvenanceError(f"provenance '{side}' is not valid JSON ({e}); it is corrupt or was cut short: "
-                              f"{remedy}") from None
+    record = read_json(side, "provenance", remedy, ProvenanceError,
+                       missing=f"result '{path}' has no provenance: '{side}' is missing")
     if not isinstance(record, dict):
         raise ProvenanceError(f"provenance '{side}' holds a {type(record).__name__}, not a record; {remedy}")
     missing = [k for k in RECORD_KEYS if k not in record]

@@ -8,13 +8,12 @@ workflow trains itself all produce the same pair, and every later step reads onl
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
 from .. import paths
-from ..fileio import PathLike, to_jsonable, write_json_atomic
+from ..fileio import PathLike, read_json, to_jsonable, write_json_atomic
 
 CARD_FORMAT_VERSION = 1
 CARD_FILENAME = paths.file_name(paths.CARD)
@@ -142,14 +141,4 @@ class ModelCard:
         path = Path(path)
         if path.is_dir():
             path = path / CARD_FILENAME
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CardError(f"model card {path} does not exist") from None
-        except OSError as e:
-            raise CardError(f"model card {path} cannot be read: {e}") from e
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CardError(f"model card {path} is not valid JSON: {e}") from e
-        return cls.from_dict(data, where=f"model card {path}")
+        return cls.from_dict(read_json(path, "model card", error=CardError), where=f"model card {path}")
