@@ -178,6 +178,7 @@ def vision_spec(spec: dict, name: str, card_path: Path, ds_cfg: dict, b: int, ou
 
     from seelike import config as sc
     from seelike import registry, specs
+    from seelike.models import ModelCard
 
     analyses = yaml.safe_load((HERE.parent / "config" / "config.yaml").read_text())["analyses"]
     analyses["attention_distance"]["less_data"] = []           # the paper's in1k ViTs are not here
@@ -185,11 +186,11 @@ def vision_spec(spec: dict, name: str, card_path: Path, ds_cfg: dict, b: int, ou
     for key in ("attention_distance", "localization", "receptive_field", "attention_maps"):
         if "n_images" in analyses.get(key, {}):
             analyses[key]["n_images"] = min(analyses[key]["n_images"], b)
-    card = json.loads(card_path.read_text())
+    card = ModelCard.load(card_path)
     raw = {"run_name": "bench_memory", "device": "cpu", "precision": "fp32",
            "datasets": {"synth": ds_cfg}, "analysis": {"dataset": "synth", "n_examples": b, "seed": 0},
-           "models": {name: {"arch": card["arch"], "kwargs": card["kwargs"],
-                             "source": {"kind": "local_file", "path": str(card_path.parent / "weights.safetensors")}}},
+           "models": {name: {"arch": card.arch, "kwargs": card.kwargs,
+                             "source": {"kind": "local_file", "path": str(Path(card_path).parent / card.checkpoint)}}},
            "cka": {"minibatch_size": b}, "analyses": analyses, "executor": {"default": "inline"}}
     cfg = sc.load(raw, check_timm=False)
     taps = registry.extraction_taps(cfg, name)

@@ -139,12 +139,17 @@ def test_table_functions_never_import_matplotlib(tmp_path):
     for a in registry.with_tables():
         source = inspect.getsource(a.compute)
         assert not re.search(r"matplotlib|pyplot|finish_figure|plotting", source), a.name
+    from seelike.models.card import ModelCard
+
     cards = {}
     for name, block in (("base", None), ("abl", 1)):
-        card = tmp_path / f"{name}.json"
-        card.write_text(json.dumps({"modifications": {"remove_skip": {"block": block, "branch": "both"}} if block else {},
-                                    "metrics": {"test_accuracy": 0.5, "chance": 0.1}}))
-        cards[name] = str(card)
+        card = ModelCard(name=name, arch="vit_tiny_patch16_224", kwargs={}, family="vit",
+                         source={"kind": "recipe"}, checkpoint="weights.safetensors", sha256="0" * 64,
+                         layers=[{"name": "blocks.0", "module": "blocks.0", "tap": "output"}], num_prefix_tokens=1,
+                         input_size=[3, 32, 32], num_classes=10, pretrained_cfg={},
+                         metrics={"test_accuracy": 0.5, "chance": 0.1},
+                         modifications={"remove_skip": {"block": block, "branch": "both"}} if block else {})
+        cards[name] = str(card.save(tmp_path / f"{name}.json"))
     spec = {"analysis": "skip_ablation", "baseline": "base", "cards": cards, "out": str(tmp_path / "t.csv"),
             "provenance_config": {}}
     code = ("import json, sys\nfrom seelike import registry\n"
@@ -153,6 +158,13 @@ def test_table_functions_never_import_matplotlib(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     assert (tmp_path / "t.csv").read_text().count("\n") == 3
+    # a card without the accuracy the table reads: an error that names the card and what to rerun
+    from seelike.analyses.skip_ablation import skip_table
+
+    card.metrics = {}
+    card.save(tmp_path / "abl.json")
+    with pytest.raises(ValueError, match=r"abl\.json of 'abl' records no test_accuracy.*--forcerun"):
+        skip_table(dict(spec, out=str(tmp_path / "t2.csv")))
 
 
 TOY = '''"""T1: parameters of each top-level module of a model, from the checkpoint alone (a toy analysis)."""

@@ -7,9 +7,6 @@ The models are ordinary recipes of the registry (usually a sweep over recipe.rem
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .. import paths
 from ..base import ConfigError
 from ..plotting import cka_colorbar, draw_heatmap, finish_figure, pyplot
@@ -30,13 +27,18 @@ def skip_table(spec: dict) -> str:
     """Accuracy of each ablated model and its baseline, from the model cards."""
     import pandas as pd
 
+    from ..models.card import ModelCard
+
     rows = []
     for name, card_path in spec["cards"].items():
-        card = json.loads(Path(card_path).read_text())
-        rs = card.get("modifications", {}).get("remove_skip") or {}
+        card = ModelCard.load(card_path)
+        if "test_accuracy" not in card.metrics:
+            raise ValueError(f"model card {card_path} of '{name}' records no test_accuracy: the model was not "
+                             f"evaluated; run the workflow again with --forcerun on its training")
+        rs = card.modifications.get("remove_skip") or {}
         rows.append({"model": name, "block": rs.get("block", -1), "branch": rs.get("branch", "none") if rs else "none",
-                     "baseline": name == spec["baseline"], "test_accuracy": card["metrics"]["test_accuracy"],
-                     "chance": card["metrics"].get("chance"), "n_test": card["metrics"].get("n_test")})
+                     "baseline": name == spec["baseline"], "test_accuracy": card.metrics["test_accuracy"],
+                     "chance": card.metrics.get("chance"), "n_test": card.metrics.get("n_test")})
     table = pd.DataFrame(rows).sort_values(["baseline", "block"], ascending=[False, True])
     return write_table(table, spec["out"], spec, inputs=list(spec["cards"].values()))
 
