@@ -21,7 +21,6 @@ from .paths import RESULTS
 from .provenance import SIDECAR_SUFFIX, read_sidecar
 
 MANIFEST = "MANIFEST.json"
-SIDECAR = SIDECAR_SUFFIX    # a file's provenance sidecar: archived beside it
 #: the tables (each a pattern of seelike.paths); a run archives those its figures were drawn from
 TABLE_PATTERNS = (paths.CKA_TABLE, paths.TABLES["dataset"], paths.TABLES["checkpoint"], paths.TABLES["experiment"])
 #: the small files of a run: figures, tables (the findings among them), plans, cards, metrics, manifests
@@ -29,7 +28,7 @@ SMALL = (paths.FIGURE, *TABLE_PATTERNS, paths.TABLES["summary"], paths.PLAN, pat
          paths.MANIFEST, paths.VISION_MANIFEST)
 #: the large ones, included or referenced by checksum (archive.include_large)
 LARGE = (f"{paths.EXTRACT_DIR}/{SHARD_NAME}", f"{paths.VISION_DIR}/{SHARD_NAME}", paths.WEIGHTS)
-SMALL_PATTERNS = tuple(g for p in SMALL for g in (paths.as_glob(p), paths.as_glob(p) + SIDECAR))
+SMALL_PATTERNS = tuple(g for p in SMALL for g in (paths.as_glob(p), paths.as_glob(p) + SIDECAR_SUFFIX))
 LARGE_PATTERNS = tuple(paths.as_glob(p) for p in LARGE)
 
 
@@ -47,13 +46,13 @@ def _of_this_run(files: list[Path], results: Path, config: dict, figures: list[s
     wanted = {str(Path(f).relative_to(RESULTS)) for f in figures}
     drawn_from = set()
     for rel in wanted:
-        if (results / f"{rel}{SIDECAR}").is_file():
+        if (results / f"{rel}{SIDECAR_SUFFIX}").is_file():
             drawn_from.update(str(Path(t).relative_to(RESULTS)) for t in read_sidecar(results / rel)["inputs"]
                               if Path(t).parts[:1] == (RESULTS,))
     models, datasets = set(config["models"]), set(config["datasets"])
 
     def keep(p: Path) -> bool:
-        name = str(p.relative_to(results)).removesuffix(SIDECAR)
+        name = str(p.relative_to(results)).removesuffix(SIDECAR_SUFFIX)
         if name in wanted:                  # a target: a figure, or a table no figure draws
             return True
         if paths.match(paths.FIGURE, name) is not None:
@@ -195,10 +194,10 @@ def redraw(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     folder, out_dir = Path(folder), Path(out_dir)
     results = folder / RESULTS
     drawn, stems = [], set()
-    for sidecar in sorted(results.glob(paths.as_glob(paths.FIGURE) + SIDECAR)):
-        record = read_sidecar(str(sidecar).removesuffix(SIDECAR))
+    for sidecar in sorted(results.glob(paths.as_glob(paths.FIGURE) + SIDECAR_SUFFIX)):
+        record = read_sidecar(str(sidecar).removesuffix(SIDECAR_SUFFIX))
         spec = record.get("figure_spec")
-        stem = str(sidecar).removesuffix(SIDECAR).rsplit(".", 1)[0]
+        stem = str(sidecar).removesuffix(SIDECAR_SUFFIX).rsplit(".", 1)[0]
         if not spec or stem in stems:
             continue  # one sidecar per figure (any of its formats) is enough: its spec lists every output
         stems.add(stem)
