@@ -129,6 +129,35 @@ def test_light_side_imports_neither_torch_nor_matplotlib():
     assert out.strip() == "[]"
 
 
+class _AnySpec(dict):
+    """A figure spec whose keys other than the tables read as empty (labels, titles, ...)."""
+
+    def __missing__(self, key):
+        return []
+
+
+@pytest.mark.parametrize("fid", ["F1", "F3", "F4", "F5", "F6", "F7", "F8", "F9", "F10", "F11", "F12", "F13",
+                                 "F14", "V1", "V2", "V3", "V4", "V5"])
+@pytest.mark.parametrize("damage", ["header only", "cut short", "missing"])
+def test_every_figure_reads_its_tables_through_the_checked_reader(fid, damage, tmp_path):
+    """A figure's table that is empty, cut short mid-quote or missing stops the drawing with the checked
+    reader's error (seelike.analyses.common.read_table), which names the table and the rerun, not a
+    pandas or plotting traceback."""
+    from seelike import registry
+
+    assert {f.id for f, _ in registry.figures()} >= {fid}
+    table = tmp_path / "t.csv"
+    if damage == "header only":
+        table.write_text("model,layer_x,layer_y,cka\n")
+    elif damage == "cut short":
+        table.write_text('model,layer\n"vit,blocks.0\n')
+    spec = _AnySpec(figure=fid, tables=[str(table)] * 3, distances=str(table), outputs=[str(tmp_path / "f.png")],
+                    dpi=40)
+    with pytest.raises((ValueError, FileNotFoundError), match=r"table '.*t\.csv' (is empty|is missing|cannot be read "
+                                                              r"as CSV).*rerun the step that writes it"):
+        registry.draw(spec)
+
+
 def test_table_functions_never_import_matplotlib(tmp_path):
     """Computing a table loads no plotting code: a table from model cards (F8's) computed in a fresh process,
     and no table function's source names the drawing helpers."""

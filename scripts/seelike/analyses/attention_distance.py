@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import geometry
-from .common import by_unit, read_group, shard_paths, write_table
+from .common import by_unit, read_group, read_table, shard_paths, write_table
 from .reducers import ATTN_DIST, GEOMETRY
 from .. import paths
 from ..base import ConfigError
@@ -116,10 +116,8 @@ def _ylabel(t) -> str:
 
 def figure_f3(spec: dict) -> None:
     """spec: tables (one attention_distance table), outputs, dpi."""
-    import pandas as pd
-
     plt = pyplot()
-    t = pd.read_csv(spec["tables"][0])
+    t = read_table(spec["tables"][0])
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     nh = _panel(ax, t, f"F3: {t.model.iloc[0]} ({int(t.n_images.iloc[0])} images)")
     ax.set_ylabel(_ylabel(t), fontsize=8)
@@ -131,10 +129,8 @@ def figure_f3(spec: dict) -> None:
 
 def figure_f4(spec: dict) -> None:
     """spec: tables (one per ViT, config order), outputs, dpi. Models trained on less data are marked."""
-    import pandas as pd
-
     plt = pyplot()
-    tables = [pd.read_csv(p) for p in spec["tables"]]
+    tables = [read_table(p) for p in spec["tables"]]
     tables.sort(key=lambda t: bool(t.less_data.iloc[0]))   # the others first, then the less-data models
     n = len(tables)
     fig, axes = plt.subplots(1, n, figsize=(3.8 * n + 0.6, 4.0), sharey=True, squeeze=False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import MissingReduction, read_group, shard_paths, write_table
+from .common import MissingReduction, read_group, read_table, shard_paths, write_table
 from .reducers import ATTN_MAPS, GEOMETRY
 from ..plotting import finish_figure, layer_axis, pyplot
 from .. import paths
@@ -127,10 +127,8 @@ def shown_blocks(n_layers: int, max_blocks: int) -> list[int]:
 def figure_maps(spec: dict, max_examples: int = 6, max_blocks: int = 12) -> None:
     """spec: tables (the attention_maps table), outputs, dpi. Every block up to `max_blocks` blocks;
     past it evenly spaced ones, which the title says."""
-    import pandas as pd
-
     plt = pyplot()
-    t = pd.read_csv(spec["tables"][0], keep_default_na=False)
+    t = read_table(spec["tables"][0], keep_default_na=False)
     examples = list(dict.fromkeys(t.example.tolist()))[:max_examples]
     n_layers = int(t.layer_index.max()) + 1
     shown = shown_blocks(n_layers, max_blocks)
@@ -172,10 +170,8 @@ def figure_maps(spec: dict, max_examples: int = 6, max_blocks: int = 12) -> None
 
 def figure_similarity(spec: dict) -> None:
     """spec: tables (the attention_similarity table), outputs, dpi."""
-    import pandas as pd
-
     plt = pyplot()
-    t = pd.read_csv(spec["tables"][0])
+    t = read_table(spec["tables"][0])
     n = int(t.index_x.max()) + 1
     mat = np.zeros((n, n))
     mat[t.index_x.values, t.index_y.values] = t.similarity.values

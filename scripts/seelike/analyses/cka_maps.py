@@ -9,6 +9,7 @@ from __future__ import annotations
 from .. import paths
 from ..plotting import finish_figure, heatmap_figure
 from ..registry import Analysis, Figure
+from .common import read_table
 
 
 def cross_pairs(cfg: dict) -> list[tuple[str, str]]:
@@ -39,9 +40,7 @@ def f14_panels(cfg: dict, mixer: str) -> list[tuple[str, str]]:
 
 def draw(spec: dict) -> None:
     """spec: tables (CKA tables), titles, suptitle, outputs, dpi."""
-    import pandas as pd
-
-    tables = [pd.read_csv(p) for p in spec["tables"]]
+    tables = [read_table(p) for p in spec["tables"]]
     finish_figure(heatmap_figure(tables, spec["titles"], spec.get("suptitle")), spec)
 
 

@@ -48,9 +48,10 @@ def by_unit(arrays: dict) -> dict:
     return dict(sorted(units.items(), key=lambda kv: int(kv[1].get("index", 0))))
 
 
-def read_table(path, columns=()):
+def read_table(path, columns=(), **read_csv):
     """A table another step wrote, checked before use: present, parseable, not empty, with `columns`.
-    Each failure names the file and the next step."""
+    Each failure names the file and the next step. ``read_csv``: pandas.read_csv's options (e.g.
+    ``keep_default_na=False`` for a table whose text cells may read "NA")."""
     import pandas as pd
 
     path = Path(path)
@@ -58,7 +59,7 @@ def read_table(path, columns=()):
     if not path.is_file():
         raise FileNotFoundError(f"table '{path}' is missing: {fix}")
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, **read_csv)
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"table '{path}' cannot be read as CSV ({e}): {fix}") from e
     missing = [c for c in columns if c not in table.columns]

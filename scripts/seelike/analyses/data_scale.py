@@ -7,7 +7,7 @@ from .. import paths
 from ..base import ConfigError
 from ..plotting import finish_figure, layer_axis, pyplot
 from ..registry import Analysis, Figure, check_model_list
-from .common import experiment_section, sweep_members
+from .common import experiment_section, read_table, sweep_members
 
 
 def models(cfg: dict) -> tuple[str, list[str]] | None:
@@ -31,19 +31,17 @@ def cka_pairs(cfg: dict) -> list[tuple[str, str]]:
 def data_scale_figure(spec: dict) -> None:
     """F12: same-layer CKA of each subset-trained model with the full-data model, a line per fraction,
     its band the table's 95% interval (jackknife over minibatches)."""
-    import pandas as pd
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.8), layout="constrained")
     full = spec["full"]
     n_minibatches = set()
     for table, label in zip(spec["tables"], spec["labels"]):
-        t = pd.read_csv(table)
+        t = read_table(table)
         same = t[t.index_x == t.index_y].sort_values("index_x")
         line, = ax.plot(same.index_x, same.cka, "o-", ms=3, label=label)
         ax.fill_between(same.index_x, same.ci_low, same.ci_high, alpha=0.2, color=line.get_color())
         n_minibatches |= set(t.n_minibatches.astype(int))
-    t = pd.read_csv(spec["tables"][0])
+    t = read_table(spec["tables"][0])
     layers = t[t.index_x == t.index_y].sort_values("index_x")
     column = "layer_x" if layers.model_x.iloc[0] == full else "layer_y"
     layer_axis(ax, "x", layers.index_x, layers[column], f"{full} layer", column)

@@ -8,16 +8,15 @@ from .. import paths
 from ..base import ConfigError
 from ..plotting import finish_figure, pyplot
 from ..registry import Analysis, Figure, enabled, models_for
-from .common import experiment_section
+from .common import experiment_section, read_table
 
 
 def gap_cls_figure(spec: dict) -> None:
     """F10: localization maps (F9 tables) of the CLS model (top) and the GAP model (bottom)."""
-    import pandas as pd
     from matplotlib.patches import Rectangle
     
     plt = pyplot()
-    tables = [pd.read_csv(t) for t in spec["tables"]]
+    tables = [read_table(t) for t in spec["tables"]]
     ps = tables[0].drop_duplicates(["p_row", "p_col"])[["p_row", "p_col"]].values.tolist()
     vmax = max(1e-6, max(float(np.nanmax(t.cka.values)) for t in tables))
     fig, axes = plt.subplots(len(tables), len(ps), figsize=(2.2 * len(ps) + 1.0, 2.4 * len(tables)), squeeze=False)

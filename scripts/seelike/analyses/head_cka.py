@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .common import by_unit, read_group, shard_paths, write_table
+from .common import by_unit, read_group, read_table, shard_paths, write_table
 from .reducers import HEADS
 from ..plotting import finish_figure, pyplot
 from .. import paths
@@ -62,7 +62,7 @@ def compute(spec: dict) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NegativeHSICWarning)
         res = cka_from_minibatch_hsic(np.stack(per_batch))
-    dist = pd.read_csv(spec["distances"]).set_index(["block", "head"])["distance"]
+    dist = read_table(spec["distances"]).set_index(["block", "head"])["distance"]
     k = len(heads)
     rows = []
     for i, (block, bi, h) in enumerate(heads):
@@ -78,10 +78,8 @@ def compute(spec: dict) -> str:
 
 def figure(spec: dict) -> None:
     """spec: tables (one head_cka table), outputs, dpi."""
-    import pandas as pd
-
     plt = pyplot()
-    t = pd.read_csv(spec["tables"][0])
+    t = read_table(spec["tables"][0])
     t = t[t.plotted.astype(bool)]
     layers = t.drop_duplicates("cnn_layer_index").sort_values("cnn_layer_index")["cnn_layer"].tolist()
     blocks = t.drop_duplicates("block_index").sort_values("block_index")["block"].tolist()

@@ -15,7 +15,7 @@ from .. import paths
 from ..base import ConfigError
 from ..plotting import finish_figure, layer_axis, pyplot
 from ..registry import Analysis, Figure, check_model_list
-from .common import experiment_section, shard_paths, write_table
+from .common import experiment_section, read_table, shard_paths, write_table
 
 #: Per-token probes fit on `train_fraction` of the examples with stored tokens and score the rest:
 #: below this count (10 test examples at the default 3/4) an accuracy says little.
@@ -108,10 +108,8 @@ def _f11_title(tables: list) -> str:
 
 def probe_figure(spec: dict) -> None:
     """F11 (one model per table, side by side) or F13 (all models, token-mean probe, by relative depth)."""
-    import pandas as pd
-    
     plt = pyplot()
-    tables = [pd.read_csv(t) for t in spec["tables"]]
+    tables = [read_table(t) for t in spec["tables"]]
     if spec["figure"] == "F13":
         kinds = [kind for kind in ("full", "k_shot") if any((t.kind == kind).any() for t in tables)]
         fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False)

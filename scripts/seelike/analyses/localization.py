@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import read_group, shard_paths, write_table
+from .common import read_group, read_table, shard_paths, write_table
 from .reducers import LOCALIZATION
 from ..plotting import finish_figure, pyplot
 from ..base import ConfigError
@@ -77,11 +77,10 @@ def compute(spec: dict) -> str:
 
 def figure(spec: dict) -> None:
     """spec: tables (one localization table), outputs, dpi."""
-    import pandas as pd
     from matplotlib.patches import Rectangle
 
     plt = pyplot()
-    t = pd.read_csv(spec["tables"][0])
+    t = read_table(spec["tables"][0])
     gh, gw = int(t.grid_h.iloc[0]), int(t.grid_w.iloc[0])
     ps = t.drop_duplicates(["p_row", "p_col"])[["p_row", "p_col"]].values.tolist()
     vmax = max(1e-6, float(np.nanmax(t.cka.values)))

@@ -11,7 +11,7 @@ tokens (cls, spatial), ratio (mean ||z|| / mean ||f(z)||, the plotted value), me
 """
 from __future__ import annotations
 
-from .common import by_unit, read_group, shard_paths, write_table
+from .common import by_unit, read_group, read_table, shard_paths, write_table
 from .reducers import NORM_RATIO
 from ..plotting import finish_figure, layer_axis, pyplot
 from ..registry import Analysis, Figure, models_for
@@ -51,10 +51,8 @@ def compute(spec: dict) -> str:
 
 def figure(spec: dict) -> None:
     """spec: tables (one norm_ratio table), outputs, dpi."""
-    import pandas as pd
-
     plt = pyplot()
-    t = pd.read_csv(spec["tables"][0])
+    t = read_table(spec["tables"][0])
     model = t.model.iloc[0]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.16 * t["index"].nunique() + 3), 4.0))
     styles = {"cls": dict(marker="s", ls="-"), "spatial": dict(marker="o", ls="-")}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import checkpoint_model, write_table
+from .common import checkpoint_model, read_table, write_table
 from ..plotting import finish_figure, pyplot
 from ..registry import Analysis, Figure, section
 
@@ -61,10 +61,8 @@ def compute(spec: dict) -> str:
 
 def figure(spec: dict) -> None:
     """spec: tables (one patch_embedding table), outputs, dpi."""
-    import pandas as pd
-
     plt = pyplot()
-    t = pd.read_csv(spec["tables"][0])
+    t = read_table(spec["tables"][0])
     comps = sorted(t.component.unique())
     c, ph, pw = int(t.channel.max()) + 1, int(t.row.max()) + 1, int(t.col.max()) + 1
     cols = min(7, len(comps))

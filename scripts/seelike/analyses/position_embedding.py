@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import checkpoint_model, write_table
+from .common import checkpoint_model, read_table, write_table
 from ..plotting import finish_figure, pyplot
 from ..registry import Analysis, Figure
 
@@ -44,10 +44,8 @@ def compute(spec: dict) -> str:
 
 def figure(spec: dict) -> None:
     """spec: tables (one position_embedding table), outputs, dpi."""
-    import pandas as pd
-
     plt = pyplot()
-    t = pd.read_csv(spec["tables"][0])
+    t = read_table(spec["tables"][0])
     gh, gw = int(t.p_row.max()) + 1, int(t.p_col.max()) + 1
     cube = np.zeros((gh, gw, gh, gw))
     cube[t.p_row.values, t.p_col.values, t.q_row.values, t.q_col.values] = t.cosine.values

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import write_table
+from .common import read_table, write_table
 from ..plotting import finish_figure, pyplot
 from .. import paths
 from ..registry import Analysis, Figure, section
@@ -150,10 +150,8 @@ def summary(table) -> "pd.DataFrame":
 
 def figure(spec: dict) -> None:
     """spec: tables (one receptive_field table), outputs, dpi."""
-    import pandas as pd
-
     plt = pyplot()
-    t = pd.read_csv(spec["tables"][0])
+    t = read_table(spec["tables"][0])
     summ = summary(t).set_index("layer")
     layers = t.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
     h, w = int(t.image_h.iloc[0]), int(t.image_w.iloc[0])

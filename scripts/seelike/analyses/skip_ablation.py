@@ -11,7 +11,7 @@ from .. import paths
 from ..base import ConfigError
 from ..plotting import cka_colorbar, draw_heatmap, finish_figure, pyplot
 from ..registry import Analysis, Figure, check_model_list
-from .common import experiment_section, sweep_members, write_table
+from .common import experiment_section, read_table, sweep_members, write_table
 
 
 def models(cfg: dict) -> tuple[str, list[str]] | None:
@@ -46,11 +46,9 @@ def skip_table(spec: dict) -> str:
 def skip_figure(spec: dict) -> None:
     """F8: accuracy against the block whose skip was removed, then each ablated model's CKA heatmap
     (one colour bar for them all)."""
-    import pandas as pd
-
     plt = pyplot()
-    acc = pd.read_csv(spec["tables"][0])
-    heat = [pd.read_csv(t) for t in spec["tables"][1:]]
+    acc = read_table(spec["tables"][0])
+    heat = [read_table(t) for t in spec["tables"][1:]]
     fig, axes = plt.subplots(1, 1 + len(heat), figsize=(4.2 * (1 + len(heat)) + 0.8, 3.8), squeeze=False,
                              layout="constrained")
     ax = axes[0][0]

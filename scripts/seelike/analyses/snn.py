@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import shard_paths, write_table
+from .common import read_table, shard_paths, write_table
 from ..plotting import finish_figure, pyplot
 from .. import paths
 from ..registry import Analysis, Figure, models_for
@@ -105,12 +105,10 @@ def compute(spec: dict) -> str:
 
 def figure(spec: dict) -> None:
     """spec: tables (one snn_loss table per model), outputs, dpi."""
-    import pandas as pd
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for p in spec["tables"]:
-        t = pd.read_csv(p).sort_values("layer_index")
+        t = read_table(p).sort_values("layer_index")
         ax.plot(t.depth, t.snn_loss, marker="o", ms=3, label=f"{t.model.iloc[0]} ({t.pooling.iloc[0]})")
     ax.set_xlabel("relative depth (0 = first layer, 1 = last)")
     ax.set_ylabel("soft nearest-neighbour loss (lower: classes more separated)")
