@@ -49,8 +49,8 @@ import torch
 import seelike.models.archs  # noqa: F401
 from seelike.allocator import retain_freed_memory
 from seelike.analyses.reducers import ReceptiveFieldReducer, vision_reducers
-from seelike.fileio import write_json_atomic
 from seelike.extract import Batch, GramReducer, LayerStream, PooledReducer, TokenReducer, attached
+from seelike.fileio import write_json_atomic
 from seelike.models.card import ModelCard
 from seelike.models.layers import LayerTaps, detect_family, enumerate_layers
 
