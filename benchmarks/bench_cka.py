@@ -241,7 +241,7 @@ def main(argv=None):
         if m not in METHODS:
             ap.error(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     if args.quick:
-        n, dims, reps = 128, [(64, 1), (640, 1)], None
+        n, dims = 128, [(64, 1), (640, 1)]
     else:
         n, dims = args.n, [(768, args.repeats), (38400, args.repeats_large)]
         if args.dims:
