@@ -314,12 +314,23 @@ DEMO = Path(os.environ.get("SEELIKE_DEMO_RESULTS", "/work/finaldemo/results"))
 
 @pytest.mark.skipif(not DEMO.is_dir(), reason="no complete demo run at hand (set SEELIKE_DEMO_RESULTS)")
 def test_load_tables_on_a_complete_demo_run():
+    """Every table the run's figures are drawn from, and the findings, load with their provenance: the
+    expected set comes from the registry and the config the run recorded, not from counts."""
+    from seelike import config, paths, registry
+
     tables = api.load_tables(DEMO)
     kinds = {}
     for t in tables.values():
         kinds[t.kind] = kinds.get(t.kind, 0) + 1
         assert len(t.frame) and t.provenance["inputs"], t.name
-    assert kinds["cka"] >= 16 and kinds["vision"] >= 18 and kinds["experiment"] >= 6, kinds
+    cfg = config.load(json.loads((DEMO.parent / paths.RUN_CONFIG).read_text()), check_timm=False)
+    expected = set(registry.final_tables(cfg))
+    for f, a in registry.figures():
+        for stem in registry.figure_stems(cfg, f, a):
+            expected |= set(registry.figure_spec(cfg, f.id, stem)["tables"])
+    loaded = {str(t.path.resolve().relative_to(DEMO.parent.resolve())) for t in tables.values()}
+    assert expected and not expected - loaded, sorted(expected - loaded)
+    assert set(kinds) == {"cka", "vision", "experiment", "findings"}, kinds
     vr = tables["cka/vit__resnet"].frame
     assert list(vr.columns) == COLUMNS and vr.ci_low.le(vr.cka).all() and vr.cka.le(vr.ci_high).all()
 
