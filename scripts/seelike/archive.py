@@ -18,7 +18,7 @@ from pathlib import Path
 from . import paths
 from .manifest import SHARD_NAME
 from .paths import RESULTS
-from .provenance import SIDECAR_SUFFIX, read_sidecar
+from .provenance import SIDECAR_SUFFIX, read_sidecar, sidecar_path
 
 MANIFEST = "MANIFEST.json"
 #: the tables (each a pattern of seelike.paths); a run archives those its figures were drawn from
@@ -46,7 +46,7 @@ def _of_this_run(files: list[Path], results: Path, config: dict, figures: list[s
     wanted = {str(Path(f).relative_to(RESULTS)) for f in figures}
     drawn_from = set()
     for rel in wanted:
-        if (results / f"{rel}{SIDECAR_SUFFIX}").is_file():
+        if sidecar_path(results / rel).is_file():
             drawn_from.update(str(Path(t).relative_to(RESULTS)) for t in read_sidecar(results / rel)["inputs"]
                               if Path(t).parts[:1] == (RESULTS,))
     models, datasets = set(config["models"]), set(config["datasets"])
@@ -195,9 +195,10 @@ def redraw(folder: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     results = folder / RESULTS
     drawn, stems = [], set()
     for sidecar in sorted(results.glob(paths.as_glob(paths.FIGURE) + SIDECAR_SUFFIX)):
-        record = read_sidecar(str(sidecar).removesuffix(SIDECAR_SUFFIX))
+        result = str(sidecar).removesuffix(SIDECAR_SUFFIX)
+        record = read_sidecar(result)
         spec = record.get("figure_spec")
-        stem = str(sidecar).removesuffix(SIDECAR_SUFFIX).rsplit(".", 1)[0]
+        stem = result.rsplit(".", 1)[0]
         if not spec or stem in stems:
             continue  # one sidecar per figure (any of its formats) is enough: its spec lists every output
         stems.add(stem)
