@@ -202,7 +202,7 @@ def arithmetic(model, x, acts) -> dict:
 
 def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
     """extract_shard's per-minibatch steps on one minibatch x, each timed `reps` times with the
-    package's own pieces (fresh reducers each time); min and median per step. The bare forward and
+    package's own pieces (reducers made once, as extract_shard makes them per shard, with room for every repeat); min and median per step. The bare forward and
     the forward with taps alternate. Fixed costs: model build, and write_shard of the arrays of the
     shard extract_shard wrote (read back), as extraction writes them."""
     import h5py
@@ -231,6 +231,10 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
         tc[key].append(time.process_time() - c0)
         return out
 
+    # Reducers as extract_shard makes them: once per shard, with room reserved for its minibatches
+    # (here one per repeat), so that each repeat times a minibatch in the steady state of a shard
+    streamed_reducers = [GramReducer(layers, minibatches=reps), PooledReducer(layers, card.num_prefix_tokens, examples=reps * n)]
+    stream = LayerStream(layers, streamed_reducers)
     with torch.no_grad():
         model(x)                                           # warm-up
         for _ in range(reps):
@@ -242,25 +246,23 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
                 taps.clear()
             # the forward as extraction runs it: each tapped layer NaN-checked and reduced (Gram,
             # pooled features) inside its hook, then dropped (full tokens, once per plan, left out)
-            reducers = [GramReducer(layers), PooledReducer(layers, card.num_prefix_tokens)]
-            stream = LayerStream(layers, reducers)
             with LayerTaps(model, layer_specs, card.num_prefix_tokens, consume=stream):
-                for r in reducers:
-                    if hasattr(r, "begin"):
-                        r.begin(pos, idx)
+                for r in streamed_reducers:
+                    r.begin(pos, idx)
                 stream.begin(idx)
                 clock("streamed", lambda: model(x))
                 stream.end()
-            del reducers, stream
+    del streamed_reducers, stream
     flops = arithmetic(model, x, acts)
+    kept = {"gram": GramReducer(layers, minibatches=reps + 1),
+            "pooled": PooledReducer(layers, card.num_prefix_tokens, examples=(reps + 1) * n)}
     for _ in range(reps + 1):                              # first round: warm-up, dropped below
         clock("check_finite", lambda: check_finite(acts, idx))
-        for name, make in (("gram", lambda: GramReducer(layers)),
-                           ("pooled", lambda: PooledReducer(layers, card.num_prefix_tokens)),
+        for name, make in (("gram", lambda: kept["gram"]),
+                           ("pooled", lambda: kept["pooled"]),
                            ("tokens", lambda: TokenReducer(layers, full_tokens, 0))):
             r = make()
-            if hasattr(r, "begin"):                        # Reducer.begin where the package has it (no-op)
-                r.begin(pos, idx)
+            r.begin(pos, idx)
             clock(name, lambda: [r.consume(l, acts[l]) for l in layers])   # what each layer's hook does
         clock("logits", lambda: out.float().cpu().numpy())
         # Not part of extraction: the Grams' products alone (uncentred, no offset pre-check, not kept),
@@ -268,7 +270,7 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
         clock("gram_products", lambda: [gram(acts[l]) for l in layers])
     for k in steps[3:]:                                  # the steps timed on kept activations
         t[k], tc[k] = t[k][1:], tc[k][1:]
-    del acts, model
+    del acts, model, kept
     gc.collect()
 
     with h5py.File(shard_file, "r") as f:

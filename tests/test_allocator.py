@@ -51,3 +51,42 @@ def test_off_heap_copies_into_a_memory_map_of_its_own():
             assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
             b[(0,) * b.ndim] += 1      # writable, and the source is untouched
             assert not np.array_equal(a, b)
+
+
+def test_off_heap_rows_append_into_one_map_and_grow_past_the_reservation():
+    """Blocks of rows appended one by one read back as their concatenation, whether they fit the
+    reservation or not, in one anonymous map; a block of another shape or dtype is refused."""
+    import mmap
+
+    import numpy as np
+
+    from seelike.allocator import OffHeapRows
+
+    rng = np.random.default_rng(1)
+    for reserved in (1, 3, 4, 100):
+        blocks = [rng.standard_normal((k, 5, 5)) for k in (1, 2, 1)]
+        rows = OffHeapRows(reserved)
+        assert len(rows) == 0 and not rows
+        with pytest.raises(ValueError, match="no rows"):
+            rows.array()
+        want = np.concatenate(blocks)
+        for b in blocks:
+            rows.append(b)
+            b[...] = 0                      # copied in, not referenced
+        got = rows.array()
+        assert len(rows) == 4 and got.shape == (4, 5, 5) and got.dtype == np.float64 and got.flags.c_contiguous
+        assert np.array_equal(got, want)
+        base = got
+        while isinstance(base, np.ndarray):
+            base = base.base
+        assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+    rows = OffHeapRows(2)
+    a = rng.standard_normal((2, 3)).astype(np.float32)
+    b = rng.standard_normal((5, 3)).astype(np.float32)
+    rows.append(a)
+    rows.append(b)
+    assert np.array_equal(rows.array(), np.concatenate([a, b]))
+    with pytest.raises(ValueError, match="shape"):
+        rows.append(np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        rows.append(np.zeros((1, 3), np.float64))

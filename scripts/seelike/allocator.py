@@ -56,13 +56,68 @@ def retain_freed_memory() -> bool:
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
+def off_heap_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised array in an anonymous memory map of its own, outside malloc's heap (freed when
+    the array is, by the kernel), its pages mapped up front."""
+    shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dtype.itemsize == 0:
+        return np.empty(shape, dtype)
+    buf = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
+    return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+
+
 def off_heap(a) -> np.ndarray:
     """A copy of array ``a`` in an anonymous memory map of its own, outside malloc's heap (freed when
     the array is, by the kernel). For results a job keeps while later minibatches run."""
     a = np.asarray(a)
     if a.nbytes == 0:
         return a.copy()
-    buf = mmap.mmap(-1, a.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
-    out = np.frombuffer(buf, dtype=a.dtype, count=a.size).reshape(a.shape)
+    out = off_heap_empty(a.shape, a.dtype)
     out[...] = a
     return out
+
+
+class OffHeapRows:
+    """An array built by appending blocks of rows along its first axis, kept off the heap: what a reducer
+    collects over a shard's minibatches (a Gram per minibatch, a block of pooled features per minibatch).
+
+    The rows are copied into one memory map (:func:`off_heap_empty`) reserved for ``rows`` rows on the
+    first append, so that an append is one copy and :meth:`array` is a view of the rows appended, not a
+    final concatenation; an append beyond the reservation moves the rows to a map of twice the size. A
+    map per minibatch instead costs its own ``mmap`` and page faults: 0.23 ms for a 256 x 256 float64
+    Gram against 0.04 ms for the copy into a reserved map, on the 2-core VM (benchmarks/bench_extract.py).
+    """
+
+    def __init__(self, rows: int = 1):
+        self.reserved = max(1, int(rows))
+        self.rows = 0
+        self._buf: np.ndarray | None = None
+
+    def append(self, block) -> None:
+        """Copy ``block`` (k, ...) in as the next k rows; every block has the first block's trailing
+        shape and dtype."""
+        block = np.asarray(block)
+        if block.ndim < 1:
+            raise ValueError("OffHeapRows.append: expected an array of rows, got a scalar")
+        if self._buf is None:
+            self._buf = off_heap_empty((max(self.reserved, len(block)),) + block.shape[1:], block.dtype)
+        elif block.shape[1:] != self._buf.shape[1:] or block.dtype != self._buf.dtype:
+            raise ValueError(f"OffHeapRows.append: rows of shape {block.shape[1:]} and dtype {block.dtype} "
+                             f"after rows of shape {self._buf.shape[1:]} and dtype {self._buf.dtype}")
+        end = self.rows + len(block)
+        if end > len(self._buf):
+            grown = off_heap_empty((max(2 * len(self._buf), end),) + self._buf.shape[1:], self._buf.dtype)
+            grown[:self.rows] = self._buf[:self.rows]
+            self._buf = grown
+        self._buf[self.rows:end] = block
+        self.rows = end
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def array(self) -> np.ndarray:
+        """The rows appended so far, as one array (a view of the map). ValueError when none were."""
+        if self._buf is None:
+            raise ValueError("OffHeapRows.array: no rows were appended")
+        return self._buf[:self.rows]

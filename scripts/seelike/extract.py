@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .allocator import off_heap
+from .allocator import OffHeapRows, off_heap
 from .reducer import Batch, Reducer
 
 
@@ -27,46 +27,49 @@ class NonFiniteActivation(FloatingPointError):
 
 
 class GramReducer(Reducer):
+    """Each layer's Gram of every minibatch (float64, b x b), stacked: ``minibatches`` is how many the
+    shard has, reserved up front (:class:`seelike.allocator.OffHeapRows`)."""
     name = "gram"
 
-    def __init__(self, layers, precision: str = "fp32"):
+    def __init__(self, layers, precision: str = "fp32", minibatches: int = 1):
         self.layers, self.precision = layers, precision
-        self.grams = {l: [] for l in layers}
+        self.grams = {l: OffHeapRows(minibatches) for l in layers}
 
     def consume(self, layer, a):
         from .cka import gram
 
-        self.grams[layer].append(off_heap(gram(a, center="auto", precision=self.precision).cpu().numpy()))
+        self.grams[layer].append(gram(a, center="auto", precision=self.precision).cpu().numpy()[None])
 
     def result(self):
         from .store import layer_path
 
-        return {layer_path(l, "gram"): np.stack(g) for l, g in self.grams.items()}
+        return {layer_path(l, "gram"): g.array() for l, g in self.grams.items()}
 
 
 class PooledReducer(Reducer):
-    """CLS token (when the model has prefix tokens) and the mean over spatial tokens, float32."""
+    """CLS token (when the model has prefix tokens) and the mean over spatial tokens, float32, of the
+    shard's ``examples`` (reserved up front)."""
     name = "pooled"
 
-    def __init__(self, layers, num_prefix_tokens):
+    def __init__(self, layers, num_prefix_tokens, examples: int = 1):
         self.layers, self.p = layers, num_prefix_tokens
-        self.cls = {l: [] for l in layers}
-        self.mean = {l: [] for l in layers}
+        self.cls = {l: OffHeapRows(examples) for l in layers}
+        self.mean = {l: OffHeapRows(examples) for l in layers}
 
     def consume(self, layer, a):
         a = a.float()
-        if self.p:   # a copy: on the CPU a[:, 0].numpy() is a view that would keep the whole layer alive
-            self.cls[layer].append(off_heap(a[:, 0].cpu().numpy()))
-        self.mean[layer].append(off_heap(a[:, self.p:].mean(1).cpu().numpy()))
+        if self.p:   # copied in: on the CPU a[:, 0].numpy() is a view that would keep the whole layer alive
+            self.cls[layer].append(a[:, 0].cpu().numpy())
+        self.mean[layer].append(a[:, self.p:].mean(1).cpu().numpy())
 
     def result(self):
         from .store import layer_path
 
         out = {}
         for l in self.layers:
-            out[layer_path(l, "pooled_mean")] = np.concatenate(self.mean[l])
+            out[layer_path(l, "pooled_mean")] = self.mean[l].array()
             if self.p:
-                out[layer_path(l, "pooled_cls")] = np.concatenate(self.cls[l])
+                out[layer_path(l, "pooled_cls")] = self.cls[l].array()
         return out
 
 
@@ -276,9 +279,10 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
         reducers = vision_reducers(spec["taps"], model=model, card=card, model_name=spec["model"],
                                    layer_specs=layer_specs, shard_offset=shard_offset, device=device)
     else:
-        reducers = [GramReducer(layers, spec.get("gram_precision", "fp32")), PooledReducer(layers, card.num_prefix_tokens),
+        reducers = [GramReducer(layers, spec.get("gram_precision", "fp32"), minibatches=len(loader)),
+                    PooledReducer(layers, card.num_prefix_tokens, examples=len(shard_items)),
                     TokenReducer(layers, int(spec.get("full_tokens", 0)), shard_offset)]
-    logits, labels = [], []
+    logits, labels = OffHeapRows(len(shard_items)), []
     precision = spec.get("precision", "fp32")
     bar = tqdm(total=len(sp.example_indices), desc=f"extract {spec['model']}{' (vision pass)' if vision else ''} shard {shard_index}",
                file=sys.stderr, unit="img", mininterval=5)
@@ -303,12 +307,12 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
             for r in reducers:
                 r.update(batch)
             if not vision:
-                logits.append(off_heap(out.float().cpu().numpy()))
+                logits.append(out.float().cpu().numpy())
                 labels.append(np.asarray(y))
             pos += n
             bar.update(n)
     bar.close()
-    arrays = {} if vision else {"logits": np.concatenate(logits), "labels": np.concatenate(labels).astype(np.int64)}
+    arrays = {} if vision else {"logits": logits.array(), "labels": np.concatenate(labels).astype(np.int64)}
     for r in reducers:
         arrays.update(r.result())
     return layers, arrays
