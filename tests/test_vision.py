@@ -443,7 +443,7 @@ def test_per_head_grams_give_the_cka_of_the_heads_outputs():
 def test_per_head_grams_are_float32_products_inside_the_forwards_autocast():
     """The head reducer runs in a forward hook, inside extraction's autocast: its Grams must still be
     float32 products (bf16 ones are ~1e-3 off), as for every other Gram."""
-    from seelike.analyses.reducers import HeadGramReducer
+    from seelike.analyses.reducers import HEADS, HeadGramReducer
 
     vit = _vit(img=32, patch=8)
     attn = attention_modules(vit, "v")[:1]
@@ -455,7 +455,7 @@ def test_per_head_grams_are_float32_products_inside_the_forwards_autocast():
         inside._consume(attn[0]["name"], "head_outputs", x)
     want = np.einsum("bthd,cthd->hbc", x.double().numpy(), x.double().numpy())
     for r in (outside, inside):
-        got = r.grams[attn[0]["name"]][0]
+        got = r.result()[f"{HEADS}/{attn[0]['name']}/gram"][0]
         assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
 
 

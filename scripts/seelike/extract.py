@@ -277,7 +277,8 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
         from .analyses.reducers import vision_reducers
 
         reducers = vision_reducers(spec["taps"], model=model, card=card, model_name=spec["model"],
-                                   layer_specs=layer_specs, shard_offset=shard_offset, device=device)
+                                   layer_specs=layer_specs, shard_offset=shard_offset, device=device,
+                                   minibatches=len(loader))
     else:
         reducers = [GramReducer(layers, spec.get("gram_precision", "fp32"), minibatches=len(loader)),
                     PooledReducer(layers, card.num_prefix_tokens, examples=len(shard_items)),

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..allocator import off_heap
+from ..allocator import OffHeapRows, off_heap
 from ..reducer import Reducer
 from . import geometry
 
@@ -174,9 +174,10 @@ class HeadGramReducer(Reducer):
     """Per-head Grams of the attention heads' outputs (before the output projection), per CKA minibatch."""
     name = "heads"
 
-    def __init__(self, attn: list[dict]):
+    def __init__(self, attn: list[dict], minibatches: int = 1):
+        """minibatches: how many the shard has (their Grams' room is reserved up front)."""
         self.attn = attn
-        self.grams = {a["name"]: [] for a in attn}
+        self.grams = {a["name"]: OffHeapRows(minibatches) for a in attn}
 
     def attach(self, model):
         handles = []
@@ -193,7 +194,7 @@ class HeadGramReducer(Reducer):
         # products (at full float32 precision) of each head's flattened output, in one batched product.
         h = x.permute(2, 0, 1, 3).reshape(x.shape[2], x.shape[0], -1).float()    # (heads, b, t * head_dim)
         with torch.no_grad(), full_fp32():
-            self.grams[name].append(off_heap((h @ h.transpose(1, 2)).double().cpu().numpy()))
+            self.grams[name].append((h @ h.transpose(1, 2)).double().cpu().numpy()[None])
 
     def update(self, batch):
         pass
@@ -201,7 +202,7 @@ class HeadGramReducer(Reducer):
     def result(self):
         out = {}
         for i, a in enumerate(self.attn):
-            out[f"{HEADS}/{a['name']}/gram"] = np.stack(self.grams[a["name"]])
+            out[f"{HEADS}/{a['name']}/gram"] = self.grams[a["name"]].array()
             out[f"{HEADS}/{a['name']}/index"] = np.asarray(i, dtype=np.int64)
         return out
 
@@ -293,16 +294,19 @@ class PositionGramReducer(Reducer):
     name = "localization"
 
     def __init__(self, layer: str, layer_index: int, grid, cell, input_hw, positions: list, n_images: int,
-                 shard_offset: int, num_prefix_tokens: int, resolve=None, rank=None):
+                 shard_offset: int, num_prefix_tokens: int, resolve=None, rank=None, minibatches: int = 1):
         """`positions`: grid cells (row, col). With `resolve` (a callable returning layer, layer_index, grid,
         cell, positions) these are found after the first minibatch's forward pass instead (layer ... positions:
         None); `rank(name)` then tells, inside that pass, which layers `resolve` may pick (None: not this one),
-        and the highest-ranked layer seen is the one kept."""
+        and the highest-ranked layer seen is the one kept. `minibatches`: how many the shard has (room for
+        the Grams of those among them that hold the first `n_images` images is reserved up front)."""
         self.input_hw, self.resolve, self.rank = input_hw, resolve, rank
         if resolve is None:
             self._set(layer, layer_index, grid, cell, positions)
         self.n_images, self.offset, self.p = int(n_images), int(shard_offset), int(num_prefix_tokens)
-        self.layer_grams, self.input_grams, self.minibatch_ids = [], [], []
+        self.minibatches = int(minibatches)
+        self.layer_grams = self.input_grams = None      # OffHeapRows, made at the first minibatch that has Grams
+        self.minibatch_ids = []
         self._held = None        # (rank, layer, tokens): the one layer output kept past the forward pass
         self._active = False
 
@@ -314,7 +318,12 @@ class PositionGramReducer(Reducer):
 
     def begin(self, positions, example_indices):
         self._held = None
-        self._active = self.offset + int(positions[0]) < self.n_images
+        first = self.offset + int(positions[0])
+        self._active = first < self.n_images
+        if self._active and self.layer_grams is None:
+            # the shard's minibatches from this one on that start below n_images (at most the shard's)
+            rows = min(self.minibatches, -(-(self.n_images - first) // max(1, len(positions))))
+            self.layer_grams, self.input_grams = OffHeapRows(rows), OffHeapRows(rows)
 
     def consume(self, layer, a):
         if not self._active:
@@ -347,21 +356,22 @@ class PositionGramReducer(Reducer):
         s = spatial.transpose(0, 1).float()                            # (Q, b, d)
         with torch.no_grad(), full_fp32():
             # float32 products, stored as float32: the same bits a float64 copy would hold, half the bytes
-            self.layer_grams.append(off_heap((s @ s.transpose(1, 2)).cpu().numpy().astype(np.float32, copy=False)))
+            self.layer_grams.append((s @ s.transpose(1, 2)).cpu().numpy().astype(np.float32, copy=False)[None])
         x = batch.inputs
         cells = [x[:, :, self.rows[r]:self.rows[r + 1], self.cols[c]:self.cols[c + 1]] for r, c in self.positions]
-        self.input_grams.append(off_heap(np.stack([gram(c, center="auto").cpu().numpy() for c in cells])))
+        self.input_grams.append(np.stack([gram(c, center="auto").cpu().numpy() for c in cells])[None])
         self.minibatch_ids.append(batch.minibatch_id)
 
     def result(self):
         from ..store import layer_path
 
         q, pcount = self.grid[0] * self.grid[1], len(self.positions)
-        b = self.layer_grams[0].shape[-1] if self.layer_grams else 0
+        kept = bool(self.layer_grams)
+        b = self.layer_grams.array().shape[-1] if kept else 0
         return {
-            layer_path(self.layer, "positions/gram"): (np.stack(self.layer_grams) if self.layer_grams
+            layer_path(self.layer, "positions/gram"): (self.layer_grams.array() if kept
                                                        else np.zeros((0, q, b, b), dtype=np.float32)),
-            f"{LOCALIZATION}/input/gram": np.stack(self.input_grams) if self.input_grams else np.zeros((0, pcount, b, b)),
+            f"{LOCALIZATION}/input/gram": self.input_grams.array() if kept else np.zeros((0, pcount, b, b)),
             f"{LOCALIZATION}/positions": np.asarray(self.positions, dtype=np.int64).reshape(-1, 2),
             f"{LOCALIZATION}/grid": np.asarray(self.grid, dtype=np.int64),
             f"{LOCALIZATION}/cell": np.asarray(self.cell, dtype=np.float64),
@@ -506,8 +516,9 @@ def _localization_layer(model_name: str, layers: list[str], grids: dict, request
 
 
 def vision_reducers(taps: dict, *, model, card, model_name: str, layer_specs: list[dict], shard_offset: int,
-                    device) -> list[Reducer]:
-    """The reducers ``taps`` switches on for this model (empty dict: none, and no extra work)."""
+                    device, minibatches: int = 1) -> list[Reducer]:
+    """The reducers ``taps`` switches on for this model (empty dict: none, and no extra work);
+    ``minibatches``: how many the shard has."""
     if not taps:
         return []
     from ..models.residual import attention_modules, patch_geometry, residual_branches
@@ -523,7 +534,7 @@ def vision_reducers(taps: dict, *, model, card, model_name: str, layer_specs: li
             out.append(AttentionReducer(attn, p, lambda n: patch_geometry(model, n, hw), input_size, shard_offset,
                                         "attention_distance" in taps, n_maps))
         if "heads" in taps:
-            out.append(HeadGramReducer(attn[:int(taps["heads"]["blocks"])]))
+            out.append(HeadGramReducer(attn[:int(taps["heads"]["blocks"])], minibatches))
     if "norm_ratio" in taps:
         out.append(NormRatioReducer(residual_branches(model, card.family, model_name), p))
     if "localization" in taps:
@@ -547,7 +558,7 @@ def vision_reducers(taps: dict, *, model, card, model_name: str, layer_specs: li
         if t.get("layer") and t["layer"] not in names:   # a bad name fails before the first minibatch
             _localization_layer(model_name, names, {}, t["layer"])
         out += [probe, PositionGramReducer(None, 0, None, None, hw, None, int(t["n_images"]), shard_offset, p,
-                                           resolve=resolve, rank=rank)]
+                                           resolve=resolve, rank=rank, minibatches=minibatches)]
     if "receptive_field" in taps and shard_offset < int(taps["receptive_field"]["n_images"]):
         from .receptive_field import choose_layers
 
