@@ -117,9 +117,10 @@ def run_pass(kind: str, model, card, layers, x, taps: dict, full_tokens: int, mi
     vision = kind == "vision"
     if vision:
         reducers = vision_reducers(taps, model=model, card=card, model_name=card.name, layer_specs=layers,
-                                   shard_offset=0, device=x.device)
+                                   shard_offset=0, device=x.device, minibatches=minibatches)
     else:
-        reducers = [GramReducer(names), PooledReducer(names, card.num_prefix_tokens),
+        reducers = [GramReducer(names, minibatches=minibatches),
+                    PooledReducer(names, card.num_prefix_tokens, examples=minibatches * len(x)),
                     TokenReducer(names, full_tokens, 0)]
     n = len(x)
     logits = []
