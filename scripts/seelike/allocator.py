@@ -86,7 +86,8 @@ class OffHeapRows:
     first append, so that an append is one copy and :meth:`array` is a view of the rows appended, not a
     final concatenation; an append beyond the reservation moves the rows to a map of twice the size. A
     map per minibatch instead costs its own ``mmap`` and page faults: 0.23 ms for a 256 x 256 float64
-    Gram against 0.04 ms for the copy into a reserved map, on the 2-core VM (benchmarks/bench_extract.py).
+    Gram against 0.04 ms for the copy into a reserved map (2-core AVX2 VM, 2026-12-04, min of 50), about
+    1.5% of a ResNet-18 forward at 32 px with its 8 Grams and pooled features.
     """
 
     def __init__(self, rows: int = 1):
