@@ -203,8 +203,9 @@ def arithmetic(model, x, acts) -> dict:
 def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
     """extract_shard's per-minibatch steps on one minibatch x, each timed `reps` times with the
     package's own pieces (reducers made once, as extract_shard makes them per shard, with room for
-    every repeat); min and median per step. The bare forward and the forward with taps alternate. Fixed costs: model build, and write_shard of the arrays of the
-    shard extract_shard wrote (read back), as extraction writes them."""
+    every repeat); min and median per step. The bare forward and the forward with taps alternate.
+    Fixed costs: model build, and write_shard of the arrays of the shard extract_shard wrote (read
+    back), as extraction writes them."""
     import h5py
     from seelike.cka import gram
     from seelike.extract import GramReducer, LayerStream, PooledReducer, TokenReducer, check_finite, select_layers
