@@ -259,10 +259,8 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
             "pooled": PooledReducer(layers, card.num_prefix_tokens, examples=(reps + 1) * n)}
     for _ in range(reps + 1):                              # first round: warm-up, dropped below
         clock("check_finite", lambda: check_finite(acts, idx))
-        for name, make in (("gram", lambda: kept["gram"]),
-                           ("pooled", lambda: kept["pooled"]),
-                           ("tokens", lambda: TokenReducer(layers, full_tokens, 0))):
-            r = make()
+        for name, r in (("gram", kept["gram"]), ("pooled", kept["pooled"]),
+                        ("tokens", TokenReducer(layers, full_tokens, 0))):
             r.begin(pos, idx)
             clock(name, lambda: [r.consume(l, acts[l]) for l in layers])   # what each layer's hook does
         clock("logits", lambda: out.float().cpu().numpy())
