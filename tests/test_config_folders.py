@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import snakemake, tiny_config, write_config, write_image_names
 from seelike import config as sc

@@ -163,7 +163,6 @@ def test_jobs_left_running_are_adopted_only_for_the_same_work(tmp_path, capsys):
 
 
 def test_nan_activations_reject_the_shard_naming_layer_and_example(tiny_local_run, tmp_path):
-    import torch
     from safetensors.torch import load_file, save_file
 
     from seelike.extract import NonFiniteActivation, extract_shard

@@ -8,13 +8,11 @@ SEELIKE_SLURM_KEEP is unset.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 

@@ -1,6 +1,4 @@
 """HDF5 shard round trip and rejection of shards that must not be used."""
-import json
-import os
 
 import h5py
 import numpy as np

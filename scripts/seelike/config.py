@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import yaml
 
 from . import paths, registry
-from .base import ConfigError, digest
+from .base import ConfigError
 from .plan import MinibatchError, check_minibatch
 
 

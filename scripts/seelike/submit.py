@@ -14,7 +14,6 @@ import importlib
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any, Sequence
 

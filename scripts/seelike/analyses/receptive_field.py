@@ -13,12 +13,16 @@ grid_h, grid_w, centre_row, centre_col (the layer position differentiated), imag
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .common import read_table, write_table
 from ..plotting import finish_figure, pyplot
-from .. import paths
 from ..registry import Analysis, Figure, section
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RECEPTIVE_FIELD = "reductions/receptive_field"   # the vision pass's store path of the gradient sums
 

@@ -35,7 +35,6 @@ import pandas as pd
 
 from ..fileio import record_checksum, sha256_file, verify_checksum
 from .imagefolder import (
-    IMG_EXTENSIONS,
     BadImageError,
     ImageFolderDataset,
     load_rgb,
