@@ -51,3 +51,16 @@ def test_rule_logs_of_the_tiny_run_hold_the_jobs_output(tiny_local_run):
     model = (logs / "models" / "vit.log").read_text()
     assert "----- job" in model and "log folder" in model, model[-2000:]
     assert not [p for p in (logs / "jobs").rglob("%j")]
+
+
+@pytest.mark.parametrize("visible", ["3,5", "GPU-5f2c", None])
+def test_local_job_sees_the_gpus_of_the_process_that_submits_it(tmp_path, monkeypatch, visible):
+    """submitit's LocalExecutor hides every GPU from its jobs (CUDA_VISIBLE_DEVICES="") unless given a
+    GPU count; a local job sees what the Snakemake process sees, so `device: cuda` finds the GPU."""
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    seen = run_step(_settings(tmp_path), "os:getenv", {"key": "CUDA_VISIBLE_DEVICES", "default": "<unset>"},
+                    name="gpus")
+    assert seen == (visible if visible is not None else "<unset>")

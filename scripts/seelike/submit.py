@@ -42,21 +42,35 @@ def call_target(target: str, kwargs: dict, threads: int | None = None) -> Any:
 
 class Step:
     """The callable a job runs. Checkpointable for submitit: on a time-limit or preemption signal the
-    step is requeued as is, and resumable steps (training) continue from the state they saved."""
+    step is requeued as is, and resumable steps (training) continue from the state they saved.
+    ``env``: environment variables the job sets before the step starts (None: unset)."""
 
-    def __init__(self, target: str, kwargs: dict, threads: int | None = None):
-        self.target, self.kwargs, self.threads = target, kwargs, threads
+    def __init__(self, target: str, kwargs: dict, threads: int | None = None, env: dict | None = None):
+        self.target, self.kwargs, self.threads, self.env = target, kwargs, threads, dict(env or {})
 
     def __call__(self):
         from .allocator import retain_freed_memory
 
+        for key, value in getattr(self, "env", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         retain_freed_memory()   # this process is the job's own (local or SLURM): keep freed memory for reuse
         return call_target(self.target, self.kwargs, self.threads)
 
     def checkpoint(self, *args, **kwargs):
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(Step(self.target, self.kwargs, self.threads))
+        return DelayedSubmission(Step(self.target, self.kwargs, self.threads, getattr(self, "env", {})))
+
+
+def local_job_env() -> dict:
+    """What a local job restores of the submitting process's environment: its GPU visibility.
+    submitit's LocalExecutor starts every job with ``CUDA_VISIBLE_DEVICES=""`` (no GPU) unless told a
+    GPU count, so a job with ``device: cuda`` would find no GPU; the job sees the GPUs the process
+    that runs Snakemake sees instead (None: the variable unset, every GPU visible)."""
+    return {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def slurm_parameters(resources: dict, job_name: str) -> dict:
@@ -334,7 +348,7 @@ def _run_jobs(settings: dict, target: str, kwargs_list: list[dict], name: str, m
             for start in range(0, len(kwargs_list), width):
                 wave = kwargs_list[start:start + width]
                 ex = _executor(settings, folder, name, len(wave))
-                jobs = [ex.submit(Step(target, kw, threads)) for kw in wave]
+                jobs = [ex.submit(Step(target, kw, threads, local_job_env())) for kw in wave]
                 results += _wait(jobs, step, name, settings, None)
             return results
         ex = _executor(settings, folder, name, len(kwargs_list))
