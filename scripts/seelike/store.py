@@ -30,7 +30,6 @@ temporary name and renamed when complete; a reader never sees a partial file.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -100,15 +99,25 @@ def write_shard(path: str | os.PathLike, *, kind: str = "activations", model: st
     all_arrays = dict(arrays)
     all_arrays["plan/example_indices"] = np.asarray(example_indices, dtype=np.int64)
     all_arrays["plan/minibatch_ids"] = np.asarray(minibatch_ids, dtype=np.int64)
-    # The file is built in memory and written with plain I/O: a full disk (ENOSPC) then raises an
-    # ordinary OSError, whereas HDF5 failing inside its own flush leaves state that crashes later.
-    buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
+    # HDF5 writes into memory only (a full disk then raises an ordinary OSError below, whereas HDF5
+    # failing inside its own flush leaves state that crashes later), and what it writes is the file's
+    # structure: each large uncompressed array gets its space allocated in the file, never filled, and
+    # is written into it from its own memory, so the shard is not copied once more in memory (a shard of
+    # a large model holds GBs: full tokens, pooled features).
+    image = _StructureImage()
+    direct: list[tuple[int, np.ndarray]] = []
+    with h5py.File(image, "w") as f:
         f.create_dataset("plan/json", data=json.dumps(plan, sort_keys=True))
         for key, arr in all_arrays.items():
             arr = np.asarray(arr)
             use = compression if arr.size >= 4096 and not key.endswith("/gram") else None
-            f.create_dataset(key, data=arr, compression=use)
+            if use is None and arr.nbytes >= _DIRECT_BYTES and arr.dtype.kind in "iuf" and arr.dtype.isnative:
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                ds = f.create_dataset(key, shape=arr.shape, dtype=arr.dtype, dcpl=dcpl, fill_time="never")
+                direct.append((ds.id.get_offset(), arr))
+            else:
+                f.create_dataset(key, data=arr, compression=use)
         f.attrs.update({
             "format": FORMAT, "schema_version": SCHEMA_VERSION, "kind": kind, "model": model, "dataset": dataset,
             "shard_index": shard_index, "n_shards": n_shards, "plan_digest": plan_digest,
@@ -117,11 +126,82 @@ def write_shard(path: str | os.PathLike, *, kind: str = "activations", model: st
         })
         f.attrs["complete"] = 1  # last: a file without it was never finished
     with atomic_write(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            for offset, data in image.writes:
+                _pwrite_all(fd, data, offset)
+            for offset, arr in direct:
+                _pwrite_all(fd, memoryview(np.ascontiguousarray(arr)).cast("B"), offset)
+            os.ftruncate(fd, image.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return path
+
+
+#: Arrays of at least this many bytes are written into the file from their own memory (write_shard).
+_DIRECT_BYTES = 1 << 16
+
+
+class _StructureImage:
+    """A file object for h5py that keeps what HDF5 writes to it (the file's structure, attributes and
+    small arrays), in the order written, and nothing else: ranges never written (the large arrays'
+    allocated space) read as zeros and take no memory. ``writes`` replayed in order onto an empty
+    file, then truncated to ``size``, give the file HDF5 made."""
+
+    def __init__(self):
+        self.writes: list[tuple[int, bytes]] = []
+        self.pos = 0
+        self.size = 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def write(self, data) -> int:
+        data = bytes(data)       # HDF5's buffer is valid only during the call
+        self.writes.append((self.pos, data))
+        self.pos += len(data)
+        self.size = max(self.size, self.pos)
+        return len(data)
+
+    def readinto(self, buffer) -> int:
+        out = memoryview(buffer).cast("B")
+        lo, hi = self.pos, self.pos + len(out)
+        out[:] = bytes(len(out))
+        for offset, data in self.writes:         # later writes over earlier ones, as in a file
+            a, b = max(lo, offset), min(hi, offset + len(data), self.size)
+            if a < b:
+                out[a - lo:b - lo] = data[a - offset:b - offset]
+        self.pos = hi
+        return len(out)
+
+    def read(self, n: int = -1) -> bytes:
+        buf = bytearray(max(0, self.size - self.pos) if n is None or n < 0 else n)
+        self.readinto(buf)
+        return bytes(buf)
+
+    def truncate(self, size: int | None = None) -> int:
+        self.size = self.pos if size is None else int(size)
+        # bytes cut off stay cut off, also if the file grows again
+        self.writes = [(o, d[:self.size - o]) for o, d in self.writes if o < self.size]
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    """All of ``data`` into ``fd`` at ``offset``: pwrite may write less than asked (and Linux writes at
+    most about 2 GiB per call)."""
+    view = memoryview(data).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view[:1 << 30], offset)
+        view, offset = view[n:], offset + n
 
 
 def _first_nonfinite(arr: np.ndarray) -> tuple[int, ...] | None:
