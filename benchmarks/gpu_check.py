@@ -31,10 +31,10 @@ grams     for each Gram precision: `highest` (`extraction.gram_precision: fp32`,
           TF32 off), `tf32` (`extraction.gram_precision: tf32`: seelike.cka.gram(precision="tf32"),
           torch.set_float32_matmul_precision("high") inside its full-float32 context; the same as
           torch.backends.cuda.matmul.allow_tf32 = True), `medium` (set_float32_matmul_precision("medium"):
-          whatever reduced type torch picks on that GPU; on CUDA TF32, as `high`, per PyTorch's docs) and `bf16` (the chunks
-          rounded to bfloat16, then multiplied in float32: the products of two bf16 values are exact
-          in float32, so its error is a bf16 matmul's with float32 accumulation, its time a float32
-          one's), over every layer of one fp32 minibatch of each model; its time, and
+          whatever reduced type torch picks on that GPU; on CUDA TF32, as `high`, per PyTorch's docs)
+          and `bf16` (the chunks rounded to bfloat16, then multiplied in float32: the products of two
+          bf16 values are exact in float32, so its error is a bf16 matmul's with float32 accumulation,
+          its time a float32 one's), over every layer of one fp32 minibatch of each model; its time, and
           the largest |CKA - CKA_float64| over all layer pairs (unbiased minibatch CKA,
           `seelike.cka.hsic_all_pairs` + `cka_from_minibatch_hsic`) against Grams of the same features
           centred and multiplied in float64. On CPU TF32 does not exist: `tf32` and `medium` run the
