@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .allocator import OffHeapRows, off_heap
+from .allocator import OffHeapRows
 from .reducer import Batch, Reducer
 
 
@@ -74,12 +74,17 @@ class PooledReducer(Reducer):
 
 
 class TokenReducer(Reducer):
-    """Full token activations of the plan's first `limit` examples (float32)."""
+    """Full token activations of the plan's first `limit` examples (float32), collected in one reserved
+    map per layer (:class:`seelike.allocator.OffHeapRows`) for those of them the shard holds: of its
+    ``examples`` (default: as many as the limit allows), the ones before the limit."""
     name = "tokens"
 
-    def __init__(self, layers, plan_positions_limit: int, shard_offset: int):
+    def __init__(self, layers, plan_positions_limit: int, shard_offset: int, examples: int | None = None):
         self.layers, self.limit, self.offset = layers, plan_positions_limit, shard_offset
-        self.tokens = {l: [] for l in layers}
+        rows = max(0, plan_positions_limit - shard_offset)
+        if examples is not None:
+            rows = min(rows, int(examples))
+        self.tokens = {l: OffHeapRows(rows) for l in layers}   # mapped at the first append only
         self._sel = np.zeros(0, dtype=np.int64)
 
     def begin(self, positions, example_indices):
@@ -90,12 +95,12 @@ class TokenReducer(Reducer):
         if sel.size:
             # the plan's first examples are a run of rows: a view of them, not an indexed copy
             rows = a[int(sel[0]):int(sel[-1]) + 1] if int(sel[-1]) - int(sel[0]) + 1 == sel.size else a[sel]
-            self.tokens[layer].append(off_heap(rows.float().cpu().numpy()))
+            self.tokens[layer].append(rows.float().cpu().numpy())
 
     def result(self):
         from .store import layer_path
 
-        return {layer_path(l, "tokens"): np.concatenate(t) for l, t in self.tokens.items() if t}
+        return {layer_path(l, "tokens"): t.array() for l, t in self.tokens.items() if len(t)}
 
 
 @contextmanager
@@ -282,7 +287,7 @@ def _reduce_shard(spec: dict, shard_index: int, card, model, plan, device) -> tu
     else:
         reducers = [GramReducer(layers, spec.get("gram_precision", "fp32"), minibatches=len(loader)),
                     PooledReducer(layers, card.num_prefix_tokens, examples=len(shard_items)),
-                    TokenReducer(layers, int(spec.get("full_tokens", 0)), shard_offset)]
+                    TokenReducer(layers, int(spec.get("full_tokens", 0)), shard_offset, examples=len(shard_items))]
     logits, labels = OffHeapRows(len(shard_items)), []
     precision = spec.get("precision", "fp32")
     bar = tqdm(total=len(sp.example_indices), desc=f"extract {spec['model']}{' (vision pass)' if vision else ''} shard {shard_index}",
