@@ -327,6 +327,41 @@ def test_fp32_precision_turns_tf32_off_for_the_forward():
         torch.set_float32_matmul_precision(old[1])
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_fp32_keeps_tf32_off_in_the_backward_passes_of_training_and_receptive_fields(folders, tmp_path):
+    """precision "fp32" covers the backward pass too: training's gradients and the receptive fields'
+    input gradients run with cuDNN's TF32 and TF32 matmuls off, whatever was set around them (a global
+    module backward hook records the flags while every module's gradient is computed)."""
+    import torch
+
+    from seelike import train
+    from seelike.analyses.receptive_field import receptive_fields
+
+    seen = []
+
+    def record(module, grad_input, grad_output):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
+
+    old = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    handle = torch.nn.modules.module.register_module_full_backward_hook(record)
+    try:
+        spec = _spec(folder_config(*folders), tmp_path / "m")
+        assert spec.get("precision", "fp32") == "fp32"
+        train.train_model(spec)
+        assert seen and set(seen) == {(False, "highest")}, set(seen)
+        seen.clear()
+        conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
+        receptive_fields(conv, torch.randn(2, 3, 9, 9), [{"name": "c", "module": "2", "tap": "output", "layout": "nchw"}])
+        assert seen and set(seen) == {(False, "highest")}, set(seen)
+        assert torch.backends.cudnn.allow_tf32 is True and torch.get_float32_matmul_precision() == "high"
+    finally:
+        handle.remove()
+        torch.backends.cudnn.allow_tf32 = old[0]
+        torch.set_float32_matmul_precision(old[1])
+
+
 def test_resume_keeps_the_fp16_loss_scale(tmp_path):
     """fp16 training's GradScaler state (scale, growth tracker) travels with the training state. A CPU
     GradScaler stands in for the CUDA one: the state_dict is the same."""

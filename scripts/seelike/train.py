@@ -7,6 +7,7 @@ run continues from it to the same number of steps.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -227,7 +228,10 @@ def train_model(spec: dict) -> dict:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training '{spec['name']}' diverged at step {step}: loss {loss.item()}; lower recipe.lr")
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            # fp32 is full float32 in the backward pass too: outside the forward's context cuDNN would run
+            # the convolutions' gradients in TF32 (torch.backends.cudnn.allow_tf32 is on by default)
+            with runtime.full_fp32() if precision == "fp32" else contextlib.nullcontext():
+                scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             step += 1

@@ -68,6 +68,7 @@ def receptive_fields(model, x, layers: list[dict], num_prefix_tokens: int = 0) -
     """
     import torch
     from ..models.layers import get_module
+    from ..runtime import full_fp32
 
     raw, handles = {}, []
 
@@ -82,19 +83,21 @@ def receptive_fields(model, x, layers: list[dict], num_prefix_tokens: int = 0) -
         handles.append(module.register_forward_pre_hook(fn) if layer.get("tap") == "input"
                        else module.register_forward_hook(fn))
     x = x.detach().clone().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    hw = (x.shape[2], x.shape[3])
     out = {}
-    for i, layer in enumerate(layers):
-        o = raw[layer["name"]]
-        centre, grid, cell = _centre(o, layer, model, num_prefix_tokens, hw)
-        (g,) = torch.autograd.grad(centre.sum(), x, retain_graph=i < len(layers) - 1)
-        out[layer["name"]] = (g.abs().sum(1).sum(0).double().cpu().numpy(), grid, cell)
+    # full float32, forward and backward: on a GPU cuDNN's convolutions would otherwise run in TF32
+    with full_fp32():
+        try:
+            with torch.enable_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        hw = (x.shape[2], x.shape[3])
+        for i, layer in enumerate(layers):
+            o = raw[layer["name"]]
+            centre, grid, cell = _centre(o, layer, model, num_prefix_tokens, hw)
+            (g,) = torch.autograd.grad(centre.sum(), x, retain_graph=i < len(layers) - 1)
+            out[layer["name"]] = (g.abs().sum(1).sum(0).double().cpu().numpy(), grid, cell)
     return out
 
 
