@@ -159,11 +159,13 @@ class FolderSource:
                 f"dataset:{self.recipe['test_dataset']} folder index ({len(self.test)} files, names and labels)":
                 folder_fingerprint(self.test.classes, self.test.samples, self.test.on_bad_file)}
 
-    def _loader(self, dataset, batch_sampler):
+    def _loader(self, dataset, batch_sampler, device):
         import torch
 
+        # pinned batches only for a CUDA device: pinning for a CPU run on a GPU node would start a CUDA
+        # context for nothing
         return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.workers,
-                                           pin_memory=torch.cuda.is_available(),
+                                           pin_memory=torch.device(device).type == "cuda",
                                            persistent_workers=False, prefetch_factor=4 if self.workers else None)
 
     def batches(self, index_batches, rng, augment: bool, device, length: int = 0) -> Iterator:
@@ -179,7 +181,7 @@ class FolderSource:
 
             tf = timm_eval_transform(cfg)
         ds = _Subset(self.train, self._positions, tf)
-        for x, y, _ in self._loader(ds, _IndexBatches(index_batches, length, self.recipe.get("seed", 0))):
+        for x, y, _ in self._loader(ds, _IndexBatches(index_batches, length, self.recipe.get("seed", 0)), device):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     def test_batches(self, batch_size: int, device) -> Iterator:
@@ -188,7 +190,7 @@ class FolderSource:
         ds = _Subset(self.test, np.arange(len(self.test)), timm_eval_transform(self.preprocessing))
         n = len(self.test)
         order = ((0, np.arange(s, min(n, s + batch_size))) for s in range(0, n, batch_size))
-        for x, y, _ in self._loader(ds, _IndexBatches(order, (n + batch_size - 1) // batch_size, 0)):
+        for x, y, _ in self._loader(ds, _IndexBatches(order, (n + batch_size - 1) // batch_size, 0), device):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
