@@ -716,12 +716,25 @@ def print_report(results: dict) -> None:
             print(f"{name}: {r['status']}: {r.get('error') or r.get('reason')}")
 
 
+def dev_shm_bytes() -> int | None:
+    """Size of /dev/shm, through which DataLoader workers hand their batches over (None where absent)."""
+    try:
+        return shutil.disk_usage("/dev/shm").total
+    except OSError:
+        return None
+
+
+#: /dev/shm below this (bytes) is reported before the run: each loader worker holds 2 minibatches of
+#: 154 MB (b = 256, 224 px) there, and a worker short of it dies with a bus error
+DEV_SHM_WARN = 4 << 30
+
+
 def machine(device: torch.device) -> dict:
     from seelike.runtime import job_cpus
 
     meta = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
             platform.machine(), "cpu_count": os.cpu_count(), "job_cpus": job_cpus(), "device": str(device),
-            "host": platform.node()}
+            "host": platform.node(), "dev_shm_bytes": dev_shm_bytes()}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         meta.update(gpu=p.name, gpu_memory_bytes=p.total_memory, capability=f"{p.major}.{p.minor}",
@@ -754,6 +767,11 @@ def main(argv=None) -> int:
     else:
         print("gpu_check: no CUDA device is visible; run with --smoke for the CPU code paths", file=sys.stderr)
         return 2
+    shm = dev_shm_bytes()
+    if device.type == "cuda" and shm is not None and shm < DEV_SHM_WARN:
+        say(f"warning: /dev/shm holds {shm / 2**30:.2f} GiB; the loader's workers pass their minibatches through "
+            f"it (2 x 154 MB each at b = 256, 224 px) and die with a bus error when it is full: a container "
+            f"needs --shm-size (or extraction.num_workers lower)")
     results: dict = {}
     cwd = os.getcwd()
     workdir = Path(tempfile.mkdtemp(prefix="seelike-gpu-check-"))
