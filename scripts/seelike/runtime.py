@@ -24,7 +24,16 @@ def device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"config key device: '{name}' requested but no CUDA device is visible on {os.uname().nodename}")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is not None:
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise RuntimeError(f"config key device: '{name}' requested but {count} CUDA device(s) are visible on "
+                               f"{os.uname().nodename} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                               f"use 'cuda' or an index below {count}")
+        # the current device too: pinned-memory threads and per-device queries (bf16 support) follow it
+        torch.cuda.set_device(dev)
+    return dev
 
 
 def autocast(device, precision: str):
