@@ -112,9 +112,10 @@ def write_shard(path: str | os.PathLike, *, kind: str = "activations", model: st
             arr = np.asarray(arr)
             use = compression if arr.size >= 4096 and not key.endswith("/gram") else None
             if use is None and arr.nbytes >= _DIRECT_BYTES and arr.dtype.kind in "iuf" and arr.dtype.isnative:
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)   # (the low-level calls: h5py >= 3.8)
                 dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-                ds = f.create_dataset(key, shape=arr.shape, dtype=arr.dtype, dcpl=dcpl, fill_time="never")
+                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+                ds = f.create_dataset(key, shape=arr.shape, dtype=arr.dtype, dcpl=dcpl)
                 direct.append((ds.id.get_offset(), arr))
             else:
                 f.create_dataset(key, data=arr, compression=use)
