@@ -102,7 +102,7 @@ def test_cpu_budget_follows_the_jobs_threads(monkeypatch):
     assert fileio.cpu_budget() == allowed
 
 
-def test_sha256_and_json(tmp_path):
+def test_sha256_and_json(tmp_path, monkeypatch):
     import hashlib
     p = tmp_path / "x.bin"
     p.write_bytes(b"abc" * 1000)
@@ -117,6 +117,9 @@ def test_sha256_and_json(tmp_path):
     for workers in (1, 2, 7, None):
         assert fileio.sha256_files(paths, workers=workers) == want
     assert fileio.sha256_files([]) == []
+    # the mapped file hashed slice by slice, slices that do not divide it included
+    monkeypatch.setattr(fileio, "_HASH_SLICE", 4099)
+    assert [fileio.sha256_file(p) for p in paths] == want
     with pytest.raises(FileNotFoundError):
         fileio.sha256_files(paths + [tmp_path / "missing.bin"], workers=2)
     fileio.write_json_atomic(tmp_path / "a.json", {"t": (1, 2), "p": tmp_path})

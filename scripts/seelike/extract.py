@@ -209,15 +209,35 @@ def _same(a, b) -> bool:
     return a is not None and b is not None and float(a) == float(b)
 
 
+@contextmanager
+def checkpoint_verified(card, card_path):
+    """Take the sha256 of the card's checkpoint in a thread while the body runs, and check it on leaving:
+    the body (building the model, running it) must not write anything before then. hashlib releases the
+    GIL, so the hash overlaps the model build (single-threaded Python) and, on a GPU node, the forward
+    passes, whose CPU waits on the GPU. When the body fails, a bad checkpoint is reported first: it is the
+    likelier cause. benchmarks/bench_extract.py times the model build under it, as extraction starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .models import verify_checkpoint
+
+    card_path = Path(card_path)
+    with ThreadPoolExecutor(1, thread_name_prefix="seelike-verify") as pool:
+        verified = pool.submit(verify_checkpoint, card_path.parent / card.checkpoint, card.sha256, card_path)
+        try:
+            yield
+        except BaseException:
+            verified.result()
+            raise
+        verified.result()
+
+
 def extract_shard(spec: dict, shard_index: int) -> str:
     """spec keys: model, kind ("activations": the Grams' pass; "vision": the vision pass, with taps), card
     (path), dataset_key, dataset (config entry), split, plan (dict), out (path template with {shard}), device,
     precision, sublayers, full_tokens and gram_precision (activations), taps (vision), num_workers (int or "auto"),
     provenance_config; optional: rendered (the split's file from the render rule, synthetic datasets)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from . import provenance
-    from .models import ModelCard, build_model, verify_checkpoint
+    from .models import ModelCard, build_model
     from .plan import Plan
     from .store import write_shard
     from . import runtime
@@ -227,18 +247,9 @@ def extract_shard(spec: dict, shard_index: int) -> str:
     card = ModelCard.load(card_path)
     device = runtime.device(spec.get("device", "cpu"))
     plan = Plan.from_dict(spec["plan"])
-    # The checkpoint's sha256 is taken while the model runs (hashlib releases the GIL; on a GPU node
-    # the CPU is idle anyway) and checked before anything is written. When the run itself fails, a bad
-    # checkpoint is reported first: it is the likelier cause.
-    with ThreadPoolExecutor(1, thread_name_prefix="seelike-verify") as pool:
-        verified = pool.submit(verify_checkpoint, card_path.parent / card.checkpoint, card.sha256, card_path)
-        try:
-            model = build_model(card, card_path.parent, device=device, verify=False)
-            layers, arrays = _reduce_shard(spec, shard_index, card, model, plan, device)
-        except BaseException:
-            verified.result()
-            raise
-        verified.result()
+    with checkpoint_verified(card, card_path):
+        model = build_model(card, card_path.parent, device=device, verify=False)
+        layers, arrays = _reduce_shard(spec, shard_index, card, model, plan, device)
     out_path = Path(spec["out"].format(shard=shard_index))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # the card's own digest too: a rerun reuses a shard only if its card (layers, preprocessing) is unchanged
