@@ -93,7 +93,7 @@ def write_shard(path: str | os.PathLike, *, kind: str = "activations", model: st
     values other than Grams.
     """
     import h5py
-    from .fileio import atomic_write
+    from .fileio import atomic_write, write_segments
 
     path = Path(path)
     all_arrays = dict(arrays)
@@ -102,8 +102,9 @@ def write_shard(path: str | os.PathLike, *, kind: str = "activations", model: st
     # HDF5 writes into memory only (a full disk then raises an ordinary OSError below, whereas HDF5
     # failing inside its own flush leaves state that crashes later), and what it writes is the file's
     # structure: each large uncompressed array gets its space allocated in the file, never filled, and
-    # is written into it from its own memory, so the shard is not copied once more in memory (a shard of
-    # a large model holds GBs: full tokens, pooled features).
+    # is written into it from its own memory (seelike.fileio.write_segments: with O_DIRECT, through one
+    # 4 MiB buffer), so the shard is never held twice in memory (a shard of a large model holds GBs:
+    # full tokens, pooled features), nor once more in the page cache.
     image = _StructureImage()
     direct: list[tuple[int, np.ndarray]] = []
     with h5py.File(image, "w") as f:
@@ -127,16 +128,8 @@ def write_shard(path: str | os.PathLike, *, kind: str = "activations", model: st
         })
         f.attrs["complete"] = 1  # last: a file without it was never finished
     with atomic_write(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
-        try:
-            for offset, data in image.writes:
-                _pwrite_all(fd, data, offset)
-            for offset, arr in direct:
-                _pwrite_all(fd, memoryview(np.ascontiguousarray(arr)).cast("B"), offset)
-            os.ftruncate(fd, image.size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_segments(tmp, image.writes + [(offset, np.ascontiguousarray(arr)) for offset, arr in direct],
+                       image.size)
     return path
 
 
@@ -194,15 +187,6 @@ class _StructureImage:
 
     def flush(self) -> None:
         pass
-
-
-def _pwrite_all(fd: int, data, offset: int) -> None:
-    """All of ``data`` into ``fd`` at ``offset``: pwrite may write less than asked (and Linux writes at
-    most about 2 GiB per call)."""
-    view = memoryview(data).cast("B")
-    while len(view):
-        n = os.pwrite(fd, view[:1 << 30], offset)
-        view, offset = view[n:], offset + n
 
 
 def _first_nonfinite(arr: np.ndarray) -> tuple[int, ...] | None:
