@@ -407,7 +407,7 @@ def test_gram_auto_decides_from_a_sample_before_the_product(monkeypatch):
     sample misses the offset, the exact check on the uncentred Gram recomputes it from centred
     features. The result is always H K H (float64 reference)."""
     import seelike.cka
-    from seelike.cka import _ESTIMATE_RUN, _ESTIMATE_RUNS, OFFSET_LIMIT, _offset_ratio_estimate
+    from seelike.cka import _ESTIMATE_RUN, _ESTIMATE_RUNS, OFFSET_LIMIT, offset_ratio_estimate
 
     calls = []
     real = seelike.cka._gram
@@ -426,18 +426,18 @@ def test_gram_auto_decides_from_a_sample_before_the_product(monkeypatch):
     for direction, ratio, want_calls in cases:
         x = (u + direction / direction.norm() * np.sqrt(ratio)).float()
         if direction is mu:
-            assert abs(_offset_ratio_estimate(x) / ratio - 1) < 0.25, ratio  # the sample reads the ratio
+            assert abs(offset_ratio_estimate(x) / ratio - 1) < 0.25, ratio  # the sample reads the ratio
         else:
-            assert _offset_ratio_estimate(x) < 0.1 * OFFSET_LIMIT             # the sample misses it
+            assert offset_ratio_estimate(x) < 0.1 * OFFSET_LIMIT             # the sample misses it
         calls.clear()
         got = gram(x, center="auto")
         assert calls == want_calls, (ratio, calls)
         want = _centred_ref(x)
         assert np.abs(got.numpy() - want).max() <= 4e-6 * np.abs(want).max(), ratio
-    assert _offset_ratio_estimate(torch.ones(4, 10)) == math.inf and _offset_ratio_estimate(torch.zeros(4, 10)) == 0.0
+    assert offset_ratio_estimate(torch.ones(4, 10)) == math.inf and offset_ratio_estimate(torch.zeros(4, 10)) == 0.0
     bad = torch.randn(8, 100)
     bad[3, 5] = float("nan")
-    assert _offset_ratio_estimate(bad) == 0.0 and torch.isnan(gram(bad, center="auto")).any()
+    assert offset_ratio_estimate(bad) == 0.0 and torch.isnan(gram(bad, center="auto")).any()
 
 
 def test_gram_auto_keeps_cka_accurate_for_offset_activations():

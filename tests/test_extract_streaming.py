@@ -142,3 +142,46 @@ def test_a_non_finite_layer_stops_the_forward_pass_naming_layer_and_example():
         with pytest.raises(NonFiniteActivation, match=r"layer 'b'.*dataset index 100"):
             net(torch.randn(3, 4))
     assert len(reducer.grams["a"]) == 1 and not reducer.grams["b"]     # checked before any reducer saw it
+
+
+def test_gram_reducer_reads_the_offset_sample_once_for_a_layer_far_below_the_limit(monkeypatch):
+    """GramReducer reads a layer's offset sample on its first minibatch, and on later ones only if that
+    first sample was not far below OFFSET_LIMIT. Every Gram stays bit-equal to gram(center="auto") of
+    its minibatch -- also for a layer whose offset grows past the limit after its first minibatch,
+    which the exact check on the uncentred Gram sends to the centred product -- and H K H (float64
+    reference)."""
+    import seelike.cka
+    from seelike.cka import OFFSET_LIMIT, gram
+    from seelike.extract import GramReducer
+    from seelike.store import layer_path
+
+    calls = []
+    real = seelike.cka.offset_ratio_estimate
+    monkeypatch.setattr(seelike.cka, "offset_ratio_estimate", lambda x: calls.append(1) or real(x))
+    g = torch.Generator().manual_seed(3)
+    n, d, mbs = 64, 3000, 4
+
+    def minibatch(ratio):
+        u = torch.randn(n, d, generator=g, dtype=torch.float64)
+        u = (u - u.mean(0)) / u.norm() * np.sqrt(n)
+        mu = torch.randn(d, generator=g, dtype=torch.float64)
+        return (u + mu / mu.norm() * np.sqrt(ratio)).float()
+
+    ratios = {"low": [0.3] * mbs, "high": [20 * OFFSET_LIMIT] * mbs, "turns": [0.3, 0.3, 3 * OFFSET_LIMIT, 0.3]}
+    xs = {l: [minibatch(r) for r in rs] for l, rs in ratios.items()}
+    reducer = GramReducer(list(ratios), minibatches=mbs)
+    counts = {}
+    for l in ratios:
+        calls.clear()
+        for x in xs[l]:
+            reducer.consume(l, x)
+        counts[l] = len(calls)
+    assert counts == {"low": 1, "high": mbs, "turns": 1}
+    got = reducer.result()
+    for l in ratios:
+        stack = got[layer_path(l, "gram")]
+        for i, x in enumerate(xs[l]):
+            assert np.array_equal(stack[i], gram(x, center="auto").numpy()), (l, i)
+            xd = x.double() - x.double().mean(0)
+            want = (xd @ xd.T).numpy()
+            assert np.abs(stack[i] - want).max() <= 4e-6 * np.abs(want).max(), (l, i)

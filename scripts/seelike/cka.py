@@ -175,7 +175,7 @@ OFFSET_LIMIT = 4.0
 
 
 def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = False,
-         precision: str = "fp32") -> torch.Tensor:
+         precision: str = "fp32", offset_estimate: float | None = None) -> torch.Tensor:
     """(n, n) float64 Gram ``X X^T`` of the flattened per-example features of ``x``.
 
     x: (n, ...) tensor of any floating dtype (float16 / bfloat16 included) on any device.
@@ -196,8 +196,11 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     Gram is recomputed from centred features. A sample of the features is read first: where its
     ratio exceeds the limit (the block outputs of a random-weight ResNet-50 on
     benchmarks/bench_taps.py's images sit at 6-7), the features are centred before the only
-    product. CKA with either estimator is the same for ``K`` and
-    ``H K H`` in exact arithmetic. Returns a tensor on the device of ``x``.
+    product. ``offset_estimate``: that sample's ratio when the caller has it already
+    (:func:`offset_ratio_estimate`), or a stand-in for it -- 0 goes straight to the uncentred product
+    and its exact check, which is what a layer far below the limit gets anyway (GramReducer, for the
+    minibatches after a layer's first); None reads the sample here. CKA with either estimator is the
+    same for ``K`` and ``H K H`` in exact arithmetic. Returns a tensor on the device of ``x``.
 
     float64 input is handled in float64 up to the cast: each chunk is centred there (``center`` True
     or "auto": float64 features are always centred before the cast, so an offset costs nothing and
@@ -213,7 +216,7 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
         center = True       # rounding to TF32 would lose an offset-dominated feature's spread
     if center == "auto" and isinstance(x, torch.Tensor) and x.dtype == torch.float64:
         center = True       # centring float64 chunks before the cast is as cheap as not centring them
-    if center == "auto" and _offset_ratio_estimate(x) > OFFSET_LIMIT:
+    if center == "auto" and (offset_ratio_estimate(x) if offset_estimate is None else offset_estimate) > OFFSET_LIMIT:
         center = True       # offset-dominated: centre before the only product, not after a first one
     if center == "auto":
         k = _gram(x, chunk_features, False, precision)
@@ -231,12 +234,12 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     return _centre_(k, k.sum(dim=1))
 
 
-#: Columns :func:`_offset_ratio_estimate` reads: this many runs of _ESTIMATE_RUN contiguous features,
+#: Columns :func:`offset_ratio_estimate` reads: this many runs of _ESTIMATE_RUN contiguous features,
 #: spread evenly over the features.
 _ESTIMATE_RUNS, _ESTIMATE_RUN = 8, 64
 
 
-def _offset_ratio_estimate(x) -> float:
+def offset_ratio_estimate(x) -> float:
     """``n ||mean||^2 / sum_i ||x_i - mean||^2`` of a sample of the features of ``x`` (n, ...), in
     float64: runs of contiguous features spread over all of them, so that a layer whose offset
     dominates is centred before its only product. A sample that misjudges costs time, never

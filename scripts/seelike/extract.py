@@ -28,17 +28,32 @@ class NonFiniteActivation(FloatingPointError):
 
 class GramReducer(Reducer):
     """Each layer's Gram of every minibatch (float64, b x b), stacked: ``minibatches`` is how many the
-    shard has, reserved up front (:class:`seelike.allocator.OffHeapRows`)."""
+    shard has, reserved up front (:class:`seelike.allocator.OffHeapRows`).
+
+    ``gram(center="auto")`` reads a sample of a layer's features before its product, to centre an
+    offset-dominated layer first (:func:`seelike.cka.offset_ratio_estimate`). The reducer reads it on a
+    layer's first minibatch only when the layer is far below the limit there (a sampled ratio under
+    half of :data:`seelike.cka.OFFSET_LIMIT`): the later minibatches of such a layer go straight to
+    the uncentred product, whose exact check still centres the features and multiplies again should
+    one of them be offset-dominated after all. The sample costs 0.2-0.3 ms a layer on 2 cores
+    whatever its size, 1.3% of a ResNet-18 forward at 32 px (8 layers)."""
     name = "gram"
 
     def __init__(self, layers, precision: str = "fp32", minibatches: int = 1):
         self.layers, self.precision = layers, precision
         self.grams = {l: OffHeapRows(minibatches) for l in layers}
+        self.low_offset: dict[str, bool] = {}     # layer -> its first minibatch's sample far below the limit
 
     def consume(self, layer, a):
-        from .cka import gram
+        from .cka import OFFSET_LIMIT, gram, offset_ratio_estimate
 
-        self.grams[layer].append(gram(a, center="auto", precision=self.precision).cpu().numpy()[None])
+        if self.low_offset.get(layer):
+            est = 0.0
+        else:
+            est = offset_ratio_estimate(a)
+            self.low_offset.setdefault(layer, est < OFFSET_LIMIT / 2)
+        self.grams[layer].append(gram(a, center="auto", precision=self.precision, offset_estimate=est)
+                                 .cpu().numpy()[None])
 
     def result(self):
         from .store import layer_path
