@@ -113,12 +113,13 @@ def write_segments(path: PathLike, segments, size: int) -> None:
 
     A file of 1 MiB or more goes to the disk with O_DIRECT, in 4 MiB chunks copied into an aligned
     buffer (one per writer thread, two), not through the page cache: a shard is written once and read
-    by another job, often on another node, so caching it only takes memory (on a SLURM node, memory that counts against the
-    job). On the 2-core VM of benchmarks/README.md a new 49 MB file took 200-260 ms through the page
-    cache plus 22 ms of fsync, and 28-38 ms with O_DIRECT, fsync included: there every page cache page
-    not used since the guest last gave it back to the host faults through the hypervisor. Where the
-    filesystem refuses O_DIRECT or its alignment (EINVAL), and for smaller files, the file is written
-    with plain ``pwrite`` calls from the segments' own memory. Either way the bytes are the same."""
+    by another job, often on another node, so caching it only takes memory (on a SLURM node, memory
+    that counts against the job). On the 2-core VM of benchmarks/README.md a new 49 MB file took
+    200-260 ms through the page cache plus 22 ms of fsync, and 25-28 ms with O_DIRECT, fsync included:
+    there every page-cache page not used since the guest last gave it back to the host faults through
+    the hypervisor. Where the filesystem refuses O_DIRECT or its alignment (EINVAL), and for smaller
+    files, the file is written with plain ``pwrite`` calls from the segments' own memory. Either way
+    the bytes are the same."""
     segs = [(int(o), memoryview(d).cast("B")) for o, d in segments]
     size = int(size)
     direct = getattr(os, "O_DIRECT", 0)

@@ -102,8 +102,8 @@ def write_shard(path: str | os.PathLike, *, kind: str = "activations", model: st
     # HDF5 writes into memory only (a full disk then raises an ordinary OSError below, whereas HDF5
     # failing inside its own flush leaves state that crashes later), and what it writes is the file's
     # structure: each large uncompressed array gets its space allocated in the file, never filled, and
-    # is written into it from its own memory (seelike.fileio.write_segments: with O_DIRECT, through one
-    # 4 MiB buffer), so the shard is never held twice in memory (a shard of a large model holds GBs:
+    # is written into it from its own memory (seelike.fileio.write_segments: with O_DIRECT, through two
+    # 4 MiB buffers), so the shard is never held twice in memory (a shard of a large model holds GBs:
     # full tokens, pooled features), nor once more in the page cache.
     image = _StructureImage()
     direct: list[tuple[int, np.ndarray]] = []
