@@ -38,9 +38,9 @@ threads, default 2; on a busy machine use 1, see bench_pipeline.py):
                 the forward's own work waits). Fixed per-shard costs are timed apart: the startup
                 (`seelike.extract.checkpoint_verified` around the model build, as extract_shard
                 starts: the checkpoint hashed in a thread while the single-threaded build runs,
-                joined when the build ends -- extraction joins after its last minibatch, so there the
-                rest of the hash competes with the forward for the cores, which this leaves out
-                but the extract_shard column includes) and write_shard of an 8-minibatch shard's
+                joined when the build ends, so that what the hash takes beyond the build counts in
+                full, where extraction, which joins after its last minibatch, runs it beside the data
+                loading and the forward) and write_shard of an 8-minibatch shard's
                 arrays (this shard's Grams, pooled features and logits repeated to 8 minibatches);
                 "at k=8" adds them to 8 minibatches, the paper config's shard.
 * GOAL          "at k=8" without data loading. The goal names taps, Grams and HDF5 writes; the
@@ -222,7 +222,8 @@ def breakdown(card_path, plan, x, full_tokens, shard_file, reps):
 
     def startup():
         # as extract_shard starts: the checkpoint hashed in a thread while the model is built, joined
-        # here (extraction joins after its last minibatch, so the hash may overlap more there)
+        # here (extraction joins after its last minibatch: there the rest of the hash runs beside the
+        # data loading and the forward instead of being waited for)
         with checkpoint_verified(card, card_path):
             return build_model(card, Path(card_path).parent, device="cpu", verify=False)
 
