@@ -280,12 +280,16 @@ def test_write_segments_gives_the_same_bytes_with_and_without_direct_io(tmp_path
     real = fileio._write_direct
     monkeypatch.setattr(fileio, "_write_direct", lambda fd, segs, size: (used.append(size), real(fd, segs, size)))
     sizes = [fileio._DIRECT_MIN - 1, fileio._DIRECT_MIN, chunk, chunk + 1, 2 * chunk + 4095, 3 * chunk + 12345]
-    for size in sizes:
-        segs, ref = case(size)
-        p = tmp_path / f"{size}.bin"
-        p.touch()
-        fileio.write_segments(p, segs, size)
-        assert p.read_bytes() == ref, size
+
+    def write_every_size(prefix):
+        for size in sizes:
+            segs, ref = case(size)
+            p = tmp_path / f"{prefix}{size}.bin"
+            p.touch()
+            fileio.write_segments(p, segs, size)
+            assert p.read_bytes() == ref, size
+
+    write_every_size("direct")
     if direct_ok and getattr(os, "O_DIRECT", 0):
         assert used == sizes[1:]           # every file of 1 MiB or more went through O_DIRECT
 
@@ -299,10 +303,5 @@ def test_write_segments_gives_the_same_bytes_with_and_without_direct_io(tmp_path
 
     monkeypatch.setattr(os, "open", no_direct)
     used.clear()
-    for size in sizes:
-        segs, ref = case(size)
-        p = tmp_path / f"fallback{size}.bin"
-        p.touch()
-        fileio.write_segments(p, segs, size)
-        assert p.read_bytes() == ref, size
+    write_every_size("fallback")
     assert used == []
