@@ -90,3 +90,31 @@ def test_off_heap_rows_append_into_one_map_and_grow_past_the_reservation():
         rows.append(np.zeros((1, 4), np.float32))
     with pytest.raises(ValueError, match="dtype"):
         rows.append(np.zeros((1, 3), np.float64))
+
+
+def test_off_heap_rows_fill_writes_rows_in_place_and_counts_them_once_written():
+    """``fill`` hands the writer the next rows' space in the map (reserved, or grown past the reservation
+    with the earlier rows kept) and counts them only when it returns: a writer that raises leaves the
+    count as it was. Rows of another shape or dtype are refused, as by append."""
+    import numpy as np
+
+    from seelike.allocator import OffHeapRows
+
+    rng = np.random.default_rng(2)
+    for reserved in (1, 2, 5):
+        rows = OffHeapRows(reserved)
+        want = rng.standard_normal((4, 3, 3))
+        rows.append(want[:1])
+        for i in range(1, 4):
+            rows.fill((1, 3, 3), np.float64, lambda r, i=i: r.__setitem__(Ellipsis, want[i:i + 1]))
+        assert len(rows) == 4 and np.array_equal(rows.array(), want)
+        with pytest.raises(RuntimeError, match="writer failed"):
+            rows.fill((1, 3, 3), np.float64, lambda r: (_ for _ in ()).throw(RuntimeError("writer failed")))
+        assert len(rows) == 4 and np.array_equal(rows.array(), want)
+        with pytest.raises(ValueError, match="shape"):
+            rows.fill((1, 3, 4), np.float64, lambda r: None)
+        with pytest.raises(ValueError, match="dtype"):
+            rows.fill((1, 3, 3), np.float32, lambda r: None)
+    first = OffHeapRows(3)
+    first.fill((2, 2), np.int64, lambda r: r.__setitem__(Ellipsis, [[1, 2], [3, 4]]))
+    assert first.array().tolist() == [[1, 2], [3, 4]]

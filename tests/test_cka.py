@@ -411,7 +411,8 @@ def test_gram_auto_decides_from_a_sample_before_the_product(monkeypatch):
 
     calls = []
     real = seelike.cka._gram
-    monkeypatch.setattr(seelike.cka, "_gram", lambda x, c, center, p="fp32": calls.append(center) or real(x, c, center, p))
+    monkeypatch.setattr(seelike.cka, "_gram", lambda x, c, center, p="fp32", dest=None: calls.append(center)
+                        or real(x, c, center, p, dest))
     g = torch.Generator().manual_seed(8)
     n, d = 256, 20000                               # d > the sample: runs spread over the features
     u = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -893,6 +894,34 @@ def test_gram_of_float32_and_lower_is_bitwise_unchanged(n, d, chunk, dtype, monk
     tokens = torch.randn(n, 32, 4, 4, generator=g).to(dtype).flatten(2).transpose(1, 2)
     for center in (False, True, "auto"):
         assert torch.equal(gram(tokens, center=center), _legacy_gram(tokens, center=center)), center
+
+
+@pytest.mark.parametrize("n,d,chunk", [(40, 3000, 1 << 16), (300, 2048, 1 << 16), (300, 2048, 600),
+                                       (600, 1024, 1 << 16), (600, 1024, 500)])
+def test_gram_into_out_is_the_same_gram(n, d, chunk, monkeypatch):
+    """``gram(..., out=)`` writes into ``out`` (a row of the shard's results, for GramReducer) and returns
+    it, with the same bits as without it and as the frozen earlier ``gram``: plain products, panels with
+    the mirror in float32 (one chunk; n = 600 mirrors block by block in place) or of the float64 sum
+    (several chunks), every ``center``, small and dominating offsets, float32, float16 and float64 input.
+    A wrong ``out`` is refused before any product."""
+    import seelike.cka
+
+    monkeypatch.setattr(seelike.cka, "cpu_products", lambda: "blas")
+    g = torch.Generator().manual_seed(n + d)
+    z = torch.randn(n, d, generator=g)
+    for x in (torch.relu(z), z + 300.0 * torch.randn(d, generator=g)):
+        for dtype in (torch.float32, torch.float16, torch.float64):
+            xd = x.to(dtype)
+            for center in (False, True, "auto"):
+                want = gram(xd, chunk_features=chunk, center=center)
+                out = torch.full((n, n), float("nan"), dtype=torch.float64)
+                got = gram(xd, chunk_features=chunk, center=center, out=out)
+                assert got.data_ptr() == out.data_ptr() and torch.equal(got, want), (dtype, center)
+                if dtype != torch.float64:
+                    assert torch.equal(got, _legacy_gram(xd, chunk_features=chunk, center=center)), (dtype, center)
+    for bad in (torch.empty(n, n), torch.empty(n, n + 1, dtype=torch.float64), torch.empty(n - 1, n - 1, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="out must be a float64"):
+            gram(z, out=bad)
 
 
 def _ref_centred_gram64(x: np.ndarray) -> np.ndarray:

@@ -101,18 +101,32 @@ class OffHeapRows:
         block = np.asarray(block)
         if block.ndim < 1:
             raise ValueError("OffHeapRows.append: expected an array of rows, got a scalar")
+        self._room(len(block), block.shape[1:], block.dtype)[...] = block
+        self.rows += len(block)
+
+    def fill(self, shape, dtype, write) -> None:
+        """Append ``shape[0]`` rows of ``shape[1:]`` and ``dtype`` written in place: ``write(rows)`` gets
+        their space in the map (uninitialised) and fills it, and they count as appended once it
+        returns. For a result computed straight into its rows (GramReducer's Grams), not copied in."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 1:
+            raise ValueError("OffHeapRows.fill: expected the shape of a block of rows, got ()")
+        write(self._room(shape[0], shape[1:], np.dtype(dtype)))
+        self.rows += shape[0]
+
+    def _room(self, k: int, trailing: tuple, dtype: np.dtype) -> np.ndarray:
+        """The space of the next ``k`` rows (uninitialised), the map reserved or grown to hold them."""
         if self._buf is None:
-            self._buf = off_heap_empty((max(self.reserved, len(block)),) + block.shape[1:], block.dtype)
-        elif block.shape[1:] != self._buf.shape[1:] or block.dtype != self._buf.dtype:
-            raise ValueError(f"OffHeapRows.append: rows of shape {block.shape[1:]} and dtype {block.dtype} "
+            self._buf = off_heap_empty((max(self.reserved, k),) + tuple(trailing), dtype)
+        elif tuple(trailing) != self._buf.shape[1:] or dtype != self._buf.dtype:
+            raise ValueError(f"OffHeapRows: rows of shape {tuple(trailing)} and dtype {dtype} "
                              f"after rows of shape {self._buf.shape[1:]} and dtype {self._buf.dtype}")
-        end = self.rows + len(block)
+        end = self.rows + k
         if end > len(self._buf):
             grown = off_heap_empty((max(2 * len(self._buf), end),) + self._buf.shape[1:], self._buf.dtype)
             grown[:self.rows] = self._buf[:self.rows]
             self._buf = grown
-        self._buf[self.rows:end] = block
-        self.rows = end
+        return self._buf[self.rows:end]
 
     def __len__(self) -> int:
         return self.rows

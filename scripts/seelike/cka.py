@@ -175,7 +175,8 @@ OFFSET_LIMIT = 4.0
 
 
 def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = False,
-         precision: str = "fp32", offset_estimate: float | None = None) -> torch.Tensor:
+         precision: str = "fp32", offset_estimate: float | None = None,
+         out: torch.Tensor | None = None) -> torch.Tensor:
     """(n, n) float64 Gram ``X X^T`` of the flattened per-example features of ``x``.
 
     x: (n, ...) tensor of any floating dtype (float16 / bfloat16 included) on any device.
@@ -200,7 +201,10 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
     (:func:`offset_ratio_estimate`), or a stand-in for it -- 0 goes straight to the uncentred product
     and its exact check, which is what a layer far below the limit gets anyway (GramReducer, for the
     minibatches after a layer's first); None reads the sample here. CKA with either estimator is the
-    same for ``K`` and ``H K H`` in exact arithmetic. Returns a tensor on the device of ``x``.
+    same for ``K`` and ``H K H`` in exact arithmetic. Returns a tensor on the device of ``x``: ``out``
+    when given, a float64 (n, n) tensor there that the Gram is written into (GramReducer hands it the
+    row of the shard's results that the Gram goes to, so the Gram is not copied there afterwards);
+    the values are the same either way.
 
     float64 input is handled in float64 up to the cast: each chunk is centred there (``center`` True
     or "auto": float64 features are always centred before the cast, so an offset costs nothing and
@@ -218,8 +222,12 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
         center = True       # centring float64 chunks before the cast is as cheap as not centring them
     if center == "auto" and (offset_ratio_estimate(x) if offset_estimate is None else offset_estimate) > OFFSET_LIMIT:
         center = True       # offset-dominated: centre before the only product, not after a first one
+    if out is not None and (out.dtype != torch.float64 or out.device != x.device
+                            or tuple(out.shape) != (x.shape[0], x.shape[0])):
+        raise ValueError(f"gram: out must be a float64 ({x.shape[0]}, {x.shape[0]}) tensor on {x.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
     if center == "auto":
-        k = _gram(x, chunk_features, False, precision)
+        k = _gram(x, chunk_features, False, precision, out)
         rows = k.sum(dim=1)
         # sum(K) = ||sum_i x_i||^2 = n^2 ||mean||^2 and trace(K) = sum_i ||x_i||^2; compared without
         # their difference, which cancels exactly when the offset dominates
@@ -227,10 +235,10 @@ def gram(x: torch.Tensor, chunk_features: int = 1 << 16, center: bool | str = Fa
         if offset * (1.0 + OFFSET_LIMIT) <= OFFSET_LIMIT * float(k.diagonal().sum()):
             return _centre_(k, rows)
     elif not center:
-        return _gram(x, chunk_features, False, precision)
+        return _gram(x, chunk_features, False, precision, out)
     # the float32 mean leaves a residual offset (terms a_i + a_j in the Gram): centring in float64
     # removes it, so that True and "auto" both return H K H
-    k = _gram(x, chunk_features, True, precision)
+    k = _gram(x, chunk_features, True, precision, out)
     return _centre_(k, k.sum(dim=1))
 
 
@@ -277,7 +285,9 @@ def _centre_(k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return k.sub_(a[:, None] + a[None, :])
 
 
-def _gram(x: torch.Tensor, chunk_features: int, center: bool, precision: str = "fp32") -> torch.Tensor:
+def _gram(x: torch.Tensor, chunk_features: int, center: bool, precision: str = "fp32",
+          dest: torch.Tensor | None = None) -> torch.Tensor:
+    """The Gram (float64, into ``dest`` when given) of ``x``'s features, centred first if ``center``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"gram: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1 or x.shape[0] < 1:
@@ -307,9 +317,11 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool, precision: str = "
         chunk = min(chunk, max(512, (1 << 24) // n))
         stage = torch.empty(n * min(chunk, d), dtype=torch.float32, device=x.device)
     b = gram_panels(n, min(d, chunk), x.device)
+    single = d <= chunk
     # With panels a float32 buffer receives the lower block triangle of each chunk's Gram and is
     # added to the float64 sum as a whole; the sum's upper triangle (never written: whatever the
-    # buffer held) is overwritten by the mirror of the lower one at the end.
+    # buffer held) is overwritten by the mirror of the lower one at the end -- or, when the features
+    # are one chunk, the buffer's before it is cast.
     buf = torch.empty(n, n, dtype=torch.float32, device=x.device) if b else None
     out = None
     with torch.no_grad(), gram_matmul(precision, x.device):
@@ -337,18 +349,22 @@ def _gram(x: torch.Tensor, chunk_features: int, center: bool, precision: str = "
                 for p in range(0, n, b):
                     q = min(n, p + b)
                     _product(c[p:q], c[:q], out=buf[p:q, :q])
-                part = buf
+                # one chunk: its lower triangle mirrored here, in float32 (half the bytes of mirroring
+                # the float64 sum; the same values, which the cast keeps exactly)
+                part = _symmetric_from_lower(buf, b) if single else buf
             else:
                 part = _product(c, c)
             if shift:
                 # the chunk was multiplied by 2**shift: its Gram by 4**shift, undone exactly in float64
                 part = _ldexp_(part.to(torch.float64), -2 * shift)
             if out is None:
-                out = part.to(torch.float64)
+                out = part.to(torch.float64) if dest is None else dest.copy_(part)
             else:
                 out += part
-        if b:
+        if b and not single:
             out = _symmetric_from_lower(out, b)
+            if dest is not None and out is not dest:
+                out = dest.copy_(out)
     if wide and finite and not bool(torch.isfinite(out).all()):
         raise ValueError(f"gram: the Gram of these float64 features exceeds float64's range "
                          f"(largest |value| {float(flat.abs().amax()):.3g}); rescale them")

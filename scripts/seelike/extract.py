@@ -45,6 +45,8 @@ class GramReducer(Reducer):
         self.low_offset: dict[str, bool] = {}     # layer -> its first minibatch's sample far below the limit
 
     def consume(self, layer, a):
+        import torch
+
         from .cka import OFFSET_LIMIT, gram, offset_ratio_estimate
 
         if self.low_offset.get(layer):
@@ -52,8 +54,13 @@ class GramReducer(Reducer):
         else:
             est = offset_ratio_estimate(a)
             self.low_offset.setdefault(layer, est < OFFSET_LIMIT / 2)
-        self.grams[layer].append(gram(a, center="auto", precision=self.precision, offset_estimate=est)
-                                 .cpu().numpy()[None])
+        if a.device.type == "cpu":      # straight into its row of the shard's results
+            n = a.shape[0]
+            self.grams[layer].fill((1, n, n), np.float64, lambda row: gram(
+                a, center="auto", precision=self.precision, offset_estimate=est, out=torch.from_numpy(row[0])))
+        else:
+            self.grams[layer].append(gram(a, center="auto", precision=self.precision, offset_estimate=est)
+                                     .cpu().numpy()[None])
 
     def result(self):
         from .store import layer_path
