@@ -79,8 +79,17 @@ class PooledReducer(Reducer):
         self.mean = {l: OffHeapRows(examples) for l in layers}
 
     def consume(self, layer, a):
+        import torch
+
         a = a.float()
-        if self.p:   # copied in: on the CPU a[:, 0].numpy() is a view that would keep the whole layer alive
+        if a.device.type == "cpu":   # straight into their rows of the shard's results
+            n, d = a.shape[0], a.shape[-1]
+            if self.p:
+                self.cls[layer].fill((n, d), np.float32, lambda rows: torch.from_numpy(rows).copy_(a[:, 0]))
+            self.mean[layer].fill((n, d), np.float32,
+                                  lambda rows: torch.mean(a[:, self.p:], dim=1, out=torch.from_numpy(rows)))
+            return
+        if self.p:   # on the host, then copied into the rows
             self.cls[layer].append(a[:, 0].cpu().numpy())
         self.mean[layer].append(a[:, self.p:].mean(1).cpu().numpy())
 
