@@ -25,7 +25,10 @@ threads, default 2; on a busy machine use 1, see bench_pipeline.py):
                 first `full_tokens` examples, logits, the HDF5 write (uncompressed)
                 with fsync and provenance. Overhead = extract_shard / bare - 1.
 * breakdown     extract_shard's loop on one minibatch, re-run with the package's own pieces and
-                timed `--breakdown-reps` (5) times each, min kept (robust to other processes); the
+                timed `--breakdown-reps` times each (default: as many as fit BREAKDOWN_SECONDS of
+                forward passes, 5 to 15: 15 for resnet18_32, 5 for the ViT-B and Mixer-B configs),
+                min kept (robust to other processes; resnet18_32's GOAL - Gram flops, 8 runs each on
+                2026-12-05: 7.1-13.5 points with 5 repeats, 6.2-9.9 with 15); the
                 bare forward, the forward with taps and the streamed forward alternate.
                 "streamed": the forward as extraction runs it (LayerTaps handing each layer to a
                 LayerStream that NaN-checks it and feeds GramReducer and PooledReducer inside its
@@ -133,6 +136,9 @@ QUICK = {
     "resnet_demo_32": ("resnet18", {"num_classes": 10, "channels": [32, 64, 128, 256]}, 32, 2, 1),
     "mixer_demo_32": ("seelike_mixer", {"img_size": 32, "num_classes": 10}, 32, 2, 1),   # patch 4, 6 blocks, d 96
 }
+#: the breakdown's default repeats: as many as fit this many seconds of its forward passes (3 a repeat:
+#: bare, with taps, streamed), at least BREAKDOWN_REPS[0] and at most BREAKDOWN_REPS[1]
+BREAKDOWN_SECONDS, BREAKDOWN_REPS = 12.0, (5, 15)
 #: CPU goal: GOAL - Gram flops at most this many percentage points, for every family
 CPU_GOAL_POINTS = 10.0
 #: GPU goal (gpu_check.py), printed here for reference: GOAL at most this many percent
@@ -329,7 +335,15 @@ def _rows_at(a: np.ndarray, k: int, minibatches: int) -> np.ndarray:
     return np.concatenate([a] * -(-minibatches // k))[:rows]
 
 
-def bench_config(name, arch, kwargs, size, k, repeats, b, full_tokens, tmp: Path, breakdown_reps: int):
+def breakdown_repeats(bare_s_per_minibatch: float) -> int:
+    """The breakdown's default repeat count for a config whose bare forward of one minibatch takes
+    ``bare_s_per_minibatch``: the min over repeats estimates each step's floor, which needs more
+    samples where a step is short next to the interruptions of a shared VM."""
+    lo, hi = BREAKDOWN_REPS
+    return max(lo, min(hi, int(BREAKDOWN_SECONDS / (3 * max(bare_s_per_minibatch, 1e-3)))))
+
+
+def bench_config(name, arch, kwargs, size, k, repeats, b, full_tokens, tmp: Path, breakdown_reps: int | None):
     from seelike.data import dataset_fingerprint, dataset_size
     from seelike.extract import extract_shard
     from seelike.models import ModelCard, build_model
@@ -369,6 +383,8 @@ def bench_config(name, arch, kwargs, size, k, repeats, b, full_tokens, tmp: Path
     shard_file = Path(spec["out"].format(shard=0))
     rec["shard_bytes"] = shard_file.stat().st_size
     print(f"# {name}: breakdown", file=sys.stderr, flush=True)
+    if breakdown_reps is None:
+        breakdown_reps = breakdown_repeats(statistics.median(rec["bare_s"]) / k)
     rec["breakdown"] = bd = breakdown(card_path, plan, batches[0], full_tokens, shard_file, breakdown_reps)
     bare, ext = statistics.median(rec["bare_s"]), statistics.median(rec["extract_shard_s"])
     m = bd["per_minibatch_min_s"]
@@ -431,7 +447,9 @@ def main(argv=None):
     ap.add_argument("--configs", default=None, help=f"comma-separated subset of {', '.join(FULL)} (also {', '.join(PAPER_SIZE)}, "
                     f"{', '.join(QUICK)})")
     ap.add_argument("--repeats", type=int, default=None, help="override every config's repeat count")
-    ap.add_argument("--breakdown-reps", type=int, default=5, help="repeats of each step in the breakdown (min kept)")
+    ap.add_argument("--breakdown-reps", type=int, default=None,
+                    help=f"repeats of each step in the breakdown (min kept); default: as many as fit "
+                         f"{BREAKDOWN_SECONDS:g} s of its forward passes, {BREAKDOWN_REPS[0]} to {BREAKDOWN_REPS[1]}")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's malloc thresholds as they are (extraction jobs raise them; see seelike.allocator)")
     ap.add_argument("--out", type=Path, default=OUT / "bench_extract.json")
@@ -510,17 +528,17 @@ def print_table(records, meta: dict):
     print("CPU goal by family: " + ", ".join(
         f"{fam} {'met' if all(r['cpu_goal_met'] for r in records if r['family'] == fam) else 'NOT met'}"
         f" (max {max(r['goal_minus_gram_flops_pts'] for r in records if r['family'] == fam):.1f} pts)" for fam in fams))
-    print("\nper-minibatch steps, seconds (min over repeats), and fixed costs per shard:")
+    print("\nper-minibatch steps, seconds (min over the breakdown's repeats), and fixed costs per shard:")
     keys = ["bare", "forward_with_taps", "streamed", "check_finite", "gram", "pooled", "tokens", "logits",
             "gram_products"]
     short = {"forward_with_taps": "fwd+taps", "check_finite": "NaN check", "tokens": "tokens*",
              "gram_products": "(products)"}
-    print(f"{'config':<14} " + " ".join(f"{short.get(k, k)[:13]:>13}" for k in keys)
+    print(f"{'config':<14} {'reps':>4} " + " ".join(f"{short.get(k, k)[:13]:>13}" for k in keys)
           + f" {'data/mb':>8} {'build':>6} {'sha256':>6} {'startup':>7} {'hdf5 write':>10} {'w/o tokens':>10}"
           f" {'at k=8':>7}")
     for r in records:
         m, bd = r["breakdown"]["per_minibatch_min_s"], r["breakdown"]
-        print(f"{r['config']:<14} " + " ".join(f"{m[k]:>13.3f}" for k in keys)
+        print(f"{r['config']:<14} {bd['reps']:>4} " + " ".join(f"{m[k]:>13.3f}" for k in keys)
               + f" {r['data_loading_s'] / r['k']:>8.3f} {bd['build_model_s']:>6.3f} {bd['verify_checkpoint_s']:>6.3f}"
                 f" {bd['startup_s']:>7.3f} {bd['hdf5_write_s']:>10.3f} {bd['hdf5_write_without_tokens_s']:>10.3f}"
                 f" {bd['hdf5_write_at_8_s']:>7.3f}")
