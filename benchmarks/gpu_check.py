@@ -21,7 +21,8 @@ extract   ViT-B/16, BiT-R50x1 (timm resnetv2_50x1_bit) and Mixer-B/16 at 224 px,
           are, so no JPEG decoding is timed here (see `loading`). Shard 0 also stores the full tokens of the
           plan's first `extraction.full_tokens` (64) examples; shard 1, timed against k bare forwards, is
           the steady state. overhead = shard 1 / (k x bare) - 1, with and without the model build (timed
-          apart). GPU goal: at most 25%. "tf32 Grams": shard 1 again with `extraction.gram_precision:
+          apart); "write", part of it: shard 1's HDF5 write, what extract_shard spent after the
+          "seconds" its provenance records. GPU goal: at most 25%. "tf32 Grams": shard 1 again with `extraction.gram_precision:
           tf32` (TF32 Grams of centred features), held to the same goal. "loader": the time extraction's own data loader
           (`seelike.runtime.loader_options`, num_workers auto) takes to hand the shard's minibatches to the
           device with nothing else running, as % of the k bare forwards (above 100%: loading binds).
@@ -319,6 +320,9 @@ def run_extract(setup: Setup, budget: Budget, out: dict, mem: dict) -> dict:
                     if cuda:
                         row[f"shard{shard}_peak_bytes"] = torch.cuda.max_memory_allocated(device)
                     row[f"shard{shard}_file_bytes"] = Path(spec["out"].format(shard=shard)).stat().st_size
+                # what extract_shard spent after its provenance's "seconds" (taken once the loop, the
+                # checkpoint's hash and the provenance are done): the shard's HDF5 write, fsync included
+                row["shard1_write_s"] = row["shard1_s"] - shard_seconds(Path(spec["out"].format(shard=1)))
                 tf32 = setup.job_spec(name, precision, gram_precision="tf32")
                 budget.check(f"{name} {precision} shard 1, TF32 Grams")
                 say(f"extract: {name} {precision}: extract_shard 1 with extraction.gram_precision tf32")
@@ -337,6 +341,7 @@ def run_extract(setup: Setup, budget: Budget, out: dict, mem: dict) -> dict:
                     row["taps"] = sorted(vision["taps"])
                 kb = setup.k * row["bare_s"]
                 row["overhead_pct"] = 100.0 * (row["shard1_s"] / kb - 1.0)
+                row["write_pct_of_bare"] = 100.0 * row["shard1_write_s"] / kb
                 row["overhead_excl_build_pct"] = 100.0 * ((row["shard1_s"] - row["build_s"]) / kb - 1.0)
                 row["overhead_tf32_excl_build_pct"] = 100.0 * ((row["shard1_tf32_s"] - row["build_s"]) / kb - 1.0)
                 row["goal_met"] = None if setup.args.smoke else row["overhead_excl_build_pct"] <= GOAL_PCT
@@ -654,12 +659,21 @@ def fmt(v, spec: str) -> str:
     return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
+def shard_seconds(path: Path) -> float:
+    """The "seconds" extract_shard records in a shard's provenance: its time up to the HDF5 write."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return float(json.loads(f.attrs["provenance"])["seconds"])
+
+
 def print_report(results: dict) -> None:
     ex = results.get("extract")
     if ex:
         print(f"\nextract (status {ex['status']}): extract_shard of a k-minibatch shard against k bare forwards")
         print(f"{'model':<10} {'prec':<5} {'b':>4} {'bare img/s':>10} {'shard0 s':>9} {'shard1 s':>9} {'build s':>8} "
-              f"{'overhead':>9} {'excl build':>10} {'tf32 Grams':>10} {'loader':>8} {'vision':>8}  goal <=25% (fp32; tf32)")
+              f"{'overhead':>9} {'excl build':>10} {'tf32 Grams':>10} {'write':>7} {'loader':>8} {'vision':>8}"
+              f"  goal <=25% (fp32; tf32)")
         for r in ex.get("rows", []):
             state = r.get("error") or r.get("skipped")
             if state:
@@ -670,11 +684,13 @@ def print_report(results: dict) -> None:
             print(f"{r['model']:<10} {r['precision']:<5} {r['b']:>4} {r['bare_img_s']:>10.1f} {r['shard0_s']:>9.2f} "
                   f"{r['shard1_s']:>9.2f} {r['build_s']:>8.2f} {r['overhead_pct']:>8.1f}% "
                   f"{r['overhead_excl_build_pct']:>9.1f}% {r['overhead_tf32_excl_build_pct']:>9.1f}% "
-                  f"{r['loading_pct_of_bare']:>7.1f}% "
+                  f"{r['write_pct_of_bare']:>6.1f}% {r['loading_pct_of_bare']:>7.1f}% "
                   f"{fmt(r.get('vision_over_bare_pct'), '.1f'):>7}%  {goal}")
         print(f"loader: extraction's own data loader ({ex.get('loader')}) handing one shard's minibatches to the "
               f"device alone, {fmt(ex.get('loading_s'), '.2f')} s, as % of the k bare forwards")
         print("tf32 Grams: shard 1 again with extraction.gram_precision tf32, excluding the build")
+        print("write: shard 1's HDF5 write (after the provenance's 'seconds'), part of 'overhead', as % of the "
+              "k bare forwards")
         print("vision: shard 1 of the model's vision pass (every paper tap, receptive fields in shard 0 only) "
               "over k bare forwards - 1")
     mem = results.get("memory")

@@ -34,6 +34,7 @@ def test_gpu_check_smoke_runs_every_section_and_writes_its_json(tmp_path):
     for r in rows:
         assert "error" not in r and "skipped" not in r, r
         assert r["bare_s"] > 0 and r["shard0_s"] > 0 and r["shard1_s"] > 0 and r["shard1_file_bytes"] > 0, r
+        assert 0 < r["shard1_write_s"] < r["shard1_s"] and r["write_pct_of_bare"] > 0, r
         assert r["formula_bytes"] > r["params_bytes"] > 0, r
         # the workflow's own taps were attached: the paper config's analyses for the model's family
         assert {"localization", "norm_ratio"} <= set(r["taps"]), r["taps"]
