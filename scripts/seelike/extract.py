@@ -54,13 +54,12 @@ class GramReducer(Reducer):
         else:
             est = offset_ratio_estimate(a)
             self.low_offset.setdefault(layer, est < OFFSET_LIMIT / 2)
+        kw = dict(center="auto", precision=self.precision, offset_estimate=est)
         if a.device.type == "cpu":      # straight into its row of the shard's results
             n = a.shape[0]
-            self.grams[layer].fill((1, n, n), np.float64, lambda row: gram(
-                a, center="auto", precision=self.precision, offset_estimate=est, out=torch.from_numpy(row[0])))
+            self.grams[layer].fill((1, n, n), np.float64, lambda row: gram(a, out=torch.from_numpy(row[0]), **kw))
         else:
-            self.grams[layer].append(gram(a, center="auto", precision=self.precision, offset_estimate=est)
-                                     .cpu().numpy()[None])
+            self.grams[layer].append(gram(a, **kw).cpu().numpy()[None])
 
     def result(self):
         from .store import layer_path
