@@ -26,7 +26,7 @@ threads, default 2; on a busy machine use 1, see bench_pipeline.py):
                 with fsync and provenance. Overhead = extract_shard / bare - 1.
 * breakdown     extract_shard's loop on one minibatch, re-run with the package's own pieces and
                 timed `--breakdown-reps` times each (default: as many as fit BREAKDOWN_SECONDS of
-                forward passes, 5 to 15: 15 for resnet18_32, 5 for the ViT-B and Mixer-B configs),
+                forward passes, 5 to 15: 15 for resnet18_32, 5 for the other configs),
                 min kept (robust to other processes; resnet18_32's GOAL - Gram flops on 2026-12-05:
                 7.1-13.5 points in 5 runs with 5 repeats, 6.2-9.9 in 9 runs with 15); the
                 bare forward, the forward with taps and the streamed forward alternate.
