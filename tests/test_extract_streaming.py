@@ -113,21 +113,23 @@ def test_streamed_shard_is_bit_equal_to_the_post_forward_reduction(tmp_path, nam
         assert all(k in stored for k in ref), sorted(set(ref) - set(stored))
 
 
-def test_a_layer_that_runs_twice_in_one_forward_is_refused():
+@pytest.mark.parametrize("worker", [False, True])
+def test_a_layer_that_runs_twice_in_one_forward_is_refused(worker):
     from seelike.extract import GramReducer, LayerStream
     from seelike.models import LayerTaps
 
     block = torch.nn.Linear(4, 4)
     net = torch.nn.Sequential(block, torch.nn.ReLU(), block)        # the same module twice
-    stream = LayerStream(["l"], [GramReducer(["l"])])
-    with LayerTaps(net, [{"name": "l", "module": "0"}], consume=stream) as taps, torch.no_grad():
+    with (LayerStream(["l"], [GramReducer(["l"])], worker=worker) as stream,
+          LayerTaps(net, [{"name": "l", "module": "0"}], consume=stream) as taps, torch.no_grad()):
         stream.begin(np.arange(3))
         with pytest.raises(RuntimeError, match="ran twice"):
             net(torch.randn(3, 4))
         assert not taps.outputs                                      # nothing is held
 
 
-def test_a_non_finite_layer_stops_the_forward_pass_naming_layer_and_example():
+@pytest.mark.parametrize("worker", [False, True])
+def test_a_non_finite_layer_stops_the_forward_pass_naming_layer_and_example(worker):
     from seelike.extract import GramReducer, LayerStream, NonFiniteActivation
     from seelike.models import LayerTaps
 
@@ -135,9 +137,9 @@ def test_a_non_finite_layer_stops_the_forward_pass_naming_layer_and_example():
     with torch.no_grad():
         net[1].bias[0] = float("inf")
     reducer = GramReducer(["a", "b"])
-    stream = LayerStream(["a", "b"], [reducer])
     layers = [{"name": "a", "module": "0"}, {"name": "b", "module": "1"}]
-    with LayerTaps(net, layers, consume=stream), torch.no_grad():
+    with (LayerStream(["a", "b"], [reducer], worker=worker) as stream, LayerTaps(net, layers, consume=stream),
+          torch.no_grad()):
         stream.begin(np.arange(100, 103))
         with pytest.raises(NonFiniteActivation, match=r"layer 'b'.*dataset index 100"):
             net(torch.randn(3, 4))
@@ -185,3 +187,52 @@ def test_gram_reducer_reads_the_offset_sample_once_for_a_layer_far_below_the_lim
             xd = x.double() - x.double().mean(0)
             want = (xd @ xd.T).numpy()
             assert np.abs(stack[i] - want).max() <= 4e-6 * np.abs(want).max(), (l, i)
+
+
+def test_a_worker_reduces_in_its_own_thread_what_inline_reduction_gives():
+    """LayerStream(worker=True), extraction's CPU path: every layer is reduced in one other thread, in
+    the forward's order, with the forward's grad mode and torch threads, into the same bytes as inline;
+    closing it ends the thread."""
+    import threading
+
+    from seelike.extract import GramReducer, LayerStream, PooledReducer, Reducer
+    from seelike.models import LayerTaps
+
+    class Where(Reducer):
+        name = "where"
+
+        def __init__(self):
+            self.seen = []
+
+        def consume(self, layer, a):
+            self.seen.append((layer, threading.current_thread(), torch.is_grad_enabled(), torch.get_num_threads()))
+
+        def result(self):
+            return {}
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(300, 300), torch.nn.GELU(), torch.nn.Linear(300, 40))
+    names = ["fc1", "act", "fc2"]
+    layers = [{"name": "fc1", "module": "0"}, {"name": "act", "module": "1"}, {"name": "fc2", "module": "2"}]
+    xs = [torch.randn(64, 300) + 3.0 for _ in range(3)]
+    results, where = {}, {}
+    for worker in (False, True):
+        reducers = [GramReducer(names, minibatches=3), PooledReducer(names, 0, examples=192), Where()]
+        with (LayerStream(names, reducers, worker=worker) as stream, LayerTaps(net, layers, consume=stream),
+              torch.no_grad()):
+            for i, x in enumerate(xs):
+                stream.begin(np.arange(64 * i, 64 * (i + 1)))
+                net(x)
+                stream.end()
+        if worker:
+            assert not reducers[2].seen[0][1].is_alive()     # closed with the block
+        results[worker] = {k: v for r in reducers[:2] for k, v in r.result().items()}
+        where[worker] = reducers[2].seen
+    assert results[True].keys() == results[False].keys() and results[True]
+    for key, want in results[False].items():
+        assert results[True][key].tobytes() == want.tobytes(), key
+    me = threading.current_thread()
+    assert [l for l, *_ in where[True]] == names * 3 == [l for l, *_ in where[False]]
+    assert {t for _, t, _, _ in where[False]} == {me} and len({t for _, t, _, _ in where[True]}) == 1
+    assert me not in {t for _, t, _, _ in where[True]}
+    assert all(not grad and threads == torch.get_num_threads() for _, _, grad, threads in where[True])
