@@ -8,7 +8,8 @@
 Sections. Each runs inside try/except: an error is recorded in the JSON under its section (with the
 traceback's last lines) and the run goes on; a measurement that would start after the time budget
 (`--budget-s`, default 420 s on a GPU, 150 s with --smoke) is recorded as skipped. Progress goes to
-stderr; the table to stdout; the JSON to `--out`.
+stderr; the table to stdout; the JSON to `--out`, rewritten after every section (`meta.complete` is
+false until the run ends), so a run stopped from outside keeps the sections it finished.
 
 extract   ViT-B/16, BiT-R50x1 (timm resnetv2_50x1_bit) and Mixer-B/16 at 224 px, b = 256, random
           weights, in bf16 and fp32 (`precision`): a bare forward (`seelike.runtime.autocast`, images
@@ -143,8 +144,10 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
-def section(results: dict, name: str, budget: Budget, fn, *args):
-    """Run one section, recording its result, its error or why it was skipped; never raises."""
+def section(results: dict, name: str, budget: Budget, fn, *args, saved=None):
+    """Run one section, recording its result, its error or why it was skipped; never raises. ``saved``
+    (called after the section) writes what the run has so far, so a run stopped from outside (a job's
+    time limit, a hung GPU) still leaves every finished section on disk."""
     say(f"section {name}")
     t = time.perf_counter()
     try:
@@ -158,6 +161,8 @@ def section(results: dict, name: str, budget: Budget, fn, *args):
                          "traceback": traceback.format_exc().splitlines()[-12:]}
         say(f"section {name} failed: {type(e).__name__}: {e}")
     results[name]["seconds"] = round(time.perf_counter() - t, 2)
+    if saved is not None:
+        saved()
     return results[name]
 
 
@@ -570,7 +575,9 @@ def run_workflow(setup_args, device: torch.device, workdir: Path, budget: Budget
     run.mkdir(parents=True, exist_ok=True)
     cfgfile = run / "config.yaml"
     cfgfile.write_text(json.dumps(raw))
-    exe = str(Path(sys.executable).parent / "snakemake")
+    # snakemake as a module of this interpreter: its console script may not be on a PATH this process can
+    # derive (wheels installed with pip --target on a GPU node without internet, benchmarks/gpu_node.sh)
+    exe = [sys.executable, "-m", "snakemake"]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     # as many jobs at once as the machine has cores for at the jobs' own threads (resources.cpus)
     cores = str(max(1, min(os.cpu_count() or 1, 16) // int(raw["executor"]["resources"]["cpus"])))
@@ -579,7 +586,7 @@ def run_workflow(setup_args, device: torch.device, workdir: Path, budget: Budget
         left = budget.left()
         if left <= 5:
             raise OverBudget("time budget spent before the workflow's next Snakemake call")
-        cmd = [exe, "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(run), "--configfile",
+        cmd = [*exe, "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(run), "--configfile",
                str(cfgfile), "--cores", cores, *extra]
         t = time.perf_counter()
         # a session of its own: on timeout Snakemake and every job it started (local jobs outlive a killed
@@ -789,6 +796,13 @@ def main(argv=None) -> int:
             f"it (2 x 154 MB each at b = 256, 224 px) and die with a bus error when it is full: a container "
             f"needs --shm-size (or extraction.num_workers lower)")
     results: dict = {}
+
+    def saved(complete: bool = False) -> dict:
+        meta = dict(machine(device), smoke=args.smoke, budget_s=budget.seconds, total_wall_s=budget.elapsed(),
+                    sections=wanted, date=time.strftime("%Y-%m-%d"), complete=complete)
+        write_json_atomic(out, {"meta": meta, "results": results}, indent=1, nan_as_null=True)
+        return meta
+
     cwd = os.getcwd()
     workdir = Path(tempfile.mkdtemp(prefix="seelike-gpu-check-"))
     try:
@@ -799,11 +813,11 @@ def main(argv=None) -> int:
                 setup = Setup(args, device, workdir)
                 return {"models": {k: v[0] for k, v in setup.models.items()}, "b": setup.b, "k": setup.k,
                         "image_size": setup.size}
-            section(results, "setup", budget, make_setup)
+            section(results, "setup", budget, make_setup, saved=saved)
         mem: dict = {}
         if setup is not None:
             if "extract" in wanted or "memory" in wanted:
-                section(results, "extract", budget, run_extract, setup, budget, {}, mem)
+                section(results, "extract", budget, run_extract, setup, budget, {}, mem, saved=saved)
             if "memory" in wanted:
                 if device.type != "cuda":
                     results["memory"] = {"status": "skipped", "reason": "CUDA only: torch.cuda.max_memory_allocated "
@@ -811,22 +825,20 @@ def main(argv=None) -> int:
                 else:
                     results["memory"] = {"status": results["extract"]["status"], **mem}
             if "grams" in wanted:
-                section(results, "grams", budget, run_grams, setup, budget)
+                section(results, "grams", budget, run_grams, setup, budget, saved=saved)
             if "loading" in wanted:
-                section(results, "loading", budget, run_loading, setup, budget, results.get("extract", {}))
+                section(results, "loading", budget, run_loading, setup, budget, results.get("extract", {}), saved=saved)
         if "workflow" in wanted:
             os.chdir(cwd)
-            section(results, "workflow", budget, run_workflow, args, device, workdir, budget)
+            section(results, "workflow", budget, run_workflow, args, device, workdir, budget, saved=saved)
     finally:
         os.chdir(cwd)
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    meta = saved(complete=True)
     print_report(results)
-    meta = dict(machine(device), smoke=args.smoke, budget_s=budget.seconds, total_wall_s=budget.elapsed(),
-                sections=wanted, date=time.strftime("%Y-%m-%d"))
-    write_json_atomic(out, {"meta": meta, "results": results}, indent=1, nan_as_null=True)
     print(f"\nwrote {out} ({meta['total_wall_s']:.0f} s)")
     return 0
 

@@ -22,7 +22,7 @@ def test_gpu_check_smoke_runs_every_section_and_writes_its_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(out.read_text())
     meta, res = report["meta"], report["results"]
-    assert meta["smoke"] is True and meta["device"] == "cpu"
+    assert meta["smoke"] is True and meta["device"] == "cpu" and meta["complete"] is True
     assert {s: res[s]["status"] for s in ("setup", "extract", "grams", "loading", "workflow")} == dict.fromkeys(
         ("setup", "extract", "grams", "loading", "workflow"), "ok"), {s: res[s] for s in res if res[s]["status"] != "ok"}
     # GPU memory cannot be measured on CPU: skipped, saying why
@@ -57,3 +57,21 @@ def test_gpu_check_smoke_runs_every_section_and_writes_its_json(tmp_path):
     assert 0 < wf["state_saved_at_step"] < wf["train_steps"] and wf["resumed_from_saved_state"] is True
     assert wf["weights_identical"] is True, wf["weights_max_abs_diff_vs_uninterrupted"]
     assert "extract" in proc.stdout and "workflow (status ok)" in proc.stdout   # the printed table
+
+
+def test_gpu_node_carries_the_locks_pins_of_what_a_gpu_image_lacks():
+    """benchmarks/gpu_node.sh takes each carried package's version from envs/requirements.txt: every one
+    is pinned there, the workflow's own packages are among them, and nothing built for a CUDA version
+    (the GPU node's own torch stack) is."""
+    proc = subprocess.run([str(ROOT / "benchmarks" / "gpu_node.sh"), "pins"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    pins = dict(line.split("==") for line in proc.stdout.split())
+    lock = {}
+    for line in (ROOT / "envs" / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            lock[name] = version
+    assert pins and all(lock.get(name) == version for name, version in pins.items()), pins
+    names = {n.lower().replace("_", "-") for n in pins}
+    assert {"snakemake", "submitit", "jsonschema", "timm"} <= names
+    assert not {n for n in names if n in ("torch", "torchvision", "triton") or n.startswith("nvidia-")}
