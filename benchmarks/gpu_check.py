@@ -53,7 +53,11 @@ workflow  a demo-sized workflow (config/demo.yaml's synthetic data and its ViT, 
           and its final weights must equal an uninterrupted training's (bit for bit on a CPU; on a GPU
           non-deterministic kernels may leave rounding differences, reported as the largest one). --smoke: a one-model 16 px
           config with the inline executor (a job process's start-up would cost more than its work on 2
-          cores).
+          cores). The analyses are config/demo.yaml's on those three models (`gpu_workflow_analyses`), so
+          every vision tap, receptive fields' gradients and attention maps included, runs on the device.
+fp16      the workflow's ViT trained with `precision: fp16`, interrupted halfway by the same signal and
+          resumed: on CUDA the saved state must carry the GradScaler's loss scale and the resumed run start
+          from the saved step; on a CPU (--smoke) fp16 autocast is bf16 and no scaler state is expected.
 """
 from __future__ import annotations
 
@@ -102,7 +106,7 @@ SMOKE_MODELS = {
 }
 PRECISIONS = ("bf16", "fp32")
 GRAM_MODES = ("highest", "tf32", "medium", "bf16")
-SECTIONS = ("extract", "memory", "grams", "loading", "workflow")
+SECTIONS = ("extract", "memory", "grams", "loading", "workflow", "fp16")
 GOAL_PCT = 25.0
 
 
@@ -525,11 +529,89 @@ def workflow_config(smoke: bool, device: str) -> dict:
         "run_name": "gpu_check", "device": device, "precision": "fp32",
         "datasets": {"synth": demo["datasets"]["synth"]}, "models": models,
         "analysis": dict(demo["analysis"]), "extraction": {"minibatches_per_shard": 4, "full_tokens": 16},
-        "analyses": {"attention_distance": {"n_images": 512, "models": ["vit"]},
-                     "norm_ratio": {"models": ["vit", "resnet"]}, "snn_loss": {}},
+        "analyses": gpu_workflow_analyses(demo["analyses"], set(models)),
         "cka": {"minibatch_size": 64, "pairs": [["vit", "resnet"], ["vit", "mixer"]]},
         "executor": {"default": "local", "resources": {"cpus": 4}},
     }
+
+
+def render_training_data(cfg: dict, name: str) -> None:
+    """Render model `name`'s training and test splits into the working directory, as its render jobs do."""
+    from seelike import cli, specs
+
+    recipe = cfg["models"][name]["recipe"]
+    for split in specs.model_rendered(cfg, name):
+        dataset = (recipe.get("test_dataset") if split == "test" else None) or recipe["dataset"]
+        cli.step_render(specs.render_spec(cfg, dataset, split))
+
+
+def training_steps(raw: dict, spec: dict) -> int:
+    """The optimizer steps of `spec`'s recipe on the synthetic training split (train.train_model's count)."""
+    steps_per_epoch = max(1, raw["datasets"]["synth"]["splits"]["train"] // spec["recipe"]["batch_size"])
+    return int(round(spec["recipe"]["epochs"] * steps_per_epoch))
+
+
+def run_fp16(setup_args, device: torch.device, workdir: Path, budget: Budget) -> dict:
+    """The workflow's ViT trained with `precision: fp16`, interrupted halfway by the scheduler's signal,
+    then resumed as a requeued job resumes it: on CUDA the saved state must hold the GradScaler's loss
+    scale (train.training_state) and the resumed run start from it; on a CPU fp16 autocast runs as bf16
+    and no scaler exists, so the state must hold none."""
+    import contextlib as cl
+    import io
+
+    from seelike import config as sc, specs, train
+
+    raw = workflow_config(setup_args.smoke, "cuda" if device.type == "cuda" else "cpu")
+    raw["precision"] = "fp16"
+    cfg = sc.load(raw, check_timm=False)
+    run = workdir / "fp16"
+    run.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(run)
+    try:
+        say("fp16: render the ViT's splits")
+        render_training_data(cfg, "vit")
+        spec = specs.model_spec(cfg, "vit")
+        total = training_steps(raw, spec)
+        say(f"fp16: train 'vit' in fp16 until a scheduler signal at step {total // 2} of {total}")
+        saved_at = interrupted_training(spec, total // 2)
+        state = torch.load(Path(spec["out_dir"]) / train.STATE_FILE, weights_only=False, map_location="cpu")
+        scaler = state.get("scaler")
+        budget.check("the resumed fp16 training")
+        say("fp16: resume it")
+        log = io.StringIO()
+        with cl.redirect_stdout(log):
+            metrics = train.train_model(spec)
+    finally:
+        os.chdir(cwd)
+    resumed = f"at step {saved_at}/{total}" in log.getvalue()
+    expected = device.type == "cuda"
+    acc = float(metrics["test_accuracy"])
+    return {"precision": "fp16", "train_steps": total, "signal_at_step": total // 2, "state_saved_at_step": saved_at,
+            "scaler_saved": scaler is not None, "scaler_expected": expected,
+            "loss_scale_at_save": None if scaler is None else float(scaler["scale"]),
+            "resumed_from_saved_state": resumed, "test_accuracy": acc, "chance": float(metrics["chance"]),
+            "ok": resumed and (scaler is not None) == expected and np.isfinite(acc)}
+
+
+def gpu_workflow_analyses(demo: dict, models: set[str]) -> dict:
+    """config/demo.yaml's analyses on the models the GPU workflow trains: every vision tap (attention
+    distances and maps, per-head outputs, receptive fields' input gradients, norm ratios, localization
+    Grams) and the checkpoint views run on the device. An analysis none of whose models is trained is
+    left out; a `less_data` model that is not trained is dropped."""
+    out = {}
+    for name, settings in demo.items():
+        settings = dict(settings)
+        if isinstance(settings.get("models"), list):
+            settings["models"] = [m for m in settings["models"] if m in models]
+            if not settings["models"]:
+                continue
+        if "less_data" in settings:
+            settings["less_data"] = [m for m in settings["less_data"] if m in models]
+        if settings.get("cnn") not in (None, "auto") and settings["cnn"] not in models:
+            continue
+        out[name] = settings
+    return out
 
 
 def interrupted_training(spec: dict, stop_at: int) -> int:
@@ -614,18 +696,14 @@ def run_workflow(setup_args, device: torch.device, workdir: Path, budget: Budget
     cwd, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(run)
     try:
-        from seelike import cli, train
+        from seelike import train
 
         say("workflow: render the ViT's training and test splits (what its render jobs run)")
         t = time.perf_counter()
-        recipe = cfg["models"]["vit"]["recipe"]
-        for split in specs.model_rendered(cfg, "vit"):
-            dataset = (recipe.get("test_dataset") if split == "test" else None) or recipe["dataset"]
-            cli.step_render(specs.render_spec(cfg, dataset, split))
+        render_training_data(cfg, "vit")
         t_render = time.perf_counter() - t
         spec = specs.model_spec(cfg, "vit")
-        steps_per_epoch = max(1, raw["datasets"]["synth"]["splits"]["train"] // spec["recipe"]["batch_size"])
-        total = int(round(spec["recipe"]["epochs"] * steps_per_epoch))
+        total = training_steps(raw, spec)
         # the torch threads of the workflow's training job (resources.cpus): CPU sums then add up alike
         torch.set_num_threads(int(raw["executor"]["resources"]["cpus"]))
         say(f"workflow: train 'vit' until a scheduler signal at step {total // 2} of {total}")
@@ -733,6 +811,14 @@ def print_report(results: dict) -> None:
               f"{wf['weights_max_abs_diff_vs_uninterrupted']:.3g}"
               f"{'' if wf.get('weights_identical_expected', True) else ' (GPU: 0 not expected)'}, missing targets: {len(wf['missing_targets'])}, "
               f"workflow {wf['workflow_s']:.0f} s")
+    fp = results.get("fp16")
+    if fp and fp["status"] == "ok":
+        print(f"\nfp16 (status ok): signal at step {fp['signal_at_step']}/{fp['train_steps']}, state saved at "
+              f"{fp['state_saved_at_step']}, loss scale saved: {fp['scaler_saved']} "
+              f"({'expected' if fp['scaler_expected'] else 'none expected: no GradScaler off CUDA'}"
+              f"{'' if fp['loss_scale_at_save'] is None else ', scale ' + format(fp['loss_scale_at_save'], 'g')}), "
+              f"resumed: {fp['resumed_from_saved_state']}, test accuracy {fp['test_accuracy']:.3f} "
+              f"(chance {fp['chance']:.3f})")
     print()
     for name, r in results.items():
         if r.get("status") in ("error", "skipped"):
@@ -831,6 +917,9 @@ def main(argv=None) -> int:
         if "workflow" in wanted:
             os.chdir(cwd)
             section(results, "workflow", budget, run_workflow, args, device, workdir, budget, saved=saved)
+        if "fp16" in wanted:
+            os.chdir(cwd)
+            section(results, "fp16", budget, run_fp16, args, device, workdir, budget, saved=saved)
     finally:
         os.chdir(cwd)
         if args.keep:

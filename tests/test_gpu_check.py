@@ -23,8 +23,8 @@ def test_gpu_check_smoke_runs_every_section_and_writes_its_json(tmp_path):
     report = json.loads(out.read_text())
     meta, res = report["meta"], report["results"]
     assert meta["smoke"] is True and meta["device"] == "cpu" and meta["complete"] is True
-    assert {s: res[s]["status"] for s in ("setup", "extract", "grams", "loading", "workflow")} == dict.fromkeys(
-        ("setup", "extract", "grams", "loading", "workflow"), "ok"), {s: res[s] for s in res if res[s]["status"] != "ok"}
+    ran = ("setup", "extract", "grams", "loading", "workflow", "fp16")
+    assert {s: res[s]["status"] for s in ran} == dict.fromkeys(ran, "ok"), {s: res[s] for s in res if res[s]["status"] != "ok"}
     # GPU memory cannot be measured on CPU: skipped, saying why
     assert res["memory"]["status"] == "skipped" and "CUDA" in res["memory"]["reason"]
 
@@ -56,7 +56,35 @@ def test_gpu_check_smoke_runs_every_section_and_writes_its_json(tmp_path):
     assert wf["device"] == "cpu" and wf["missing_targets"] == [] and wf["ok"] is True
     assert 0 < wf["state_saved_at_step"] < wf["train_steps"] and wf["resumed_from_saved_state"] is True
     assert wf["weights_identical"] is True, wf["weights_max_abs_diff_vs_uninterrupted"]
+    # fp16 on a CPU is bf16 autocast without a GradScaler: the resumed state holds no loss scale
+    fp = res["fp16"]
+    assert fp["ok"] is True and fp["resumed_from_saved_state"] is True, fp
+    assert 0 < fp["state_saved_at_step"] < fp["train_steps"] and fp["scaler_saved"] is False is fp["scaler_expected"]
+    assert 0 <= fp["test_accuracy"] <= 1
     assert "extract" in proc.stdout and "workflow (status ok)" in proc.stdout   # the printed table
+    assert "fp16 (status ok)" in proc.stdout
+
+
+def test_the_gpu_workflow_runs_every_vision_tap_of_the_demo_on_its_models():
+    """The GPU run's workflow config (not --smoke) is a valid config whose analyses put every vision tap,
+    receptive fields' gradients and attention maps among them, on the device."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+    from seelike import config as sc, specs
+
+    raw = gpu_check.workflow_config(False, "cpu")
+    cfg = sc.load(raw, check_timm=False)
+    assert set(raw["models"]) == {"vit", "resnet", "mixer"}
+    wanted = {"attention_distance", "head_cka", "receptive_field", "norm_ratio", "localization", "attention_maps",
+              "snn_loss"}
+    assert wanted <= set(raw["analyses"]), sorted(raw["analyses"])
+    for name, settings in raw["analyses"].items():
+        assert set(settings.get("models", [])) <= set(raw["models"]), (name, settings)
+    assert raw["analyses"]["attention_distance"]["less_data"] == []
+    # the vision passes' specs carry those taps: receptive fields on the ViT and the CNN, attention maps on the ViT
+    taps = {m: specs.vision_extract_spec(cfg, m)["taps"] for m in ("vit", "resnet")}
+    assert {"receptive_field", "attention_maps", "localization", "heads"} <= set(taps["vit"]), taps["vit"]
+    assert {"receptive_field", "localization"} <= set(taps["resnet"]), taps["resnet"]
 
 
 def test_gpu_node_carries_the_locks_pins_of_what_a_gpu_image_lacks():
