@@ -65,6 +65,7 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import os
 import platform
 import shutil
@@ -591,7 +592,7 @@ def run_fp16(setup_args, device: torch.device, workdir: Path, budget: Budget) ->
             "scaler_saved": scaler is not None, "scaler_expected": expected,
             "loss_scale_at_save": None if scaler is None else float(scaler["scale"]),
             "resumed_from_saved_state": resumed, "test_accuracy": acc, "chance": float(metrics["chance"]),
-            "ok": resumed and (scaler is not None) == expected and np.isfinite(acc)}
+            "ok": resumed and (scaler is not None) == expected and math.isfinite(acc)}
 
 
 def gpu_workflow_analyses(demo: dict, models: set[str]) -> dict:
