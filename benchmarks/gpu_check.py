@@ -557,7 +557,6 @@ def run_fp16(setup_args, device: torch.device, workdir: Path, budget: Budget) ->
     then resumed as a requeued job resumes it: on CUDA the saved state must hold the GradScaler's loss
     scale (train.training_state) and the resumed run start from it; on a CPU fp16 autocast runs as bf16
     and no scaler exists, so the state must hold none."""
-    import contextlib as cl
     import io
 
     from seelike import config as sc, specs, train
@@ -581,7 +580,7 @@ def run_fp16(setup_args, device: torch.device, workdir: Path, budget: Budget) ->
         budget.check("the resumed fp16 training")
         say("fp16: resume it")
         log = io.StringIO()
-        with cl.redirect_stdout(log):
+        with contextlib.redirect_stdout(log):
             metrics = train.train_model(spec)
     finally:
         os.chdir(cwd)
